@@ -1,0 +1,155 @@
+"""Shapes, parameter counts and config errors of VGGBlock and VGG, via jax.eval_shape."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vgg_flax import config_utils, models
+
+RATIOS = (1, 2, 4, 8, 16)
+SIZES = (32, 64, 96, 224)
+
+
+def model_config(**overrides) -> 'config_utils.ml_collections.ConfigDict':
+    config = config_utils.default_config().model
+    config.update(overrides)
+    return config
+
+
+def output_and_variables(module, x_shape, train=False):
+    """(output shape struct, variables shape tree) without computing anything."""
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    variables = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), x)
+    out = jax.eval_shape(
+        functools.partial(module.apply, train=train, rngs={'dropout': jax.random.key(1)},
+                          mutable=['batch_stats'] if train else False), variables, x)
+    return (out[0] if train else out), variables
+
+
+def closed_form_params(arch: str, ratio: int, image_size: int, in_channels: int = 1,
+                       dense=(4096, 4096), num_classes=10, use_bn=False) -> int:
+    """3x3 convs with biases (+ BN scale and bias), then the dense head on the flattened map."""
+    total, channels = 0, in_channels
+    for num_convs, features in models.ARCHS[arch]:
+        features //= ratio
+        for _ in range(num_convs):
+            total += 9 * channels * features + features + (2 * features if use_bn else 0)
+            channels = features
+    width = image_size // 2 ** len(models.ARCHS[arch])
+    fan_in = width * width * channels
+    for features in (*dense, num_classes):
+        total += fan_in * features + features
+        fan_in = features
+    return total
+
+
+@pytest.mark.parametrize('size', [32, 33, 7, 2])
+@pytest.mark.parametrize('use_bn', [False, True])
+def test_block_halves_space_and_sets_channels(size, use_bn):
+    block = models.VGGBlock(num_convs=2, features=24, use_bn=use_bn)
+    out, _ = output_and_variables(block, (3, size, size, 5), train=use_bn)
+    assert out.shape == (3, size // 2, size // 2, 24)
+
+
+def test_block_has_num_convs_convolutions():
+    _, variables = output_and_variables(models.VGGBlock(num_convs=3, features=8), (1, 8, 8, 2))
+    kernels = [v['kernel'].shape for v in variables['params'].values()]
+    assert kernels == [(3, 3, 2, 8), (3, 3, 8, 8), (3, 3, 8, 8)]
+
+
+@pytest.mark.parametrize('arch,ratio,size,use_bn', list(itertools.product(
+    sorted(models.ARCHS), RATIOS, SIZES, (False, True))))
+def test_vgg_logits_shape_and_param_count(arch, ratio, size, use_bn):
+    model = models.create_model(model_config(arch=arch, width_ratio=ratio, use_bn=use_bn))
+    logits, variables = output_and_variables(model, (2, size, size, 1), train=use_bn)
+    assert logits.shape == (2, 10)
+    assert logits.dtype == jnp.float32
+    params = sum(x.size for x in jax.tree.leaves(variables['params']))
+    assert params == closed_form_params(arch, ratio, size, use_bn=use_bn)
+    assert ('batch_stats' in variables) == use_bn
+
+
+@pytest.mark.parametrize('ratio', [1, 4])
+def test_vgg11_block_shapes_at_224_match_the_lesson(ratio):
+    model = models.create_model(model_config(width_ratio=ratio))
+    x = jax.ShapeDtypeStruct((1, 224, 224, 1), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    _, state = jax.eval_shape(functools.partial(
+        model.apply, capture_intermediates=lambda m, _: m.name and m.name.startswith('block')),
+        variables, x)
+    shapes = [state['intermediates'][f'block{i}']['__call__'][0].shape for i in range(1, 6)]
+    assert shapes == [(1, s, s, c // ratio) for s, c in
+                      ((112, 64), (56, 128), (28, 256), (14, 512), (7, 512))]
+
+
+def test_lesson_net_has_43_093_322_parameters():
+    model = models.create_model(model_config(width_ratio=4))
+    _, variables = output_and_variables(model, (1, 224, 224, 1))
+    assert sum(x.size for x in jax.tree.leaves(variables['params'])) == 43_093_322
+
+
+def test_bfloat16_computes_in_bf16_with_float32_params():
+    model = models.create_model(model_config(width_ratio=16, dtype='bfloat16'))
+    logits, variables = output_and_variables(model, (2, 32, 32, 1))
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert logits.dtype == jnp.float32
+    x = jax.ShapeDtypeStruct((2, 32, 32, 1), jnp.float32)
+    jaxpr = jax.make_jaxpr(functools.partial(model.apply, train=False))(variables, x)
+    convs = [e for e in jaxpr.eqns if e.primitive.name == 'conv_general_dilated']
+    assert convs and all(e.invars[0].aval.dtype == jnp.bfloat16 for e in convs)
+
+
+def test_default_init_is_xavier_uniform_with_zero_biases():
+    model = models.create_model(model_config(width_ratio=16, dense_features=(64,)))
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    kernel = variables['params']['dense1']['kernel']
+    limit = (6 / sum(kernel.shape)) ** 0.5
+    assert float(jnp.abs(kernel).max()) <= limit
+    assert float(jnp.abs(kernel).max()) > 0.9 * limit
+    assert all(float(jnp.abs(leaf).max()) == 0 for path, leaf in
+               jax.tree_util.tree_leaves_with_path(variables) if path[-1].key == 'bias')
+
+
+def test_dropout_is_active_only_in_training():
+    model = models.create_model(model_config(width_ratio=16, dense_features=(256,)))
+    x = jnp.ones((1, 32, 32, 1))
+    variables = model.init(jax.random.key(0), x)
+    run = lambda key, train: model.apply(variables, x, train=train, rngs={'dropout': key})
+    assert jnp.array_equal(run(jax.random.key(1), False), run(jax.random.key(2), False))
+    assert not jnp.array_equal(run(jax.random.key(1), True), run(jax.random.key(2), True))
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'width_ratio': 3}, 'config.model.width_ratio=3 does not divide every conv width'),
+    ({'width_ratio': 128}, 'use one of 1, 2, 4, 8, 16, 32, 64'),
+    ({'width_ratio': 0}, 'config.model.width_ratio=0 must be a positive integer'),
+    ({'width_ratio': -4}, 'config.model.width_ratio=-4 must be a positive integer'),
+    ({'arch': 'vgg12'}, "config.model.arch='vgg12' is not supported; use one of 'vgg11'"),
+    ({'num_classes': 0}, 'config.model.num_classes=0 must be a positive integer'),
+    ({'dense_features': (4096, -1)}, 'config.model.dense_features[*]=-1'),
+    ({'dropout_rate': 1.0}, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
+    ({'dtype': 'float64'}, "config.model.dtype='float64' is not supported"),
+    ({'kernel_init': 'orthogonal'}, "config.model.kernel_init='orthogonal' is not supported"),
+    ({'bias_init': 'ones'}, "config.model.bias_init='ones' is not supported"),
+])
+def test_invalid_model_config_names_field_and_fix(overrides, message):
+    with pytest.raises(ValueError) as error:
+        models.create_model(model_config(**overrides))
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize('size', [16, 31])
+def test_image_smaller_than_32_is_a_clear_error(size):
+    model = models.create_model(model_config())
+    with pytest.raises(ValueError, match='data.image_size must be at least 32'):
+        output_and_variables(model, (1, size, size, 1))
+
+
+def test_allowed_width_ratios_divide_every_width():
+    assert models.allowed_width_ratios('vgg11') == [1, 2, 4, 8, 16, 32, 64]
+    assert models.conv_arch_for('vgg11', 4) == ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))

@@ -1,0 +1,107 @@
+"""The run directory: its config, its checkpoints (orbax) and the checks that make resuming safe.
+
+A checkpoint holds the train state, the running sums of the epoch in progress and the metrics
+history, so a resumed run continues exactly where the saved one stopped, mid-epoch included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from vgg_flax import config_utils
+
+CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class RunDirError(Exception):
+    """The workdir belongs to another run; the message names the differences and the fix."""
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was launched with."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise RunDirError(f'{path} is missing: {workdir} holds no run of vgg_flax.main. Pass the '
+                          'workdir that a training run wrote.')
+    with open(path) as f:
+        return config_utils.from_plain(json.load(f))
+
+
+def claim_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Makes `workdir` this config's run directory; True when it already held the same run.
+
+    Refuses a workdir written by a config that computes something else (another model, data,
+    seed or optimiser), since resuming it would mix two experiments.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    current = config_utils.to_plain(config)
+    existed = os.path.isfile(path)
+    if existed:
+        with open(path) as f:
+            saved = json.load(f)
+        conflicts = config_utils.resume_conflicts(saved, current)
+        if conflicts:
+            raise RunDirError(
+                f'{workdir} holds a run of a different config, which cannot be resumed with '
+                'this one:\n  ' + '\n  '.join(conflicts) +
+                '\nUse a new --workdir, or set those fields back to resume that run.')
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(path, current)
+    return existed
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    """Writes JSON through a temporary file, so a killed process never leaves half a file."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Saves and restores {train state, epoch sums} plus the JSON metrics history.
+
+    Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
+    killed run leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, workdir: str, keep: int):
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, arrays: Any, history: list[dict[str, Any]]) -> None:
+        self._manager.save(step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave(arrays),
+            history=ocp.args.JsonSave(history)), force=True)
+
+    def restore(self, step: int, like: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """Restores onto the shapes, dtypes and shardings of the arrays in `like`."""
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            like)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore(abstract),
+            history=ocp.args.JsonRestore()))
+        return restored['arrays'], list(restored['history'])
+
+    def wait(self) -> None:
+        """Blocks until asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

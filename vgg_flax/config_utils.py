@@ -1,0 +1,119 @@
+"""Every config field with its default (the lesson's recipe), and configs as JSON.
+
+Experiment files in `experiments/` start from `default_config()` and change what they need, so
+every experiment has the same fields and an override of an unknown field is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import ml_collections
+
+# Fields that a resumed run may change: they say where data lives, how long to train and how
+# often to log or save, not what is computed at a given step.
+RESUMABLE_CHANGES = (
+    'data.tfds_data_dir',
+    'data.idx_dir',
+    'train.num_epochs',
+    'train.eval_batch_size',
+    'train.checkpoint_every_epochs',
+    'train.keep_checkpoints',
+    'train.log_every_steps',
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """D2L's VGG-11 recipe: width ratio 4, Fashion-MNIST at 224 px, SGD lr 0.05, 5 epochs."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    config.model.arch = 'vgg11'  # vgg11, vgg13, vgg16 or vgg19 (VGG paper's A, B, D, E).
+    config.model.width_ratio = 4  # Every conv width is divided by this; the head keeps its own.
+    config.model.num_classes = 10
+    config.model.dense_features = (4096, 4096)
+    config.model.dropout_rate = 0.5
+    config.model.use_bn = False
+    config.model.dtype = 'float32'  # Compute dtype; parameters and optimiser state stay float32.
+    config.model.kernel_init = 'xavier_uniform'  # The lesson's Xavier init.
+    config.model.bias_init = 'zeros'
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = 'tfds'  # 'tfds' (downloads) or 'idx' (the four original IDX files).
+    config.data.tfds_data_dir = ''  # TFDS cache; '' for TFDS's default (~/tensorflow_datasets).
+    config.data.idx_dir = ''  # Directory of train-/t10k-images/labels IDX files (.gz or raw).
+    config.data.image_size = 224  # Images are resized to this (bilinear) on the accelerator.
+    config.data.max_train_examples = 0  # 0: the whole split; else the first N (smoke runs).
+    config.data.max_test_examples = 0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 128
+    config.train.eval_batch_size = 256
+    config.train.num_epochs = 5
+    config.train.learning_rate = 0.05
+    config.train.momentum = 0.0  # 0: plain SGD, as in the lesson.
+    config.train.nesterov = False
+    config.train.weight_decay = 0.0  # L2 on conv and dense kernels (not biases, not BN).
+    config.train.lr_schedule = 'constant'  # 'constant', 'cosine' or 'step'.
+    config.train.warmup_epochs = 0
+    config.train.lr_decay_epochs = ()  # 'step' schedule: epochs at which lr is multiplied by...
+    config.train.lr_decay_factor = 0.1  # ...this factor.
+    config.train.checkpoint_every_epochs = 1
+    config.train.keep_checkpoints = 3
+    config.train.log_every_steps = 50  # Progress-bar loss and non-finite checks.
+    return config
+
+
+def to_plain(value: Any) -> Any:
+    """A ConfigDict (or part of one) as JSON-ready dicts and lists."""
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    return json.loads(json.dumps(value))
+
+
+def from_plain(plain: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Inverse of `to_plain`: lists become tuples again, so the config equals the original."""
+
+    def tuples(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: tuples(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return tuple(tuples(item) for item in value)
+        return value
+
+    return ml_collections.ConfigDict(tuples(plain))
+
+
+def flatten(plain: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat = {}
+    for key, value in plain.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fields, other than `RESUMABLE_CHANGES`, whose values differ between two configs."""
+    saved_flat, current_flat = flatten(saved), flatten(current)
+    keys = sorted(set(saved_flat) | set(current_flat))
+    return [f'{key}: {saved_flat.get(key, "<absent>")!r} in the run, '
+            f'{current_flat.get(key, "<absent>")!r} now'
+            for key in keys
+            if key not in RESUMABLE_CHANGES and saved_flat.get(key) != current_flat.get(key)]
+
+
+def check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
+    """Raises ValueError naming `config.<field>` and the allowed values."""
+    if value not in allowed:
+        raise ValueError(f'config.{field}={value!r} is not supported; use one of '
+                         f'{", ".join(map(repr, allowed))}.')
+
+
+def check_positive_int(field: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f'config.{field}={value!r} must be a positive integer.')

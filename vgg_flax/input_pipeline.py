@@ -1,0 +1,203 @@
+"""Fashion-MNIST as uint8 arrays, and the on-device batching and preprocessing of them.
+
+The host loads each split once, as uint8 images (N, 28, 28, 1) and int32 labels, from TFDS or
+from the four original IDX files. The arrays then live on the accelerator (60,000 x 784 bytes
+is 47 MB): batches are gathered there from a seeded per-epoch permutation, and resizing and
+scaling happen inside the compiled step, so the host never ships more than indices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vgg_flax import config_utils, models
+
+CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+               'Sneaker', 'Bag', 'Ankle boot')
+SOURCES = ('tfds', 'idx')
+SPLITS = ('train', 'test')
+# Base names of the IDX files, as the Fashion-MNIST release (and MNIST) names them.
+IDX_FILES = {
+    'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+    'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
+}
+_IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the only type these files use.
+OFFLINE_HINT = ('Without internet, use the four original IDX files instead: '
+                '--config.data.source=idx --config.data.idx_dir=DIR, where DIR holds '
+                'train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
+                't10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz '
+                '(https://github.com/zalandoresearch/fashion-mnist).')
+
+
+class DataError(Exception):
+    """Missing, corrupt or inconsistent data; the message names the file and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split on the host: uint8 images (N, H, W, 1) and int32 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def validate_data_config(data_config: ml_collections.ConfigDict, arch: str) -> None:
+    """Raises ValueError naming the field and the fix for any bad `config.data` value."""
+    config_utils.check_choice('data.source', data_config.source, SOURCES)
+    if data_config.source == 'idx' and not data_config.idx_dir:
+        raise ValueError('config.data.source=idx needs config.data.idx_dir: the directory of '
+                         'the four Fashion-MNIST IDX files.')
+    least = models.min_image_size(arch)
+    if not isinstance(data_config.image_size, int) or data_config.image_size < least:
+        raise ValueError(f'config.data.image_size={data_config.image_size!r} is too small: '
+                         f'{arch} halves the image {len(models.ARCHS[arch])} times, so it must '
+                         f'be an integer of at least {least}.')
+    for field in ('max_train_examples', 'max_test_examples'):
+        value = data_config[field]
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f'config.data.{field}={value!r} must be 0 (all) or a positive '
+                             'integer.')
+
+
+def load_split(data_config: ml_collections.ConfigDict, split: str,
+               num_classes: int = 10) -> Split:
+    """Reads `split` ('train' or 'test') from the configured source and checks it."""
+    if data_config.source == 'tfds':
+        images, labels = _load_tfds(split, data_config.tfds_data_dir)
+    else:
+        images, labels = _load_idx(split, data_config.idx_dir)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise DataError(f'the {split} labels from source {data_config.source!r} hold '
+                        f'{int(bad.sum())} values outside 0..{num_classes - 1} (first: '
+                        f'{int(labels[bad][0])} at index {int(np.argmax(bad))}).')
+    limit = data_config[f'max_{split}_examples']
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return Split(images=images, labels=labels.astype(np.int32))
+
+
+def _load_tfds(split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST through tensorflow-datasets; TensorFlow is imported only here."""
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+        raise DataError('config.data.source=tfds needs tensorflow-datasets and tensorflow '
+                        f'(pip install -e ".[tfds]"): {e}. {OFFLINE_HINT}') from e
+    try:
+        dataset = tfds.load('fashion_mnist', split=split, data_dir=data_dir or None,
+                            shuffle_files=False)
+        images, labels = [], []
+        for batch in tfds.as_numpy(dataset.batch(10_000)):
+            images.append(batch['image'])
+            labels.append(batch['label'])
+    except Exception as e:  # TFDS raises many types for a failed download or a bad cache.
+        raise DataError(f'TFDS could not load fashion_mnist/{split} (data_dir='
+                        f'{data_dir or "default"}): {type(e).__name__}: {e}. '
+                        f'{OFFLINE_HINT}') from e
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _load_idx(split: str, idx_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    images_name, labels_name = IDX_FILES[split]
+    images = read_idx(_find_idx_file(idx_dir, images_name), ndim=3)
+    labels = read_idx(_find_idx_file(idx_dir, labels_name), ndim=1)
+    if len(images) != len(labels):
+        raise DataError(f'{idx_dir}: {images_name} holds {len(images)} images but {labels_name} '
+                        f'holds {len(labels)} labels; the two files must come from the same '
+                        'release.')
+    return images[..., None], labels
+
+
+def _find_idx_file(idx_dir: str, name: str) -> str:
+    for candidate in (name + '.gz', name):
+        path = os.path.join(idx_dir, candidate)
+        if os.path.isfile(path):
+            return path
+    raise DataError(f'{os.path.join(idx_dir, name)}(.gz) is missing. config.data.idx_dir must '
+                    f'hold the four Fashion-MNIST IDX files: '
+                    f'{", ".join(n + ".gz" for pair in IDX_FILES.values() for n in pair)}.')
+
+
+def read_idx(path: str, ndim: int) -> np.ndarray:
+    """Reads an IDX file of unsigned bytes (gzipped or raw) with `ndim` dimensions."""
+    opener = gzip.open if path.endswith('.gz') else open
+    try:
+        with opener(path, 'rb') as f:
+            content = f.read()
+    except (OSError, EOFError) as e:  # A bad or cut-off gzip stream.
+        raise DataError(f'{path} cannot be read ({e}); the file is corrupt or truncated, '
+                        'download it again.') from e
+    expected_magic = (_IDX_UBYTE << 8) | ndim
+    if len(content) < 4 + 4 * ndim:
+        raise DataError(f'{path} is truncated: {len(content)} bytes, shorter than an IDX '
+                        'header.')
+    magic = int.from_bytes(content[:4], 'big')
+    if magic != expected_magic:
+        raise DataError(f'{path} has magic number 0x{magic:08x}, expected 0x'
+                        f'{expected_magic:08x} (unsigned bytes, {ndim} dimensions); it is not '
+                        f'the right IDX file.')
+    shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+    offset = 4 + 4 * ndim
+    size = int(np.prod(shape))
+    if len(content) - offset != size:
+        state = 'truncated' if len(content) - offset < size else 'longer than its header says'
+        raise DataError(f'{path} is {state}: its header gives shape {shape} ({size} bytes of '
+                        f'data) but it holds {len(content) - offset}; download it again.')
+    return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def preprocess(images: jnp.ndarray, image_size: int) -> jnp.ndarray:
+    """uint8 (B, H, W, C) -> float32 in [0, 1], resized bilinearly to (B, S, S, C).
+
+    Runs inside the compiled step, on the accelerator, like the lesson's `Resize` + `ToTensor`.
+    """
+    x = images.astype(jnp.float32) / 255.0
+    if images.shape[1:3] != (image_size, image_size):
+        x = jax.image.resize(x, (x.shape[0], image_size, image_size, x.shape[3]), 'bilinear')
+    return x
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Full training batches per epoch; the remainder of the shuffle is left for that epoch."""
+    return num_examples // batch_size
+
+
+def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
+                  batch_size: int) -> jax.Array:
+    """The indices of every training batch of `epoch`: int32 (steps, batch_size).
+
+    A function of (key, epoch) alone, so a resumed run sees the same batches.
+    """
+    perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    steps = steps_per_epoch(num_examples, batch_size)
+    return perm[:steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+
+
+def eval_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and a 0/1 mask of shape (steps, batch_size) covering every example once.
+
+    The last batch is padded with index 0 and masked out, so no example is dropped.
+    """
+    steps = -(-num_examples // batch_size)
+    indices = np.zeros(steps * batch_size, np.int32)
+    indices[:num_examples] = np.arange(num_examples)
+    mask = np.zeros(steps * batch_size, np.float32)
+    mask[:num_examples] = 1.0
+    return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
+
+
+def to_device(split: Split, sharding: Any = None) -> tuple[jax.Array, jax.Array]:
+    """Places a split's images and labels on the accelerator(s), once per run."""
+    return jax.device_put(split.images, sharding), jax.device_put(split.labels, sharding)

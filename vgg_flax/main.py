@@ -1,0 +1,41 @@
+"""Trains and evaluates an experiment config, resuming its workdir if it holds a checkpoint.
+
+  python -m vgg_flax.main --config=experiments/d2l_vgg11.py --workdir=runs/d2l \
+      [--config.train.num_epochs=10 ...]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vgg_flax import checkpointing, environment, input_pipeline, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, plots.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    environment.quiet_absl_logging()
+    try:
+        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, input_pipeline.DataError, checkpointing.RunDirError,
+            train.NonFiniteLossError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except train.TrainingInterrupted as e:
+        print(e, file=sys.stderr)
+        return 128 + e.signum
+    print(f'test accuracy {results["test_accuracy"]:.4f} after {results["epochs"]} epochs; '
+          f'results in {_WORKDIR.value}/results.json')
+    return 0
+
+
+if __name__ == '__main__':
+    app.run(main)

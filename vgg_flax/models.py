@@ -1,0 +1,159 @@
+"""VGG as blocks, not layers (D2L "Networks Using Blocks", Simonyan & Zisserman 2014).
+
+A `VGGBlock` is `num_convs` 3x3 convolutions (SAME padding), each followed by ReLU (with
+BatchNorm before the ReLU when `use_bn`), then a 2x2 max-pool with stride 2. `VGG` is a loop
+over `conv_arch`, then a dense head. `create_model` builds one from `config.model`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from vgg_flax import config_utils
+
+# The convolutional part of configurations A, B, D and E of the VGG paper: (num_convs, features).
+ARCHS: dict[str, tuple[tuple[int, int], ...]] = {
+    'vgg11': ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),
+    'vgg13': ((2, 64), (2, 128), (2, 256), (2, 512), (2, 512)),
+    'vgg16': ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512)),
+    'vgg19': ((2, 64), (2, 128), (4, 256), (4, 512), (4, 512)),
+}
+
+KERNEL_INITS: dict[str, Callable[..., Any]] = {
+    'xavier_uniform': nn.initializers.xavier_uniform(),
+    'xavier_normal': nn.initializers.xavier_normal(),
+    'he_uniform': nn.initializers.he_uniform(),
+    'he_normal': nn.initializers.he_normal(),
+    'lecun_uniform': nn.initializers.lecun_uniform(),
+    'lecun_normal': nn.initializers.lecun_normal(),
+}
+
+BIAS_INITS: dict[str, Callable[..., Any]] = {
+    'zeros': nn.initializers.zeros_init(),
+    'normal': nn.initializers.normal(stddev=0.01),
+}
+
+DTYPES: dict[str, Any] = {
+    'float32': jnp.float32,
+    'bfloat16': jnp.bfloat16,
+    'float16': jnp.float16,
+}
+
+
+class VGGBlock(nn.Module):
+    """`num_convs` x (3x3 conv -> [BatchNorm] -> ReLU), then 2x2 max-pool, stride 2."""
+
+    num_convs: int
+    features: int
+    use_bn: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
+    bias_init: Callable[..., Any] = BIAS_INITS['zeros']
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        for _ in range(self.num_convs):
+            x = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype,
+                        kernel_init=self.kernel_init, bias_init=self.bias_init)(x)
+            if self.use_bn:
+                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                 dtype=self.dtype)(x)
+            x = nn.relu(x)
+        # VALID pooling floors odd sizes (7 -> 3), as the lesson's MaxPool2D does.
+        return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID')
+
+
+class VGG(nn.Module):
+    """VGG blocks from `conv_arch`, flatten, then Dense-ReLU-Dropout per `dense_features`."""
+
+    conv_arch: Sequence[tuple[int, int]]
+    num_classes: int = 10
+    dense_features: Sequence[int] = (4096, 4096)
+    dropout_rate: float = 0.5
+    use_bn: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
+    bias_init: Callable[..., Any] = BIAS_INITS['zeros']
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        """Maps NHWC images to float32 logits of shape (batch, num_classes)."""
+        if x.ndim != 4:
+            raise ValueError(f'VGG expects NHWC images, got an input of shape {x.shape}.')
+        least = 2 ** len(self.conv_arch)
+        if min(x.shape[1:3]) < least:
+            raise ValueError(
+                f'images of {x.shape[1]}x{x.shape[2]} are too small: {len(self.conv_arch)} VGG '
+                f'blocks halve them {len(self.conv_arch)} times, so data.image_size must be at '
+                f'least {least}.')
+        x = x.astype(self.dtype)
+        for i, (num_convs, features) in enumerate(self.conv_arch):
+            x = VGGBlock(num_convs, features, use_bn=self.use_bn, dtype=self.dtype,
+                         kernel_init=self.kernel_init, bias_init=self.bias_init,
+                         name=f'block{i + 1}')(x, train=train)
+        x = x.reshape((x.shape[0], -1))
+        for i, features in enumerate(self.dense_features):
+            x = nn.Dense(features, dtype=self.dtype, kernel_init=self.kernel_init,
+                         bias_init=self.bias_init, name=f'dense{i + 1}')(x)
+            x = nn.relu(x)
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init,
+                     bias_init=self.bias_init, name='head')(x)
+        return x.astype(jnp.float32)
+
+
+def allowed_width_ratios(arch: str) -> list[int]:
+    """The ratios that divide every conv width of `arch` (1, 2, 4, ..., 64 for the VGGs)."""
+    common = math.gcd(*(features for _, features in ARCHS[arch]))
+    return [r for r in range(1, common + 1) if common % r == 0]
+
+
+def conv_arch_for(arch: str, width_ratio: int) -> tuple[tuple[int, int], ...]:
+    """`arch`'s blocks with every width divided by `width_ratio` (the lesson's small net: 4)."""
+    return tuple((num_convs, features // width_ratio) for num_convs, features in ARCHS[arch])
+
+
+def min_image_size(arch: str) -> int:
+    """Each block halves the image, so it must be at least 2**num_blocks pixels wide."""
+    return 2 ** len(ARCHS[arch])
+
+
+def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
+    """Raises a ValueError naming the field and the allowed values for any bad setting."""
+    config_utils.check_choice('model.arch', model_config.arch, list(ARCHS))
+    config_utils.check_positive_int('model.width_ratio', model_config.width_ratio)
+    ratios = allowed_width_ratios(model_config.arch)
+    if model_config.width_ratio not in ratios:
+        widths = sorted({features for _, features in ARCHS[model_config.arch]})
+        raise ValueError(
+            f'config.model.width_ratio={model_config.width_ratio} does not divide every conv '
+            f'width of {model_config.arch} {widths}; use one of {", ".join(map(str, ratios))}.')
+    config_utils.check_positive_int('model.num_classes', model_config.num_classes)
+    for features in model_config.dense_features:
+        config_utils.check_positive_int('model.dense_features[*]', features)
+    if not 0.0 <= model_config.dropout_rate < 1.0:
+        raise ValueError(f'config.model.dropout_rate={model_config.dropout_rate!r} must lie in '
+                         '[0, 1).')
+    config_utils.check_choice('model.dtype', model_config.dtype, list(DTYPES))
+    config_utils.check_choice('model.kernel_init', model_config.kernel_init, list(KERNEL_INITS))
+    config_utils.check_choice('model.bias_init', model_config.bias_init, list(BIAS_INITS))
+
+
+def create_model(model_config: ml_collections.ConfigDict) -> VGG:
+    """Builds the `VGG` that `config.model` describes, after validating it."""
+    validate_model_config(model_config)
+    return VGG(
+        conv_arch=conv_arch_for(model_config.arch, model_config.width_ratio),
+        num_classes=model_config.num_classes,
+        dense_features=tuple(model_config.dense_features),
+        dropout_rate=model_config.dropout_rate,
+        use_bn=model_config.use_bn,
+        dtype=DTYPES[model_config.dtype],
+        kernel_init=KERNEL_INITS[model_config.kernel_init],
+        bias_init=BIAS_INITS[model_config.bias_init],
+    )

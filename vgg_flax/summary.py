@@ -1,0 +1,134 @@
+"""Where the memory goes: per-block shapes, parameters, FLOPs and training-step memory.
+
+  python -m vgg_flax.summary --config=experiments/d2l_vgg11.py [--config.model.width_ratio=1]
+
+Like the lesson's shape printout, with totals. It traces with `jax.eval_shape` and compiles
+(for XLA's cost and memory analyses) but never runs the network, so it answers in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from vgg_flax import environment, models, train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+# The source images (Fashion-MNIST): their size sets what the on-device dataset costs.
+SOURCE_SHAPE = (28, 28, 1)
+TRAIN_EXAMPLES = 60_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    name: str
+    output_shape: tuple[int, ...]  # Per example.
+    params: int
+    activation_bytes: int  # Per example, in the compute dtype.
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    layers: list[Layer]
+    num_params: int
+    forward_flops_per_example: float
+    train_step_bytes: int  # XLA's estimate: arguments + outputs - aliased + temporaries.
+    batch_size: int
+    backend: str
+
+
+def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
+    """The input, each block and each dense layer, from shapes alone (`jax.eval_shape`)."""
+    model = models.create_model(config.model)
+    size = config.data.image_size
+    x = jax.ShapeDtypeStruct((1, size, size, SOURCE_SHAPE[-1]), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False),
+                               jax.random.key(0), x)
+    is_layer = lambda module, _: module.name is not None and module.name.startswith(
+        ('block', 'dense', 'head'))
+    _, state = jax.eval_shape(
+        functools.partial(model.apply, train=False, capture_intermediates=is_layer),
+        variables, x)
+    itemsize = jnp.dtype(models.DTYPES[config.model.dtype]).itemsize
+    layers = [Layer('input', x.shape[1:], 0, int(np.prod(x.shape[1:])) * itemsize)]
+    for name, captured in state['intermediates'].items():
+        (output,) = captured['__call__']
+        params = train.count_params(variables['params'][name])
+        layers.append(Layer(name, output.shape[1:], params,
+                            int(np.prod(output.shape[1:])) * output.dtype.itemsize))
+    return layers
+
+
+def summarize(config: ml_collections.ConfigDict) -> Summary:
+    """Layer table, forward FLOPs per example and the memory of one training step."""
+    train.validate_config(config)
+    model = models.create_model(config.model)
+    size = config.data.image_size
+    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
+    state = jax.eval_shape(
+        lambda: train.create_train_state(config, jax.random.key(0), tx, SOURCE_SHAPE[-1]))
+    one_image = jax.ShapeDtypeStruct((1, size, size, SOURCE_SHAPE[-1]), jnp.float32)
+    forward = jax.jit(functools.partial(model.apply, train=False)).lower(
+        {'params': state.params, 'batch_stats': state.batch_stats}, one_image).compile()
+
+    batch_size = config.train.batch_size
+    images = jax.ShapeDtypeStruct((TRAIN_EXAMPLES, *SOURCE_SHAPE), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((TRAIN_EXAMPLES,), jnp.int32)
+    batches = jax.ShapeDtypeStruct((TRAIN_EXAMPLES // batch_size, batch_size), jnp.int32)
+    sums = jax.eval_shape(train.zero_sums)
+    step = jax.jit(functools.partial(train.train_step, image_size=size),
+                   donate_argnums=(0, 1)).lower(
+                       state, sums, images, labels, batches, jax.random.key(0)).compile()
+    memory = step.memory_analysis()
+    step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
+                  memory.alias_size_in_bytes + memory.temp_size_in_bytes)
+    return Summary(layers=layer_table(config), num_params=train.count_params(state.params),
+                   forward_flops_per_example=train.flops_of(forward),
+                   train_step_bytes=int(step_bytes), batch_size=batch_size,
+                   backend=jax.default_backend())
+
+
+def format_summary(config: ml_collections.ConfigDict, summary: Summary) -> str:
+    size = config.data.image_size
+    lines = [f'{config.model.arch}, width ratio {config.model.width_ratio}, '
+             f'{"BN, " if config.model.use_bn else ""}{size}x{size}x{SOURCE_SHAPE[-1]} input, '
+             f'{config.model.dtype}',
+             f'{"layer":<8} {"output shape":>14} {"params":>12} {"activations/img":>16}']
+    for layer in summary.layers:
+        shape = 'x'.join(map(str, layer.output_shape))
+        lines.append(f'{layer.name:<8} {shape:>14} {layer.params:>12,} '
+                     f'{layer.activation_bytes / 1024:>12.1f} KiB')
+    lines += [
+        f'parameters: {summary.num_params:,} ({summary.num_params * 4 / 2**20:.1f} MiB float32)',
+        f'forward FLOPs per image: {summary.forward_flops_per_example / 1e9:.3f} G '
+        '(XLA cost analysis)',
+        f'training step at batch {summary.batch_size}: about '
+        f'{summary.train_step_bytes / 2**20:,.0f} MiB (XLA memory analysis on '
+        f'{summary.backend}: state, on-device dataset, activations and temporaries)',
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    environment.quiet_absl_logging()
+    try:
+        summary = summarize(_CONFIG.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    print(format_summary(_CONFIG.value, summary))
+
+
+if __name__ == '__main__':
+    flags.mark_flags_as_required(['config'])
+    app.run(main)

@@ -1,0 +1,378 @@
+"""Training and evaluation: the train state, the compiled steps and the epoch loop.
+
+`train_step` gathers its batch from the on-device dataset by the step number, preprocesses it,
+runs forward and backward and updates the parameters and the epoch's running sums, all in one
+compiled function; the host only dispatches it. `train_and_evaluate` is the resumable loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm import tqdm
+
+from vgg_flax import checkpointing, config_utils, environment, input_pipeline, metric_writers, models
+
+LR_SCHEDULES = ('constant', 'cosine', 'step')
+Sums = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f'{signal.Signals(signum).name} stopped the run at step {step}, after '
+                         'it saved a checkpoint there; run the same command again to resume.')
+        self.signum = signum
+
+
+def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field and the allowed values for a bad `config.train`."""
+    for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'checkpoint_every_epochs',
+                  'keep_checkpoints', 'log_every_steps'):
+        config_utils.check_positive_int(f'train.{field}', train_config[field])
+    for field in ('learning_rate', 'momentum', 'weight_decay', 'lr_decay_factor'):
+        value = train_config[field]
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f'config.train.{field}={value!r} must be a finite number >= 0.')
+    if train_config.learning_rate <= 0:
+        raise ValueError(f'config.train.learning_rate={train_config.learning_rate!r} must be '
+                         '> 0.')
+    config_utils.check_choice('train.lr_schedule', train_config.lr_schedule, LR_SCHEDULES)
+    if not isinstance(train_config.warmup_epochs, int) or train_config.warmup_epochs < 0:
+        raise ValueError(f'config.train.warmup_epochs={train_config.warmup_epochs!r} must be an '
+                         'integer >= 0.')
+    for epoch in train_config.lr_decay_epochs:
+        config_utils.check_positive_int('train.lr_decay_epochs[*]', epoch)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every section, so a bad value fails before data is read or code compiled."""
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise ValueError(f'config.seed={config.seed!r} must be an integer.')
+    models.validate_model_config(config.model)
+    input_pipeline.validate_data_config(config.data, arch=config.model.arch)
+    validate_train_config(config.train)
+
+
+def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.Schedule:
+    """The configured schedule, with an optional linear warmup, as a function of the step."""
+    lr = train_config.learning_rate
+    warmup = train_config.warmup_epochs * steps_per_epoch
+    total = train_config.num_epochs * steps_per_epoch
+    if train_config.lr_schedule == 'cosine':
+        main = optax.cosine_decay_schedule(lr, decay_steps=max(total - warmup, 1))
+    elif train_config.lr_schedule == 'step':
+        main = optax.piecewise_constant_schedule(lr, {
+            epoch * steps_per_epoch - warmup: train_config.lr_decay_factor
+            for epoch in train_config.lr_decay_epochs})
+    else:
+        main = optax.constant_schedule(lr)
+    if not warmup:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def create_optimizer(train_config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+    """SGD (optionally with momentum) and L2 weight decay on kernels only."""
+    sgd = optax.sgd(learning_rate_fn, momentum=train_config.momentum or None,
+                    nesterov=train_config.nesterov)
+    if not train_config.weight_decay:
+        return sgd
+    kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+    return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=kernels_only),
+                       sgd)
+
+
+def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
+                       tx: optax.GradientTransformation, num_channels: int = 1) -> TrainState:
+    """Initialises the model for `config.data.image_size` images with `num_channels`."""
+    model = models.create_model(config.model)
+    size = config.data.image_size
+    dummy = jnp.zeros((1, size, size, num_channels), jnp.float32)
+    variables = jax.jit(functools.partial(model.init, train=False))(key, dummy)
+    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                             batch_stats=variables.get('batch_stats', {}))
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
+
+
+def zero_sums() -> Sums:
+    """Running sums of an epoch: summed loss, correct predictions and examples."""
+    return {'loss_sum': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.int32),
+            'count': jnp.zeros((), jnp.int32)}
+
+
+def _add_to_sums(sums: Sums, losses: jax.Array, logits: jax.Array, labels: jax.Array,
+                 mask: jax.Array) -> Sums:
+    correct = (jnp.argmax(logits, axis=-1) == labels) & mask
+    return {'loss_sum': sums['loss_sum'] + jnp.sum(jnp.where(mask, losses, 0.0)),
+            'correct': sums['correct'] + jnp.sum(correct, dtype=jnp.int32),
+            'count': sums['count'] + jnp.sum(mask, dtype=jnp.int32)}
+
+
+def train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
+               batches: jax.Array, dropout_key: jax.Array, *,
+               image_size: int) -> tuple[TrainState, Sums]:
+    """One SGD step on batch `state.step % len(batches)` of the epoch's `batches`."""
+    indices = batches[state.step % batches.shape[0]]
+    x = input_pipeline.preprocess(images[indices], image_size)
+    y = labels[indices]
+    key = jax.random.fold_in(dropout_key, state.step)
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+            rngs={'dropout': key}, mutable=['batch_stats'])
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return losses.mean(), (losses, logits, updates)
+
+    grads, (losses, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads,
+                                  batch_stats=updates.get('batch_stats', state.batch_stats))
+    return state, _add_to_sums(sums, losses, logits, y, jnp.ones_like(y, dtype=bool))
+
+
+def eval_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
+              indices: jax.Array, mask: jax.Array, *, image_size: int) -> Sums:
+    """Adds one evaluation batch to `sums`; masked-out (padding) examples count for nothing."""
+    x = input_pipeline.preprocess(images[indices], image_size)
+    y = labels[indices]
+    logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                            train=False)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return _add_to_sums(sums, losses, logits, y, mask.astype(bool))
+
+
+def mean_metrics(sums: Sums) -> tuple[float, float]:
+    """(mean loss, accuracy) from running sums fetched to the host."""
+    sums = jax.device_get(sums)
+    count = max(int(sums['count']), 1)
+    return float(sums['loss_sum']) / count, int(sums['correct']) / count
+
+
+def flops_of(compiled: Any) -> float:
+    """FLOPs of one call of a compiled function, from XLA's cost analysis (0 if unknown)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # Older jax returns one dict per device program.
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get('flops', 0.0))
+
+
+class StopSignals:
+    """Turns SIGINT and SIGTERM into a flag that the loop checks, so it can save and exit.
+
+    A second signal of the same kind acts as usual (Ctrl-C twice interrupts at once).
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> 'StopSignals':
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self.signum = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _check_finite(loss: float, epoch: int, step: int, checkpointer: checkpointing.Checkpointer,
+                  workdir: str) -> None:
+    if math.isfinite(loss):
+        return
+    checkpointer.wait()
+    kept = checkpointer.latest_step()
+    where = (f'the last good checkpoint (step {kept}) is kept in {workdir}' if kept is not None
+             else 'no checkpoint had been saved yet')
+    raise NonFiniteLossError(
+        f'the training loss became {loss} in epoch {epoch} (by step {step}); {where}. Lower '
+        'config.train.learning_rate, add warmup (config.train.warmup_epochs) or check the data.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates `config` in `workdir`, resuming from its last checkpoint.
+
+    Returns the final results, also written to `workdir/results.json`.
+    """
+    validate_config(config)
+    resuming = checkpointing.claim_workdir(workdir, config)
+    checkpointing.write_json_atomic(os.path.join(workdir, 'environment.json'),
+                                    environment.describe())
+    train_split = input_pipeline.load_split(config.data, 'train', config.model.num_classes)
+    test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
+    batch_size = config.train.batch_size
+    steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split), batch_size)
+    if not steps_per_epoch:
+        raise ValueError(f'{len(train_split)} training examples make no full batch of '
+                         f'config.train.batch_size={batch_size}; lower the batch size or raise '
+                         'config.data.max_train_examples.')
+
+    init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
+    learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
+    state = create_train_state(config, init_key, create_optimizer(config.train, learning_rate_fn),
+                               num_channels=train_split.images.shape[-1])
+    sums = zero_sums()
+    history: list[dict[str, Any]] = []
+    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        restored, history = checkpointer.restore(latest, {'state': state, 'sums': sums})
+        state, sums = restored['state'], restored['sums']
+        print(f'Resuming {workdir} from the checkpoint at step {latest} '
+              f'(epoch {latest // steps_per_epoch}, batch {latest % steps_per_epoch}).', flush=True)
+    elif resuming:
+        print(f'{workdir} has this config but no checkpoint yet; starting from scratch.',
+              flush=True)
+
+    images, labels = input_pipeline.to_device(train_split)
+    test_images, test_labels = input_pipeline.to_device(test_split)
+    eval_indices, eval_mask = input_pipeline.eval_batches(len(test_split),
+                                                          config.train.eval_batch_size)
+    make_batches = jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3))
+    batches = make_batches(shuffle_key, 0, len(train_split), batch_size)
+    image_size = config.data.image_size
+    compile_start = time.perf_counter()
+    train_fn = jax.jit(functools.partial(train_step, image_size=image_size),
+                       donate_argnums=(0, 1)).lower(
+                           state, sums, images, labels, batches, dropout_key).compile()
+    eval_fn = jax.jit(functools.partial(eval_step, image_size=image_size),
+                      donate_argnums=(1,)).lower(
+                          state, sums, test_images, test_labels, eval_indices[0],
+                          eval_mask[0]).compile()
+    compile_seconds = time.perf_counter() - compile_start
+    num_params = count_params(state.params)
+
+    def evaluate() -> tuple[float, float]:
+        eval_sums = zero_sums()
+        for indices, mask in zip(tqdm(eval_indices, desc='eval', leave=False, disable=None),
+                                 eval_mask):
+            eval_sums = eval_fn(state, eval_sums, test_images, test_labels, indices, mask)
+        return mean_metrics(eval_sums)
+
+    log = metric_writers.EpochLog(workdir)
+    log.rewrite(history)
+    step = int(state.step)
+    first_epoch = step // steps_per_epoch + 1
+    num_epochs = config.train.num_epochs
+    try:
+        with StopSignals() as stop:
+            for epoch in range(first_epoch, num_epochs + 1):
+                epoch_start = time.perf_counter()
+                first_batch = step % steps_per_epoch
+                batches = make_batches(shuffle_key, epoch, len(train_split), batch_size)
+                bar = tqdm(total=steps_per_epoch, initial=first_batch, unit='step',
+                           desc=f'epoch {epoch}/{num_epochs}', leave=False, disable=None)
+                for batch in range(first_batch, steps_per_epoch):
+                    state, sums = train_fn(state, sums, images, labels, batches, dropout_key)
+                    step += 1
+                    bar.update()
+                    last_batch = batch == steps_per_epoch - 1
+                    if (batch + 1) % config.train.log_every_steps == 0 or last_batch:
+                        loss, accuracy = mean_metrics(sums)
+                        _check_finite(loss, epoch, step, checkpointer, workdir)
+                        bar.set_postfix(loss=f'{loss:.4f}', acc=f'{accuracy:.3f}')
+                    if stop.signum is not None and not last_batch:
+                        loss, _ = mean_metrics(sums)
+                        _check_finite(loss, epoch, step, checkpointer, workdir)
+                        checkpointer.save(step, {'state': state, 'sums': sums}, history)
+                        raise TrainingInterrupted(stop.signum, step)
+                train_seconds = time.perf_counter() - epoch_start
+                bar.close()
+                train_loss, train_accuracy = mean_metrics(sums)
+                test_loss, test_accuracy = evaluate()
+                history.append({
+                    'epoch': epoch, 'step': step,
+                    'train_loss': train_loss, 'train_accuracy': train_accuracy,
+                    'test_loss': test_loss, 'test_accuracy': test_accuracy,
+                    'examples_per_sec': (steps_per_epoch - first_batch) * batch_size /
+                                        train_seconds,
+                    'train_seconds': train_seconds,
+                    'epoch_seconds': time.perf_counter() - epoch_start,
+                    'learning_rate': float(learning_rate_fn(step - 1)),
+                })
+                log.write(history)
+                tqdm.write(format_epoch(history[-1], num_epochs), file=sys.stdout)
+                sums = zero_sums()
+                if (epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs or
+                        stop.signum is not None):
+                    checkpointer.save(step, {'state': state, 'sums': sums}, history)
+                if stop.signum is not None and epoch < num_epochs:
+                    raise TrainingInterrupted(stop.signum, step)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        log.close()
+
+    results = summarize_run(history, num_params=num_params,
+                            train_flops_per_step=flops_of(train_fn),
+                            compile_seconds=compile_seconds, batch_size=batch_size)
+    checkpointing.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+    return results
+
+
+def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
+    """One line per epoch, like the lesson's printout."""
+    return (f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
+            f'train acc {record["train_accuracy"]:.4f}  test acc {record["test_accuracy"]:.4f}  '
+            f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s')
+
+
+def summarize_run(history: list[dict[str, Any]], *, num_params: int,
+                  train_flops_per_step: float, compile_seconds: float,
+                  batch_size: int) -> dict[str, Any]:
+    """The numbers a sweep table or a paper needs from one finished run."""
+    final = history[-1]
+    best = max(history, key=lambda record: record['test_accuracy'])
+    devices = jax.devices()
+    return {
+        'epochs': final['epoch'],
+        'steps': final['step'],
+        'test_accuracy': final['test_accuracy'],
+        'test_loss': final['test_loss'],
+        'train_accuracy': final['train_accuracy'],
+        'train_loss': final['train_loss'],
+        'best_test_accuracy': best['test_accuracy'],
+        'best_epoch': best['epoch'],
+        'num_params': num_params,
+        'train_flops_per_example': train_flops_per_step / batch_size,
+        'examples_per_sec': float(np.median([r['examples_per_sec'] for r in history])),
+        'train_seconds': sum(r['train_seconds'] for r in history),
+        'wall_seconds': sum(r['epoch_seconds'] for r in history),
+        'compile_seconds': compile_seconds,
+        'device_kind': devices[0].device_kind,
+        'num_devices': len(devices),
+    }
