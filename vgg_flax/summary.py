@@ -21,8 +21,6 @@ from ml_collections import config_flags
 
 from vgg_flax import environment, models, train
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
 # The source images (Fashion-MNIST): their size sets what the on-device dataset costs.
 SOURCE_SHAPE = (28, 28, 1)
 TRAIN_EXAMPLES = 60_000
@@ -130,5 +128,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+    # Flags are defined here, not at import, so other CLIs can import this module's functions.
+    _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                              lock_config=True)
     flags.mark_flags_as_required(['config'])
     app.run(main)

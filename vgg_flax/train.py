@@ -114,8 +114,10 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
     size = config.data.image_size
     dummy = jnp.zeros((1, size, size, num_channels), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(key, dummy)
-    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                             batch_stats=variables.get('batch_stats', {}))
+    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                              batch_stats=variables.get('batch_stats', {}))
+    # An int32 array, not Python's 0, so fresh and restored states compile to the same step.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def count_params(params: Any) -> int:
@@ -158,13 +160,19 @@ def train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Arr
     return state, _add_to_sums(sums, losses, logits, y, jnp.ones_like(y, dtype=bool))
 
 
+def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
+                 image_size: int) -> jax.Array:
+    """Logits of the examples at `indices` of the on-device `images`, in inference mode."""
+    x = input_pipeline.preprocess(images[indices], image_size)
+    return state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, x,
+                          train=False)
+
+
 def eval_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
               indices: jax.Array, mask: jax.Array, *, image_size: int) -> Sums:
     """Adds one evaluation batch to `sums`; masked-out (padding) examples count for nothing."""
-    x = input_pipeline.preprocess(images[indices], image_size)
+    logits = predict_step(state, images, indices, image_size=image_size)
     y = labels[indices]
-    logits = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                            train=False)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return _add_to_sums(sums, losses, logits, y, mask.astype(bool))
 

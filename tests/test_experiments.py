@@ -1,0 +1,51 @@
+"""Every experiment file loads, validates and builds a model that passes jax.eval_shape."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vgg_flax import models, train
+
+from conftest import EXPERIMENTS, load_experiment
+
+
+@pytest.mark.parametrize('path', EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_loads_and_its_model_has_logits_of_num_classes(path):
+    config = load_experiment(path)
+    train.validate_config(config)
+    model = models.create_model(config.model)
+    size = config.data.image_size
+    x = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+    logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+    assert logits.shape == (2, config.model.num_classes)
+
+
+def test_d2l_vgg11_is_the_lessons_recipe():
+    config = load_experiment(next(p for p in EXPERIMENTS if p.stem == 'd2l_vgg11'))
+    assert config.model.arch == 'vgg11'
+    assert models.ARCHS['vgg11'] == ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+    assert config.model.width_ratio == 4
+    assert tuple(config.model.dense_features) == (4096, 4096)
+    assert config.model.dropout_rate == 0.5
+    assert config.model.kernel_init == 'xavier_uniform'
+    assert not config.model.use_bn
+    assert config.data.source == 'tfds'
+    assert config.data.image_size == 224
+    assert config.train.batch_size == 128
+    assert config.train.learning_rate == 0.05
+    assert config.train.momentum == 0.0
+    assert config.train.weight_decay == 0.0
+    assert config.train.lr_schedule == 'constant'
+    assert config.train.num_epochs == 5
+
+
+def test_quick_is_smaller_than_the_recipe():
+    quick = load_experiment(next(p for p in EXPERIMENTS if p.stem == 'quick'))
+    assert quick.model.arch == 'vgg11'
+    assert quick.data.image_size < 224
+    assert quick.model.width_ratio > 4

@@ -1,0 +1,78 @@
+"""The shape summary: its table, its totals, and the CLI's overrides and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vgg_flax import summary
+
+from conftest import ROOT, load_experiment, tiny_config
+
+from test_models import closed_form_params
+
+
+def test_summary_rows_and_totals():
+    config = tiny_config(idx_dir='unread')
+    config.data.image_size = 64
+    result = summary.summarize(config)
+    names = [layer.name for layer in result.layers]
+    assert names == ['input', 'block1', 'block2', 'block3', 'block4', 'block5', 'dense1',
+                     'dense2', 'head']
+    assert [layer.output_shape for layer in result.layers[1:6]] == [
+        (32, 32, 4), (16, 16, 8), (8, 8, 16), (4, 4, 32), (2, 2, 32)]
+    assert result.layers[1].activation_bytes == 32 * 32 * 4 * 4
+    expected = closed_form_params('vgg11', 16, 64, dense=(64, 64))
+    assert result.num_params == expected == sum(layer.params for layer in result.layers)
+    # Forward FLOPs: 2 per multiply-add of the convs and dense layers, plus XLA's small extras
+    # (biases, ReLU, pooling). XLA counts only the taps inside the image: 3S-2 per axis.
+    macs, channels, size = 0, 1, 64
+    for num_convs, features in ((1, 4), (1, 8), (2, 16), (2, 32), (2, 32)):
+        for _ in range(num_convs):
+            macs += (3 * size - 2) ** 2 * channels * features
+            channels = features
+        size //= 2
+    macs += 2 * 2 * 32 * 64 + 64 * 64 + 64 * 10
+    assert 2 * macs <= result.forward_flops_per_example <= 2.3 * macs, macs
+    # A training step holds at least the parameters, their gradients and the dataset.
+    assert result.train_step_bytes > 2 * 4 * expected + summary.TRAIN_EXAMPLES * 784
+
+
+def run_summary(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'vgg_flax.summary', *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_prints_the_lessons_shapes_and_parameter_count():
+    done = run_summary('--config=experiments/d2l_vgg11.py')
+    assert done.returncode == 0, done.stderr
+    for row in ('block1', '112x112x16', '56x56x32', '28x28x64', '14x14x128', '7x7x128',
+                'parameters: 43,093,322', 'forward FLOPs per image', 'training step at batch 128'):
+        assert row in done.stdout
+
+
+def test_cli_override_applies():
+    done = run_summary('--config=experiments/d2l_vgg11.py', '--config.model.width_ratio=1')
+    assert done.returncode == 0, done.stderr
+    assert '112x112x64' in done.stdout
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.model.no_such_field=1', 'no_such_field'),
+    ('--config.model.width_ratio=3', 'config.model.width_ratio=3 does not divide'),
+    ('--config.data.image_size=16', 'config.data.image_size=16 is too small'),
+])
+def test_cli_rejects_unknown_fields_and_bad_values(override, message):
+    done = run_summary('--config=experiments/d2l_vgg11.py', override)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_every_named_arch_summarises_at_full_width():
+    config = load_experiment(ROOT / 'experiments' / 'd2l_vgg11.py')
+    config.model.arch, config.model.width_ratio = 'vgg19', 1
+    result = summary.summarize(config)
+    assert result.layers[5].output_shape == (7, 7, 512)
+    assert result.forward_flops_per_example > 19e9

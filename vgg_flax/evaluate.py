@@ -1,0 +1,166 @@
+"""Evaluates a run's checkpoint: accuracy, per-class accuracy, confusion matrix, predictions.
+
+  python -m vgg_flax.evaluate --workdir=runs/d2l [--step=N] [--idx_dir=DIR]
+
+Prints the numbers, and writes `evaluation.json` and `predictions.png` (test images with their
+true and predicted class names, as the lesson's `predict` shows them) into the workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from vgg_flax import checkpointing, environment, input_pipeline, train
+
+EVALUATION_FILE = 'evaluation.json'
+PREDICTIONS_FILE = 'predictions.png'
+
+
+def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
+                  num_channels: int = 1) -> tuple[train.TrainState, int]:
+    """The train state saved at `step` (default: the latest) of the run in `workdir`."""
+    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    try:
+        steps = checkpointer.all_steps()
+        if not steps:
+            raise checkpointing.RunDirError(f'{workdir} has no checkpoint yet; train first.')
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise checkpointing.RunDirError(f'{workdir} has no checkpoint at step {step}; it has '
+                                            f'{", ".join(map(str, sorted(steps)))}.')
+        tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
+        like = {'state': train.create_train_state(config, jax.random.key(0), tx, num_channels),
+                'sums': train.zero_sums()}
+        restored, _ = checkpointer.restore(step, like)
+    finally:
+        checkpointer.close()
+    return restored['state'], step
+
+
+def predict(state: train.TrainState, split: input_pipeline.Split, image_size: int,
+            batch_size: int) -> np.ndarray:
+    """Predicted class of every example of `split`."""
+    images = jax.device_put(split.images)
+    predict_fn = jax.jit(functools.partial(train.predict_step, image_size=image_size))
+    indices, mask = input_pipeline.eval_batches(len(split), batch_size)
+    predictions = [np.asarray(predict_fn(state, images, batch).argmax(-1)) for batch in indices]
+    return np.concatenate(predictions)[mask.reshape(-1) > 0]
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
+                     num_classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def class_names(num_classes: int) -> list[str]:
+    if num_classes == len(input_pipeline.CLASS_NAMES):
+        return list(input_pipeline.CLASS_NAMES)
+    return [str(i) for i in range(num_classes)]
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    return matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+
+
+def format_report(matrix: np.ndarray, names: list[str], step: int) -> str:
+    lines = [f'checkpoint step {step}: test accuracy {matrix.trace() / matrix.sum():.4f} '
+             f'on {matrix.sum()} images', '', f'{"class":<12} {"accuracy":>8} {"images":>7}']
+    lines += [f'{name:<12} {acc:>8.4f} {total:>7}'
+              for name, acc, total in zip(names, per_class_accuracy(matrix), matrix.sum(axis=1))]
+    width = max(5, len(str(matrix.max())) + 1)
+    lines += ['', 'confusion matrix (rows: true class, columns: predicted class)',
+              ' ' * 12 + ''.join(f'{i:>{width}}' for i in range(len(names)))]
+    lines += [f'{i} {name[:10]:<10}' + ''.join(f'{n:>{width}}' for n in row)
+              for i, (name, row) in enumerate(zip(names, matrix))]
+    return '\n'.join(lines)
+
+
+def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                     names: list[str], path: str) -> None:
+    """A grid of images titled 'true / predicted'; wrong predictions in red."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    cols = min(len(images), 9)
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.9 * rows), dpi=120,
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis('off')
+    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions):
+        ax.imshow(image[..., 0], cmap='gray')
+        ax.set_title(f'{names[label]}\n{names[prediction]}', fontsize=7,
+                     color='black' if label == prediction else 'red')
+    fig.suptitle('true (top) and predicted (bottom) class; red: wrong', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def evaluate_run(workdir: str, step: int | None = None,
+                 data_overrides: dict[str, Any] | None = None,
+                 num_images: int = 18) -> dict[str, Any]:
+    """Restores the run's checkpoint, evaluates it on the test split and writes the reports."""
+    config = checkpointing.read_config(workdir)
+    config.data.update({k: v for k, v in (data_overrides or {}).items() if v is not None})
+    train.validate_config(config)
+    test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
+    state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
+    predictions = predict(state, test_split, config.data.image_size,
+                          config.train.eval_batch_size)
+    num_classes = config.model.num_classes
+    matrix = confusion_matrix(test_split.labels, predictions, num_classes)
+    names = class_names(num_classes)
+    print(format_report(matrix, names, step))
+    shown = min(num_images, len(test_split))
+    plot_predictions(test_split.images[:shown], test_split.labels[:shown], predictions[:shown],
+                     names, os.path.join(workdir, PREDICTIONS_FILE))
+    evaluation = {
+        'step': step,
+        'test_accuracy': float(matrix.trace() / matrix.sum()),
+        'num_examples': int(matrix.sum()),
+        'per_class_accuracy': dict(zip(names, map(float, per_class_accuracy(matrix)))),
+        'confusion_matrix': matrix.tolist(),
+    }
+    checkpointing.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
+    return evaluation
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    environment.quiet_absl_logging()
+    overrides = {'source': _DATA_SOURCE.value, 'idx_dir': _IDX_DIR.value,
+                 'tfds_data_dir': _TFDS_DATA_DIR.value}
+    try:
+        evaluate_run(_WORKDIR.value, _STEP.value, overrides, _NUM_IMAGES.value)
+    except (ValueError, input_pipeline.DataError, checkpointing.RunDirError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    # Flags are defined here, not at import, so other CLIs can import this module's functions.
+    _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory written by vgg_flax.main.')
+    _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
+    _DATA_SOURCE = flags.DEFINE_enum('data_source', None, list(input_pipeline.SOURCES),
+                                     'Override config.data.source of the run.')
+    _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of the run.')
+    _TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None,
+                                         'Override config.data.tfds_data_dir of the run.')
+    _NUM_IMAGES = flags.DEFINE_integer('num_images', 18, 'Test images shown in predictions.png.')
+    flags.mark_flags_as_required(['workdir'])
+    app.run(main)
