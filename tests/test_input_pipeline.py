@@ -1,0 +1,176 @@
+"""Both data sources, every corrupt-file case, and the on-device batching and preprocessing."""
+
+from __future__ import annotations
+
+import gzip
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgg_flax import config_utils, input_pipeline
+
+from conftest import synthetic_split, write_fashion_idx_dir, write_idx
+
+
+def data_config(**overrides):
+    config = config_utils.default_config().data
+    config.update({'source': 'idx', **overrides})
+    return config
+
+
+def test_idx_source_reads_gzipped_and_raw_files_alike(tmp_path):
+    gz = write_fashion_idx_dir(tmp_path / 'gz', gz=True)
+    raw = write_fashion_idx_dir(tmp_path / 'raw', gz=False)
+    for split, count in (('train', 320), ('test', 100)):
+        a = input_pipeline.load_split(data_config(idx_dir=str(gz)), split)
+        b = input_pipeline.load_split(data_config(idx_dir=str(raw)), split)
+        assert a.images.shape == (count, 28, 28, 1) and a.images.dtype == np.uint8
+        assert a.labels.shape == (count,) and a.labels.dtype == np.int32
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    images, labels = synthetic_split(100, seed=1)
+    test = input_pipeline.load_split(data_config(idx_dir=str(gz)), 'test')
+    np.testing.assert_array_equal(test.images[..., 0], images)
+    np.testing.assert_array_equal(test.labels, labels)
+
+
+def test_max_examples_cut_the_split(idx_dir):
+    split = input_pipeline.load_split(data_config(idx_dir=str(idx_dir), max_train_examples=50),
+                                      'train')
+    assert len(split) == 50
+
+
+def test_real_fashion_mnist(real_data_dir):
+    config = data_config(idx_dir=str(real_data_dir))
+    train = input_pipeline.load_split(config, 'train')
+    test = input_pipeline.load_split(config, 'test')
+    assert train.images.shape == (60_000, 28, 28, 1)
+    assert test.images.shape == (10_000, 28, 28, 1)
+    assert np.bincount(train.labels).tolist() == [6000] * 10
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    assert abs(train.images.mean() / 255 - 0.2861) < 1e-3
+
+
+def corrupt(directory, name, content):
+    path = directory / name
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize('case,message', [
+    ('missing', 'train-labels-idx1-ubyte(.gz) is missing'),
+    ('truncated', 'is truncated: its header gives shape (320, 28, 28)'),
+    ('truncated_gzip', 'cannot be read'),
+    ('not_gzip', 'cannot be read'),
+    ('wrong_magic', 'has magic number 0x00000801, expected 0x00000803'),
+    ('short_header', 'shorter than an IDX header'),
+    ('too_long', 'longer than its header says'),
+    ('count_mismatch', 'holds 320 images but train-labels-idx1-ubyte holds 319 labels'),
+    ('label_range', 'labels from source \'idx\' hold 1 values outside 0..9 (first: 12'),
+])
+def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, message):
+    images_gz = idx_dir / 'train-images-idx3-ubyte.gz'
+    labels_gz = idx_dir / 'train-labels-idx1-ubyte.gz'
+    images, labels = synthetic_split(320, seed=0)
+    if case == 'missing':
+        labels_gz.unlink()
+    elif case == 'truncated':
+        raw = gzip.decompress(images_gz.read_bytes())
+        images_gz.write_bytes(gzip.compress(raw[:-100]))
+    elif case == 'truncated_gzip':
+        content = images_gz.read_bytes()
+        images_gz.write_bytes(content[:len(content) // 2])
+    elif case == 'not_gzip':
+        images_gz.write_bytes(b'<html>404 Not Found</html>')
+    elif case == 'wrong_magic':
+        write_idx(images_gz, images, magic=0x0801)
+    elif case == 'short_header':
+        images_gz.write_bytes(gzip.compress(b'\x00\x00\x08\x03\x00'))
+    elif case == 'too_long':
+        images_gz.write_bytes(gzip.compress(gzip.decompress(images_gz.read_bytes()) + b'xx'))
+    elif case == 'count_mismatch':
+        write_idx(labels_gz, labels[:-1])
+    elif case == 'label_range':
+        labels = labels.copy()
+        labels[7] = 12
+        write_idx(labels_gz, labels)
+    with pytest.raises(input_pipeline.DataError) as error:
+        input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), 'train')
+    assert message in str(error.value)
+    if case not in ('missing', 'count_mismatch', 'label_range'):
+        assert str(images_gz) in str(error.value)
+
+
+def test_tfds_source_with_mock_data():
+    tfds = pytest.importorskip('tensorflow_datasets')
+    with tfds.testing.mock_data(num_examples=37):
+        split = input_pipeline.load_split(data_config(source='tfds'), 'test')
+    assert split.images.shape == (37, 28, 28, 1) and split.images.dtype == np.uint8
+    assert split.labels.shape == (37,) and split.labels.dtype == np.int32
+    assert split.labels.min() >= 0 and split.labels.max() <= 9
+
+
+def test_tfds_failure_names_the_offline_alternative(monkeypatch):
+    tfds = pytest.importorskip('tensorflow_datasets')
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError('Failed to resolve fashion-mnist.s3-website.eu-central-1...')
+
+    monkeypatch.setattr(tfds, 'load', no_network)
+    with pytest.raises(input_pipeline.DataError) as error:
+        input_pipeline.load_split(data_config(source='tfds'), 'train')
+    assert 'TFDS could not load fashion_mnist/train' in str(error.value)
+    assert '--config.data.source=idx --config.data.idx_dir=DIR' in str(error.value)
+
+
+def test_idx_source_does_not_import_tensorflow(idx_dir):
+    import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+    code = ('import sys\nfrom vgg_flax import config_utils, input_pipeline, train\n'
+            'c = config_utils.default_config().data\n'
+            f'c.source, c.idx_dir = "idx", {str(idx_dir)!r}\n'
+            'input_pipeline.load_split(c, "train")\n'
+            'assert "tensorflow" not in sys.modules, "tensorflow was imported"\n')
+    subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'source': 'hub'}, "config.data.source='hub' is not supported; use one of 'tfds', 'idx'"),
+    ({'idx_dir': ''}, 'config.data.source=idx needs config.data.idx_dir'),
+    ({'idx_dir': 'x', 'image_size': 16}, 'config.data.image_size=16 is too small'),
+    ({'idx_dir': 'x', 'max_test_examples': -1}, 'config.data.max_test_examples=-1'),
+])
+def test_invalid_data_config(overrides, message):
+    with pytest.raises(ValueError) as error:
+        input_pipeline.validate_data_config(data_config(**overrides), arch='vgg11')
+    assert message in str(error.value)
+
+
+def test_preprocess_scales_and_resizes_bilinearly():
+    images = jnp.full((2, 28, 28, 1), 51, jnp.uint8)
+    x = input_pipeline.preprocess(images, 56)
+    assert x.shape == (2, 56, 56, 1) and x.dtype == jnp.float32
+    np.testing.assert_allclose(x, 0.2, rtol=1e-6)
+    ramp = jnp.tile(jnp.arange(28, dtype=jnp.uint8)[None, :, None], (28, 1, 1))[None] * 9
+    up = input_pipeline.preprocess(ramp, 56)[0, 0, :, 0]
+    assert bool(jnp.all(jnp.diff(up) >= 0))  # Interpolates, does not repeat pixels only.
+    assert len(np.unique(np.asarray(up))) > 28
+    same = input_pipeline.preprocess(ramp, 28)
+    np.testing.assert_allclose(same * 255, ramp, atol=1e-4)
+
+
+def test_epoch_batches_are_a_seeded_shuffle():
+    key = jax.random.key(0)
+    a = input_pipeline.epoch_batches(key, 1, 100, 16)
+    assert a.shape == (6, 16) and a.dtype == jnp.int32
+    assert len(np.unique(np.asarray(a))) == 96
+    np.testing.assert_array_equal(a, input_pipeline.epoch_batches(key, 1, 100, 16))
+    assert not np.array_equal(a, input_pipeline.epoch_batches(key, 2, 100, 16))
+
+
+def test_eval_batches_cover_every_example_once():
+    indices, mask = input_pipeline.eval_batches(10, 4)
+    assert indices.shape == mask.shape == (3, 4)
+    assert sorted(indices[mask > 0].tolist()) == list(range(10))
+    assert mask.sum() == 10

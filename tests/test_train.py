@@ -1,0 +1,197 @@
+"""The step learns, runs are deterministic and resumable, and bad runs stop clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from vgg_flax import checkpointing, input_pipeline, metric_writers, train
+
+from conftest import tiny_config, write_fashion_idx_dir
+
+METRIC_KEYS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'learning_rate')
+
+
+def metrics_of(history):
+    return [{key: record[key] for key in ('epoch', 'step', *METRIC_KEYS)} for record in history]
+
+
+def test_steps_lower_the_loss(idx_dir):
+    config = tiny_config(str(idx_dir))
+    split = input_pipeline.load_split(config.data, 'train')
+    lr_fn = train.create_learning_rate_fn(config.train, 10)
+    state = train.create_train_state(config, jax.random.key(0),
+                                     train.create_optimizer(config.train, lr_fn))
+    images, labels = input_pipeline.to_device(split)
+    batches = input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32)[:1]
+    step = jax.jit(lambda s, m: train.train_step(s, m, images, labels, batches,
+                                                 jax.random.key(2), image_size=32))
+    losses = []
+    for _ in range(15):  # The same batch again and again: its loss must fall.
+        state, sums = step(state, train.zero_sums())
+        losses.append(train.mean_metrics(sums)[0])
+    assert int(state.step) == 15
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_training_beats_chance_and_writes_the_run(idx_dir, tmp_path):
+    results = train.train_and_evaluate(tiny_config(str(idx_dir)), str(tmp_path / 'run'))
+    assert results['test_accuracy'] > 0.5  # Chance is 0.1.
+    assert results['epochs'] == 2 and results['steps'] == 20
+    history = metric_writers.read_history(str(tmp_path / 'run'))
+    assert [r['epoch'] for r in history] == [1, 2]
+    assert history[-1]['test_accuracy'] == results['test_accuracy']
+
+
+def test_evaluation_counts_every_test_example(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    config.train.eval_batch_size = 33  # 100 test examples: 3 full batches and one of 1.
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    record = metric_writers.read_history(str(tmp_path / 'run'))[0]
+    assert round(record['test_accuracy'] * 100) == pytest.approx(record['test_accuracy'] * 100)
+
+
+def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 3
+    straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+    again = train.train_and_evaluate(config, str(tmp_path / 'again'))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+    config.train.num_epochs = 3
+    resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+    histories = [metrics_of(metric_writers.read_history(str(tmp_path / name)))
+                 for name in ('straight', 'again', 'resumed')]
+    assert histories[0] == histories[1] == histories[2]
+    assert straight['test_accuracy'] == again['test_accuracy'] == resumed['test_accuracy']
+
+
+def test_sigterm_mid_epoch_saves_and_resuming_matches(tmp_path):
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=6400, num_test=100)
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 2
+    straight = metrics_of(train.train_and_evaluate(config, str(tmp_path / 'straight')) and
+                          metric_writers.read_history(str(tmp_path / 'straight')))
+    workdir = str(tmp_path / 'stopped')
+
+    def stop_in_epoch_one():
+        while not os.path.isdir(os.path.join(workdir, metric_writers.TENSORBOARD_DIR)):
+            time.sleep(0.005)
+        time.sleep(0.2)  # Compiled by now: stop inside the first epoch's 200 steps.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_in_epoch_one, daemon=True).start()
+    with pytest.raises(train.TrainingInterrupted) as stopped:
+        train.train_and_evaluate(config, workdir)
+    assert stopped.value.signum == signal.SIGTERM
+    saved = checkpointing.Checkpointer(workdir, keep=3).latest_step()
+    assert saved is not None and 0 < saved < 200, saved  # Saved mid-epoch.
+    train.train_and_evaluate(config, workdir)
+    assert metrics_of(metric_writers.read_history(workdir)) == straight
+
+
+def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    config.model.width_ratio = 8
+    config.data.image_size = 64
+    with pytest.raises(checkpointing.RunDirError) as error:
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+    message = str(error.value)
+    assert 'data.image_size: 32 in the run, 64 now' in message
+    assert 'model.width_ratio: 16 in the run, 8 now' in message
+    assert 'Use a new --workdir' in message
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 3
+    config.train.lr_schedule = 'step'
+    config.train.lr_decay_epochs = (1,)
+    config.train.lr_decay_factor = 1e20  # Epoch 2 steps with lr 5e18: the loss overflows.
+    workdir = str(tmp_path / 'run')
+    with pytest.raises(train.NonFiniteLossError) as error:
+        train.train_and_evaluate(config, workdir)
+    assert 'in epoch 2' in str(error.value)
+    assert 'the last good checkpoint (step 10) is kept' in str(error.value)
+    assert checkpointing.Checkpointer(workdir, keep=3).all_steps() == [10]
+    assert [r['epoch'] for r in metric_writers.read_history(workdir)] == [1]
+
+
+def test_checkpoints_keep_the_last_few(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 4
+    config.train.keep_checkpoints = 2
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert checkpointing.Checkpointer(str(tmp_path / 'run'), keep=2).all_steps() == [30, 40]
+
+
+def test_learning_rate_schedules():
+    config = tiny_config()
+    config.train.num_epochs = 10
+    config.train.warmup_epochs = 2
+    config.train.lr_schedule = 'cosine'
+    lr = train.create_learning_rate_fn(config.train, 100)
+    assert float(lr(0)) == 0.0
+    assert float(lr(200)) == pytest.approx(0.05)
+    assert float(lr(1000)) == pytest.approx(0.0, abs=1e-6)
+    config.train.warmup_epochs = 0
+    config.train.lr_schedule = 'step'
+    config.train.lr_decay_epochs = (3, 6)
+    lr = train.create_learning_rate_fn(config.train, 100)
+    assert [float(lr(s)) for s in (299, 300, 600)] == pytest.approx([0.05, 0.005, 0.0005])
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 0, 'config.train.batch_size=0 must be a positive integer'),
+    ('learning_rate', 0.0, 'config.train.learning_rate=0.0 must be > 0'),
+    ('momentum', -0.5, 'config.train.momentum=-0.5 must be a finite number >= 0'),
+    ('lr_schedule', 'linear', "config.train.lr_schedule='linear' is not supported"),
+    ('num_epochs', -1, 'config.train.num_epochs=-1 must be a positive integer'),
+])
+def test_invalid_train_config(field, value, message):
+    config = tiny_config('unread')
+    config.train[field] = value
+    with pytest.raises(ValueError) as error:
+        train.validate_config(config)
+    assert message in str(error.value)
+
+
+def test_too_few_examples_for_one_batch_is_a_clear_error(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.data.max_train_examples = 10
+    with pytest.raises(ValueError, match='make no full batch of config.train.batch_size=32'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_weight_decay_skips_biases():
+    config = tiny_config()
+    config.train.weight_decay = 0.5
+    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
+    params = {'kernel': np.ones((2, 2), np.float32), 'bias': np.ones((2,), np.float32)}
+    zero = jax.tree.map(np.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    assert float(updates['bias'].sum()) == 0.0
+    assert float(updates['kernel'][0, 0]) == pytest.approx(-0.05 * 0.5)
+
+
+def test_results_json(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    with open(tmp_path / 'run' / 'results.json') as f:
+        results = json.load(f)
+    for key in ('test_accuracy', 'best_test_accuracy', 'best_epoch', 'num_params',
+                'examples_per_sec', 'train_flops_per_example', 'compile_seconds',
+                'wall_seconds', 'device_kind'):
+        assert key in results
+    assert results['train_flops_per_example'] > 0
