@@ -11,13 +11,21 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vgg_flax import config_utils
+from vgg_flax import config_utils, environment
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / 'experiments').glob('*.py'))
 # The real Fashion-MNIST IDX files; a developer checkout has them beside the project.
 REAL_DATA_DIR = pathlib.Path(os.environ.get(
     'VGG_FLAX_FASHION_MNIST', ROOT.parent / 'shared' / 'data' / 'fashion-mnist'))
+
+
+@pytest.fixture(autouse=True, scope='session')
+def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One persistent XLA cache for the session (and its subprocesses): compile each step once."""
+    path = str(tmp_path_factory.mktemp('xla_cache'))
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+    environment.enable_compilation_cache()
 
 
 def load_experiment(path: os.PathLike) -> ml_collections.ConfigDict:

@@ -195,3 +195,11 @@ def test_results_json(idx_dir, tmp_path):
                 'wall_seconds', 'device_kind'):
         assert key in results
     assert results['train_flops_per_example'] > 0
+
+
+def test_short_real_data_run_beats_chance(real_data_dir, tmp_path):
+    config = tiny_config(str(real_data_dir))
+    config.data.max_train_examples = 3200
+    config.data.max_test_examples = 1000
+    results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert results['test_accuracy'] > 0.6, results  # Chance: 0.1.

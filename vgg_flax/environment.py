@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import platform
 import socket
 import sys
@@ -43,3 +44,15 @@ def quiet_absl_logging() -> None:
     """WARNING and above unless --verbosity was given: orbax and jax log much at INFO."""
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)
+
+
+def enable_compilation_cache() -> str:
+    """Turns on JAX's persistent compilation cache, so a relaunch does not compile again.
+
+    The cache lives in $JAX_COMPILATION_CACHE_DIR, else ~/.cache/vgg_flax/xla. Returns the path.
+    """
+    path = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+        os.path.expanduser('~'), '.cache', 'vgg_flax', 'xla')
+    jax.config.update('jax_compilation_cache_dir', path)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+    return path

@@ -23,6 +23,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     environment.quiet_absl_logging()
+    environment.enable_compilation_cache()
     try:
         results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, input_pipeline.DataError, checkpointing.RunDirError,
