@@ -1,0 +1,273 @@
+"""Hyper-parameter sweeps: every point a full training run in its own directory, then a table.
+
+  python -m vgg_flax.sweep --config=experiments/ratio_sweep.py --workdir=runs/ratio
+      [--list] [--index=N] [--report] [--config.train.num_epochs=1 ...]
+
+An experiment file that defines `get_sweep()` next to `get_config()` is a sweep: `get_sweep()`
+returns a list of points, each a dict of dotted config fields to values (see `vgg_flax.hyper`).
+Shell overrides apply to the base config, so to every point; a point's own values win.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import traceback
+from typing import Any, Sequence
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from vgg_flax import checkpointing, hyper, environment, summary, train
+
+Point = hyper.Point
+RESULTS_FILE = 'results.json'
+ERROR_FILE = 'error.txt'
+REPORT_FILES = ('results.csv', 'results.md', 'sweep.png')
+
+
+def point_name(point: Point) -> str:
+    """The point's directory name: its overrides, 'model.width_ratio=4,train.seed=1'."""
+    def text(value: Any) -> str:
+        if isinstance(value, (tuple, list)):
+            return '-'.join(map(text, value))
+        return str(value)
+    return ','.join(f'{field}={text(value)}' for field, value in point.items()) or 'base'
+
+
+def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
+    """`base` with the point's fields set; an unknown field is an error."""
+    config = ml_collections.ConfigDict(base.to_dict())
+    for field, value in point.items():
+        *parents, leaf = field.split('.')
+        node = config
+        for parent in parents:
+            node = node[parent]
+        if leaf not in node:
+            raise ValueError(f'the sweep sets {field!r}, which is not a config field.')
+        node[leaf] = value
+    return config
+
+
+def load_sweep(config_path: str) -> list[Point]:
+    """The points of the experiment file's `get_sweep()`."""
+    spec = importlib.util.spec_from_file_location('sweep_experiment', config_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_sweep'):
+        raise ValueError(f'{config_path} has no get_sweep(): it is a single experiment; run it '
+                         'with python -m vgg_flax.main.')
+    points = list(module.get_sweep())
+    names = [point_name(p) for p in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f'{config_path}: get_sweep() repeats points: {names}')
+    return points
+
+
+@dataclasses.dataclass
+class PointRun:
+    index: int
+    point: Point
+    config: ml_collections.ConfigDict
+    workdir: str
+
+    @property
+    def name(self) -> str:
+        return point_name(self.point)
+
+    def results(self) -> dict[str, Any] | None:
+        path = os.path.join(self.workdir, RESULTS_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def status(self) -> str:
+        results = self.results()
+        if results and results['epochs'] >= self.config.train.num_epochs:
+            return 'done'
+        if os.path.isfile(os.path.join(self.workdir, ERROR_FILE)):
+            return 'failed'
+        if os.path.isdir(os.path.join(self.workdir, checkpointing.CHECKPOINT_DIR)):
+            return 'partial'
+        return 'missing'
+
+
+def plan(base: ml_collections.ConfigDict, points: Sequence[Point],
+         workdir: str) -> list[PointRun]:
+    return [PointRun(i, point, point_config(base, point), os.path.join(workdir, point_name(point)))
+            for i, point in enumerate(points)]
+
+
+def run_point(run: PointRun) -> bool:
+    """Trains (or resumes) one point; True on success. Failures are recorded, not raised."""
+    if run.status() == 'done':
+        print(f'[{run.index}] {run.name}: done, skipped', flush=True)
+        return True
+    print(f'[{run.index}] {run.name}: training in {run.workdir}', flush=True)
+    error_path = os.path.join(run.workdir, ERROR_FILE)
+    try:
+        train.train_and_evaluate(run.config, run.workdir)
+    except train.TrainingInterrupted:
+        raise
+    except Exception as e:  # pylint: disable=broad-except  # One bad point must not stop the rest.
+        os.makedirs(run.workdir, exist_ok=True)
+        with open(error_path, 'w') as f:
+            f.write(traceback.format_exc())
+        print(f'[{run.index}] {run.name}: FAILED: {type(e).__name__}: {e}', file=sys.stderr,
+              flush=True)
+        return False
+    if os.path.isfile(error_path):
+        os.remove(error_path)
+    return True
+
+
+def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
+    """One row per point: its fields, model cost (from the summary) and run results."""
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {'index': run.index, **run.point, 'status': run.status()}
+        try:
+            cost = summary.summarize(run.config)
+            row.update(params=cost.num_params, forward_gflops=cost.forward_flops_per_example / 1e9,
+                       step_memory_mib=cost.train_step_bytes / 2**20)
+        except ValueError:  # An invalid point: its row says 'failed' and has no cost.
+            row.update(params=None, forward_gflops=None, step_memory_mib=None)
+        results = run.results() or {}
+        row.update(test_accuracy=results.get('test_accuracy'),
+                   best_test_accuracy=results.get('best_test_accuracy'),
+                   best_epoch=results.get('best_epoch'), epochs=results.get('epochs'),
+                   examples_per_sec=results.get('examples_per_sec'),
+                   wall_seconds=results.get('wall_seconds'))
+        rows.append(row)
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        return f'{value:.4f}' if abs(value) < 10 else f'{value:,.1f}'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'{value:,}'
+    return str(value)
+
+
+def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
+    """Writes results.csv, results.md and sweep.png into the sweep's workdir."""
+    rows = report_rows(runs)
+    columns = list(rows[0]) if rows else []
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ('' if v is None else v) for k, v in row.items()} for row in rows)
+    lines = ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns)]
+    lines += ['| ' + ' | '.join(_cell(row[c]) for c in columns) + ' |' for row in rows]
+    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    plot_sweep(rows, [field for field in runs[0].point] if runs else [],
+               os.path.join(workdir, 'sweep.png'))
+    return rows
+
+
+def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str) -> None:
+    """Test accuracy against the swept value and against parameters; throughput beside."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    numeric = len(fields) == 1 and all(isinstance(row[fields[0]], (int, float)) for row in rows)
+    labels = [row[fields[0]] if numeric else point_name({f: row[f] for f in fields})
+              for row in rows]
+    positions = labels if numeric else list(range(len(rows)))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    done = [i for i, row in enumerate(rows) if row['test_accuracy'] is not None]
+    series = ((axes[0], positions, 'test_accuracy', fields[0] if numeric else 'point'),
+              (axes[2], positions, 'examples_per_sec', fields[0] if numeric else 'point'))
+    for ax, xs, key, xlabel in series:
+        ax.plot([xs[i] for i in done], [rows[i][key] for i in done], 'o-')
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(key.replace('_', ' '))
+        if numeric and all(x > 0 for x in xs) and max(xs) / min(xs) >= 8:
+            ax.set_xscale('log', base=2)
+        if numeric:
+            ax.set_xticks(xs, [str(x) for x in xs])
+        else:
+            ax.set_xticks(xs, [str(x) for x in labels], rotation=30, ha='right', fontsize=7)
+    with_params = [i for i in done if rows[i]['params']]
+    axes[1].plot([rows[i]['params'] for i in with_params],
+                 [rows[i]['test_accuracy'] for i in with_params], 'o-')
+    for i in with_params:
+        axes[1].annotate(str(labels[i]), (rows[i]['params'], rows[i]['test_accuracy']),
+                         fontsize=7, xytext=(3, 3), textcoords='offset points')
+    axes[1].set_xscale('log')
+    axes[1].set_xlabel('parameters')
+    axes[1].set_ylabel('test accuracy')
+    missing = [str(labels[i]) for i, row in enumerate(rows) if row['test_accuracy'] is None]
+    if missing:
+        fig.text(0.01, 0.01, 'not finished: ' + ', '.join(missing), fontsize=7, color='red')
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    environment.quiet_absl_logging()
+    environment.enable_compilation_cache()
+    config_path = config_flags.get_config_filename(flags.FLAGS['config'])
+    workdir = _WORKDIR.value
+    try:
+        runs = plan(_CONFIG.value, load_sweep(config_path), workdir)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    if _LIST.value:
+        for run in runs:
+            print(f'{run.index:>3}  {run.status():<8} {run.name}')
+        return 0
+    if _INDEX.value is not None and not 0 <= _INDEX.value < len(runs):
+        print(f'error: --index={_INDEX.value} is out of range: the sweep has {len(runs)} points '
+              f'(0..{len(runs) - 1}); see --list.', file=sys.stderr)
+        return 1
+    failed = []
+    if not _REPORT.value:
+        selected = runs if _INDEX.value is None else [runs[_INDEX.value]]
+        try:
+            failed = [run for run in selected if not run_point(run)]
+        except train.TrainingInterrupted as e:
+            print(e, file=sys.stderr)
+            return 128 + e.signum
+    rows = write_report(runs, workdir)
+    with open(os.path.join(workdir, 'results.md')) as f:
+        print(f.read(), end='')
+    not_done = [row for row in rows if row['status'] != 'done']
+    if failed:
+        print(f'{len(failed)} point(s) failed: {", ".join(run.name for run in failed)}; see '
+              f'{ERROR_FILE} in their directories.', file=sys.stderr)
+        return 1
+    if _INDEX.value is None and not_done:
+        print(f'{len(not_done)} point(s) not done.', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    # Flags are defined here, not at import, so other CLIs can import this module's functions.
+    _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep experiment file.',
+                                              lock_config=True)
+    _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory; each point in a subdirectory.')
+    _LIST = flags.DEFINE_bool('list', False, 'Print the points with their index and status.')
+    _INDEX = flags.DEFINE_integer('index', None, 'Run only point N (a job-array task).')
+    _REPORT = flags.DEFINE_bool('report', False, 'Only write the report from finished runs.')
+    flags.mark_flags_as_required(['config', 'workdir'])
+    app.run(main)
