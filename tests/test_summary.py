@@ -24,7 +24,7 @@ def test_summary_rows_and_totals():
     assert [layer.output_shape for layer in result.layers[1:6]] == [
         (32, 32, 4), (16, 16, 8), (8, 8, 16), (4, 4, 32), (2, 2, 32)]
     assert result.layers[1].activation_bytes == 32 * 32 * 4 * 4
-    expected = closed_form_params('vgg11', 16, 64, dense=(64, 64))
+    expected = closed_form_params('vgg11', 16, 64, dense=(64, 64), use_bn=True)
     assert result.num_params == expected == sum(layer.params for layer in result.layers)
     # Forward FLOPs: 2 per multiply-add of the convs and dense layers, plus XLA's small extras
     # (biases, ReLU, pooling). XLA counts only the taps inside the image: 3S-2 per axis.

@@ -203,3 +203,13 @@ def test_short_real_data_run_beats_chance(real_data_dir, tmp_path):
     config.data.max_test_examples = 1000
     results = train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['test_accuracy'] > 0.6, results  # Chance: 0.1.
+
+
+def test_training_from_tfds_with_mock_data(tmp_path):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    config = tiny_config()
+    config.data.source = 'tfds'
+    config.train.num_epochs = 1
+    with tfds.testing.mock_data(num_examples=96):
+        results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert results['steps'] == 3 and 0.0 <= results['test_accuracy'] <= 1.0
