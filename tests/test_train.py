@@ -29,7 +29,7 @@ def test_steps_lower_the_loss(idx_dir):
     lr_fn = train.create_learning_rate_fn(config.train, 10)
     state = train.create_train_state(config, jax.random.key(0),
                                      train.create_optimizer(config.train, lr_fn))
-    images, labels = input_pipeline.to_device(split)
+    images, labels = jax.device_put((split.images, split.labels))
     batches = input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32)[:1]
     step = jax.jit(lambda s, m: train.train_step(s, m, images, labels, batches,
                                                  jax.random.key(2), image_size=32))

@@ -34,11 +34,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return config_utils.from_plain(json.load(f))
 
 
-def claim_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
+def claim_workdir(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> bool:
     """Makes `workdir` this config's run directory; True when it already held the same run.
 
     Refuses a workdir written by a config that computes something else (another model, data,
-    seed or optimiser), since resuming it would mix two experiments.
+    seed or optimiser), since resuming it would mix two experiments. Only one process of a
+    multi-process job should `write` the config.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     current = config_utils.to_plain(config)
@@ -52,8 +53,9 @@ def claim_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
                 f'{workdir} holds a run of a different config, which cannot be resumed with '
                 'this one:\n  ' + '\n  '.join(conflicts) +
                 '\nUse a new --workdir, or set those fields back to resume that run.')
-    os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(path, current)
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        write_json_atomic(path, current)
     return existed
 
 

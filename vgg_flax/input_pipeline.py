@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +196,3 @@ def eval_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.nda
     mask[:num_examples] = 1.0
     return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
 
-
-def to_device(split: Split, sharding: Any = None) -> tuple[jax.Array, jax.Array]:
-    """Places a split's images and labels on the accelerator(s), once per run."""
-    return jax.device_put(split.images, sharding), jax.device_put(split.labels, sharding)

@@ -24,7 +24,7 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
-from vgg_flax import checkpointing, config_utils, environment, input_pipeline, metric_writers, models
+from vgg_flax import checkpointing, config_utils, distributed, environment, input_pipeline, metric_writers, models
 
 LR_SCHEDULES = ('constant', 'cosine', 'step')
 Sums = dict[str, jax.Array]
@@ -169,12 +169,14 @@ def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
 
 
 def eval_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
-              indices: jax.Array, mask: jax.Array, *, image_size: int) -> Sums:
-    """Adds one evaluation batch to `sums`; masked-out (padding) examples count for nothing."""
+              batches: jax.Array, masks: jax.Array, batch: jax.Array, *,
+              image_size: int) -> Sums:
+    """Adds evaluation batch `batch` to `sums`; masked-out padding counts for nothing."""
+    indices = batches[batch]
     logits = predict_step(state, images, indices, image_size=image_size)
     y = labels[indices]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return _add_to_sums(sums, losses, logits, y, mask.astype(bool))
+    return _add_to_sums(sums, losses, logits, y, masks[batch].astype(bool))
 
 
 def mean_metrics(sums: Sums) -> tuple[float, float]:
@@ -234,43 +236,57 @@ def _check_finite(loss: float, epoch: int, step: int, checkpointer: checkpointin
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates `config` in `workdir`, resuming from its last checkpoint.
 
-    Returns the final results, also written to `workdir/results.json`.
+    Runs data-parallel over every device (of every process); returns the final results, also
+    written to `workdir/results.json`.
     """
     validate_config(config)
-    resuming = checkpointing.claim_workdir(workdir, config)
-    checkpointing.write_json_atomic(os.path.join(workdir, 'environment.json'),
-                                    environment.describe())
+    mesh = distributed.create_mesh()
+    batch_size = config.train.batch_size
+    distributed.check_divisible('train.batch_size', batch_size, mesh)
+    distributed.check_divisible('train.eval_batch_size', config.train.eval_batch_size, mesh)
+    chief = distributed.is_chief()
+    resuming = checkpointing.claim_workdir(workdir, config, write=chief)
+    if chief:
+        checkpointing.write_json_atomic(os.path.join(workdir, 'environment.json'),
+                                        environment.describe())
     train_split = input_pipeline.load_split(config.data, 'train', config.model.num_classes)
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
-    batch_size = config.train.batch_size
     steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split), batch_size)
     if not steps_per_epoch:
         raise ValueError(f'{len(train_split)} training examples make no full batch of '
                          f'config.train.batch_size={batch_size}; lower the batch size or raise '
                          'config.data.max_train_examples.')
 
+    replicated = distributed.replicated(mesh)
     init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
     learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
-    state = create_train_state(config, init_key, create_optimizer(config.train, learning_rate_fn),
-                               num_channels=train_split.images.shape[-1])
-    sums = zero_sums()
+    tx = create_optimizer(config.train, learning_rate_fn)
+    state = jax.jit(functools.partial(create_train_state, config, tx=tx,
+                                      num_channels=train_split.images.shape[-1]),
+                    out_shardings=replicated)(init_key)
+    sums = jax.device_put(zero_sums(), replicated)
     history: list[dict[str, Any]] = []
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
         restored, history = checkpointer.restore(latest, {'state': state, 'sums': sums})
         state, sums = restored['state'], restored['sums']
-        print(f'Resuming {workdir} from the checkpoint at step {latest} '
-              f'(epoch {latest // steps_per_epoch}, batch {latest % steps_per_epoch}).', flush=True)
-    elif resuming:
+        if chief:
+            print(f'Resuming {workdir} from the checkpoint at step {latest} (epoch '
+                  f'{latest // steps_per_epoch}, batch {latest % steps_per_epoch}).', flush=True)
+    elif resuming and chief:
         print(f'{workdir} has this config but no checkpoint yet; starting from scratch.',
               flush=True)
 
-    images, labels = input_pipeline.to_device(train_split)
-    test_images, test_labels = input_pipeline.to_device(test_split)
-    eval_indices, eval_mask = input_pipeline.eval_batches(len(test_split),
-                                                          config.train.eval_batch_size)
-    make_batches = jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3))
+    images, labels = (distributed.put(a, replicated) for a in (train_split.images,
+                                                               train_split.labels))
+    test_images, test_labels = (distributed.put(a, replicated) for a in (test_split.images,
+                                                                         test_split.labels))
+    eval_batches, eval_masks = (
+        distributed.put(a, distributed.split_along(mesh, 1))
+        for a in input_pipeline.eval_batches(len(test_split), config.train.eval_batch_size))
+    make_batches = jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
+                           out_shardings=distributed.split_along(mesh, 1))
     batches = make_batches(shuffle_key, 0, len(train_split), batch_size)
     image_size = config.data.image_size
     compile_start = time.perf_counter()
@@ -279,31 +295,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            state, sums, images, labels, batches, dropout_key).compile()
     eval_fn = jax.jit(functools.partial(eval_step, image_size=image_size),
                       donate_argnums=(1,)).lower(
-                          state, sums, test_images, test_labels, eval_indices[0],
-                          eval_mask[0]).compile()
+                          state, sums, test_images, test_labels, eval_batches, eval_masks,
+                          0).compile()
     compile_seconds = time.perf_counter() - compile_start
-    num_params = count_params(state.params)
 
     def evaluate() -> tuple[float, float]:
-        eval_sums = zero_sums()
-        for indices, mask in zip(tqdm(eval_indices, desc='eval', leave=False, disable=None),
-                                 eval_mask):
-            eval_sums = eval_fn(state, eval_sums, test_images, test_labels, indices, mask)
+        eval_sums = jax.device_put(zero_sums(), replicated)
+        for batch in tqdm(range(eval_batches.shape[0]), desc='eval', leave=False,
+                          disable=None if chief else True):
+            eval_sums = eval_fn(state, eval_sums, test_images, test_labels, eval_batches,
+                                eval_masks, batch)
         return mean_metrics(eval_sums)
 
-    log = metric_writers.EpochLog(workdir)
-    log.rewrite(history)
+    log = metric_writers.EpochLog(workdir) if chief else None
+    if log:
+        log.rewrite(history)
     step = int(state.step)
-    first_epoch = step // steps_per_epoch + 1
     num_epochs = config.train.num_epochs
     try:
         with StopSignals() as stop:
-            for epoch in range(first_epoch, num_epochs + 1):
+            for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):
                 epoch_start = time.perf_counter()
                 first_batch = step % steps_per_epoch
                 batches = make_batches(shuffle_key, epoch, len(train_split), batch_size)
                 bar = tqdm(total=steps_per_epoch, initial=first_batch, unit='step',
-                           desc=f'epoch {epoch}/{num_epochs}', leave=False, disable=None)
+                           desc=f'epoch {epoch}/{num_epochs}', leave=False,
+                           disable=None if chief else True)
                 for batch in range(first_batch, steps_per_epoch):
                     state, sums = train_fn(state, sums, images, labels, batches, dropout_key)
                     step += 1
@@ -332,9 +349,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     'epoch_seconds': time.perf_counter() - epoch_start,
                     'learning_rate': float(learning_rate_fn(step - 1)),
                 })
-                log.write(history)
-                tqdm.write(format_epoch(history[-1], num_epochs), file=sys.stdout)
-                sums = zero_sums()
+                if log:
+                    log.write(history)
+                    tqdm.write(format_epoch(history[-1], num_epochs), file=sys.stdout)
+                sums = jax.device_put(zero_sums(), replicated)
                 if (epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs or
                         stop.signum is not None):
                     checkpointer.save(step, {'state': state, 'sums': sums}, history)
@@ -343,12 +361,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         checkpointer.wait()
         checkpointer.close()
-        log.close()
+        if log:
+            log.close()
 
-    results = summarize_run(history, num_params=num_params,
+    results = summarize_run(history, num_params=count_params(state.params),
                             train_flops_per_step=flops_of(train_fn),
                             compile_seconds=compile_seconds, batch_size=batch_size)
-    checkpointing.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+    if chief:
+        checkpointing.write_json_atomic(os.path.join(workdir, 'results.json'), results)
     return results
 
 

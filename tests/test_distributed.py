@@ -1,0 +1,73 @@
+"""Data parallelism: 4 CPU devices give the metrics of 1, and checkpoints move between them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vgg_flax import metric_writers, train
+
+from conftest import ROOT, tiny_config
+
+SCRIPT = '''
+import json, sys
+sys.path.insert(0, {tests!r})
+import jax
+from conftest import tiny_config
+from vgg_flax import environment, train
+environment.enable_compilation_cache()
+config = tiny_config({idx_dir!r})
+config.train.num_epochs = {epochs}
+config.train.batch_size = {batch_size}
+try:
+    train.train_and_evaluate(config, {workdir!r})
+except ValueError as e:
+    print('ValueError:', e)
+print(json.dumps({{'devices': jax.device_count()}}))
+'''
+
+
+def run_on_devices(devices: int, idx_dir, workdir, epochs: int, batch_size: int = 32) -> str:
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+    code = SCRIPT.format(tests=str(ROOT / 'tests'), idx_dir=str(idx_dir), epochs=epochs,
+                         batch_size=batch_size, workdir=str(workdir))
+    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {'devices': devices}
+    return done.stdout
+
+
+def assert_same_metrics(a, b):
+    assert [r['step'] for r in a] == [r['step'] for r in b]
+    for x, y in zip(a, b):
+        for key in ('train_loss', 'test_loss'):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), key
+        for key in ('train_accuracy', 'test_accuracy'):
+            assert x[key] == pytest.approx(y[key], abs=0.02), key
+
+
+def test_four_devices_match_one_and_checkpoints_move_between_them(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 2
+    train.train_and_evaluate(config, str(tmp_path / 'one'))
+    one = metric_writers.read_history(str(tmp_path / 'one'))
+
+    run_on_devices(4, idx_dir, tmp_path / 'four', epochs=2)
+    assert_same_metrics(metric_writers.read_history(str(tmp_path / 'four')), one)
+
+    # Saved on 4 devices after epoch 1, resumed on 2 for epoch 2.
+    run_on_devices(4, idx_dir, tmp_path / 'moved', epochs=1)
+    out = run_on_devices(2, idx_dir, tmp_path / 'moved', epochs=2)
+    assert 'Resuming' in out
+    assert_same_metrics(metric_writers.read_history(str(tmp_path / 'moved')), one)
+
+
+def test_batch_that_does_not_split_over_the_devices_is_refused(idx_dir, tmp_path):
+    out = run_on_devices(3, idx_dir, tmp_path / 'run', epochs=1, batch_size=32)
+    assert ('ValueError: config.train.batch_size=32 does not split evenly over 3 devices; use '
+            'a multiple of 3.') in out
