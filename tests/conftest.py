@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import os
 import pathlib
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from vgg_flax import config_utils, environment
+from vgg_flax.input_pipeline import write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / 'experiments').glob('*.py'))
@@ -57,17 +57,6 @@ def tiny_config(idx_dir: str = '') -> ml_collections.ConfigDict:
     return config
 
 
-def write_idx(path: os.PathLike, array: np.ndarray, magic: int | None = None) -> None:
-    """Writes uint8 `array` as an IDX file (gzipped when `path` ends in .gz)."""
-    array = np.asarray(array, np.uint8)
-    magic = (0x08 << 8) | array.ndim if magic is None else magic
-    header = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
-    content = header + array.tobytes()
-    opener = gzip.open if str(path).endswith('.gz') else open
-    with opener(path, 'wb') as f:
-        f.write(content)
-
-
 def synthetic_split(num_examples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """28x28 images whose class is a bright 7x7 patch at one of 10 places, plus noise."""
     rng = np.random.default_rng(seed)
@@ -85,8 +74,8 @@ def write_fashion_idx_dir(directory: pathlib.Path, num_train: int = 320,
     suffix = '.gz' if gz else ''
     for split, count, seed in (('train', num_train, 0), ('t10k', num_test, 1)):
         images, labels = synthetic_split(count, seed)
-        write_idx(directory / f'{split}-images-idx3-ubyte{suffix}', images)
-        write_idx(directory / f'{split}-labels-idx1-ubyte{suffix}', labels)
+        write_idx(str(directory / f'{split}-images-idx3-ubyte{suffix}'), images)
+        write_idx(str(directory / f'{split}-labels-idx1-ubyte{suffix}'), labels)
     return directory
 
 

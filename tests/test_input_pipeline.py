@@ -11,7 +11,7 @@ import pytest
 
 from vgg_flax import config_utils, input_pipeline
 
-from conftest import synthetic_split, write_fashion_idx_dir, write_idx
+from conftest import synthetic_split, write_fashion_idx_dir
 
 
 def data_config(**overrides):
@@ -85,17 +85,17 @@ def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, mes
     elif case == 'not_gzip':
         images_gz.write_bytes(b'<html>404 Not Found</html>')
     elif case == 'wrong_magic':
-        write_idx(images_gz, images, magic=0x0801)
+        input_pipeline.write_idx(str(images_gz), labels)  # A labels file: 1 dimension.
     elif case == 'short_header':
         images_gz.write_bytes(gzip.compress(b'\x00\x00\x08\x03\x00'))
     elif case == 'too_long':
         images_gz.write_bytes(gzip.compress(gzip.decompress(images_gz.read_bytes()) + b'xx'))
     elif case == 'count_mismatch':
-        write_idx(labels_gz, labels[:-1])
+        input_pipeline.write_idx(str(labels_gz), labels[:-1])
     elif case == 'label_range':
         labels = labels.copy()
         labels[7] = 12
-        write_idx(labels_gz, labels)
+        input_pipeline.write_idx(str(labels_gz), labels)
     with pytest.raises(input_pipeline.DataError) as error:
         input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), 'train')
     assert message in str(error.value)

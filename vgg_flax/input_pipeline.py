@@ -157,6 +157,16 @@ def read_idx(path: str, ndim: int) -> np.ndarray:
     return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(shape)
 
 
+def write_idx(path: str, array: np.ndarray) -> None:
+    """Writes a uint8 array as an IDX file (gzipped when `path` ends in .gz)."""
+    array = np.asarray(array, np.uint8)
+    header = ((_IDX_UBYTE << 8) | array.ndim).to_bytes(4, 'big') + b''.join(
+        d.to_bytes(4, 'big') for d in array.shape)
+    opener = gzip.open if path.endswith('.gz') else open
+    with opener(path, 'wb') as f:
+        f.write(header + array.tobytes())
+
+
 def preprocess(images: jnp.ndarray, image_size: int) -> jnp.ndarray:
     """uint8 (B, H, W, C) -> float32 in [0, 1], resized bilinearly to (B, S, S, C).
 

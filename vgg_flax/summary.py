@@ -83,9 +83,8 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     labels = jax.ShapeDtypeStruct((TRAIN_EXAMPLES,), jnp.int32)
     batches = jax.ShapeDtypeStruct((TRAIN_EXAMPLES // batch_size, batch_size), jnp.int32)
     sums = jax.eval_shape(train.zero_sums)
-    step = jax.jit(functools.partial(train.train_step, image_size=size),
-                   donate_argnums=(0, 1)).lower(
-                       state, sums, images, labels, batches, jax.random.key(0)).compile()
+    step = train.compile_train_step(state, sums, images, labels, batches, jax.random.key(0),
+                                    size)
     memory = step.memory_analysis()
     step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
                   memory.alias_size_in_bytes + memory.temp_size_in_bytes)

@@ -179,6 +179,17 @@ def eval_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Arra
     return _add_to_sums(sums, losses, logits, y, masks[batch].astype(bool))
 
 
+def compile_train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
+                       batches: jax.Array, dropout_key: jax.Array, image_size: int) -> Any:
+    """`train_step` compiled ahead of time for these (possibly abstract) arguments.
+
+    State and sums are donated: their buffers are reused for the updated values.
+    """
+    return jax.jit(functools.partial(train_step, image_size=image_size),
+                   donate_argnums=(0, 1)).lower(
+                       state, sums, images, labels, batches, dropout_key).compile()
+
+
 def mean_metrics(sums: Sums) -> tuple[float, float]:
     """(mean loss, accuracy) from running sums fetched to the host."""
     sums = jax.device_get(sums)
@@ -290,9 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     batches = make_batches(shuffle_key, 0, len(train_split), batch_size)
     image_size = config.data.image_size
     compile_start = time.perf_counter()
-    train_fn = jax.jit(functools.partial(train_step, image_size=image_size),
-                       donate_argnums=(0, 1)).lower(
-                           state, sums, images, labels, batches, dropout_key).compile()
+    train_fn = compile_train_step(state, sums, images, labels, batches, dropout_key, image_size)
     eval_fn = jax.jit(functools.partial(eval_step, image_size=image_size),
                       donate_argnums=(1,)).lower(
                           state, sums, test_images, test_labels, eval_batches, eval_masks,
@@ -338,7 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 train_seconds = time.perf_counter() - epoch_start
                 bar.close()
                 train_loss, train_accuracy = mean_metrics(sums)
+                eval_start = time.perf_counter()
                 test_loss, test_accuracy = evaluate()
+                eval_seconds = time.perf_counter() - eval_start
                 history.append({
                     'epoch': epoch, 'step': step,
                     'train_loss': train_loss, 'train_accuracy': train_accuracy,
@@ -346,6 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     'examples_per_sec': (steps_per_epoch - first_batch) * batch_size /
                                         train_seconds,
                     'train_seconds': train_seconds,
+                    'eval_seconds': eval_seconds,
                     'epoch_seconds': time.perf_counter() - epoch_start,
                     'learning_rate': float(learning_rate_fn(step - 1)),
                 })

@@ -1,0 +1,218 @@
+"""Throughput, compile time, memory and MFU of a config's training step and loop.
+
+  python -m vgg_flax.benchmark --config=experiments/d2l_vgg11.py [--data=random|config]
+      [--steps=30 --repeats=5 --loop_steps=100] [--output=result.json] [--config.model.dtype=bfloat16]
+
+Measures, after warm-up, with the median and spread of `--repeats` timings:
+- the compiled train step alone (images/sec, MFU from XLA's FLOP count over the device's peak);
+- the whole training loop of `vgg_flax.train` (input pipeline, metric syncs, evaluation);
+- compile time, peak device memory.
+`--data=random` uses random bytes shaped like Fashion-MNIST; `--data=config` the config's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from vgg_flax import distributed, environment, input_pipeline, train
+
+# Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype. float32
+# convolutions and matmuls run as TF32 on tensor cores by default, so float32 uses the TF32 peak.
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    'H200': {'bfloat16': 989e12, 'float16': 989e12, 'float32': 494e12},
+    'H100': {'bfloat16': 989e12, 'float16': 989e12, 'float32': 494e12},
+    'A100': {'bfloat16': 312e12, 'float16': 312e12, 'float32': 156e12},
+    'V100': {'bfloat16': 125e12, 'float16': 125e12, 'float32': 15.7e12},
+}
+RANDOM_TRAIN, RANDOM_TEST = 60_000, 10_000
+
+
+def peak_flops(device_kind: str, dtype: str) -> float | None:
+    for name, peaks in PEAK_FLOPS.items():
+        if name in device_kind:
+            return peaks[dtype]
+    return None
+
+
+def random_split(num_examples: int, seed: int) -> input_pipeline.Split:
+    rng = np.random.default_rng(seed)
+    return input_pipeline.Split(
+        images=rng.integers(0, 256, (num_examples, 28, 28, 1), dtype=np.uint8),
+        labels=rng.integers(0, 10, num_examples).astype(np.int32))
+
+
+def write_idx_dir(directory: str, train_split: input_pipeline.Split,
+                  test_split: input_pipeline.Split) -> None:
+    """Writes splits as the four IDX files, so the real training loop can read them."""
+    for split, names in zip((train_split, test_split), input_pipeline.IDX_FILES.values()):
+        for name, array in zip(names, (split.images[..., 0], split.labels)):
+            input_pipeline.write_idx(os.path.join(directory, name), array)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {'median': float(np.median(values)), 'min': float(np.min(values)),
+            'max': float(np.max(values))}
+
+
+def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
+                   steps: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """The compiled step alone, data-parallel over all devices, on the on-device dataset."""
+    mesh = distributed.create_mesh()
+    replicated = distributed.replicated(mesh)
+    batch_size = config.train.batch_size
+    distributed.check_divisible('train.batch_size', batch_size, mesh)
+    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
+    state = jax.jit(lambda key: train.create_train_state(config, key, tx),
+                    out_shardings=replicated)(jax.random.key(0))
+    sums = jax.device_put(train.zero_sums(), replicated)
+    images, labels = (distributed.put(a, replicated)
+                      for a in (train_split.images, train_split.labels))
+    batches = jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
+                      out_shardings=distributed.split_along(mesh, 1))(
+                          jax.random.key(1), 0, len(train_split), batch_size)
+    key = jax.random.key(2)
+    start = time.perf_counter()
+    step_fn = train.compile_train_step(state, sums, images, labels, batches, key,
+                                       config.data.image_size)
+    compile_seconds = time.perf_counter() - start
+    for _ in range(warmup):
+        state, sums = step_fn(state, sums, images, labels, batches, key)
+    jax.block_until_ready(state)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, sums = step_fn(state, sums, images, labels, batches, key)
+        jax.block_until_ready(state)
+        rates.append(steps * batch_size / (time.perf_counter() - start))
+    flops = train.flops_of(step_fn)
+    return {'compile_seconds': compile_seconds, 'images_per_sec': spread(rates),
+            'flops_per_step': flops, 'num_devices': mesh.size,
+            'achieved_flops': flops * float(np.median(rates)) / batch_size}
+
+
+def benchmark_loop(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
+                   test_split: input_pipeline.Split, loop_steps: int,
+                   data_dir: str) -> dict[str, Any]:
+    """Two epochs of `train.train_and_evaluate`; the second (warm) one is measured."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data.source, config.data.idx_dir = 'idx', data_dir
+    config.data.max_train_examples = min(loop_steps * config.train.batch_size, len(train_split))
+    config.data.max_test_examples = min(config.data.max_train_examples, len(test_split))
+    config.train.num_epochs = 2
+    config.train.checkpoint_every_epochs = 10**6  # Saves only at the end.
+    with tempfile.TemporaryDirectory() as workdir:
+        results = train.train_and_evaluate(config, workdir)
+        with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+            warm = json.loads(f.read().splitlines()[-1])
+    return {'images_per_sec': warm['examples_per_sec'],
+            'eval_images_per_sec': config.data.max_test_examples / warm['eval_seconds'],
+            'compile_seconds': results['compile_seconds'],
+            'epoch_images': config.data.max_train_examples}
+
+
+def peak_memory_bytes() -> int | None:
+    stats = jax.local_devices()[0].memory_stats()
+    return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
+
+
+def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, warmup: int,
+        loop_steps: int) -> dict[str, Any]:
+    train.validate_config(config)
+    with tempfile.TemporaryDirectory() as data_dir:
+        if data == 'random':
+            train_split, test_split = random_split(RANDOM_TRAIN, 0), random_split(RANDOM_TEST, 1)
+        else:
+            train_split = input_pipeline.load_split(config.data, 'train')
+            test_split = input_pipeline.load_split(config.data, 'test')
+        write_idx_dir(data_dir, train_split, test_split)
+        step = benchmark_step(config, train_split, steps, repeats, warmup)
+        loop = benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
+    env = environment.describe()
+    peak = peak_flops(env['device_kind'], config.model.dtype)
+    return {
+        'config': {'arch': config.model.arch, 'width_ratio': config.model.width_ratio,
+                   'image_size': config.data.image_size, 'batch_size': config.train.batch_size,
+                   'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data},
+        'step': step,
+        'loop': loop,
+        'loop_vs_step': loop['images_per_sec'] / step['images_per_sec']['median'],
+        'peak_memory_bytes': peak_memory_bytes(),
+        'peak_flops_per_device': peak,
+        'mfu': step['achieved_flops'] / (peak * step['num_devices']) if peak else None,
+        'environment': env,
+    }
+
+
+def format_result(result: dict[str, Any]) -> str:
+    c, step, loop = result['config'], result['step'], result['loop']
+    rate = step['images_per_sec']
+    memory = result['peak_memory_bytes']
+    lines = [
+        f"{c['arch']} ratio {c['width_ratio']}, {c['image_size']} px, batch {c['batch_size']}, "
+        f"{c['dtype']}{', BN' if c['use_bn'] else ''}, {c['data']} data, on "
+        f"{step['num_devices']} x {result['environment']['device_kind']}",
+        f"train step alone   {rate['median']:>10,.1f} images/sec "
+        f"(min {rate['min']:,.1f}, max {rate['max']:,.1f})",
+        f"training loop      {loop['images_per_sec']:>10,.1f} images/sec "
+        f"({result['loop_vs_step']:.1%} of the step alone)",
+        f"evaluation         {loop['eval_images_per_sec']:>10,.1f} images/sec",
+        f"compile            {step['compile_seconds']:>10.1f} s (train step); "
+        f"{loop['compile_seconds']:.1f} s (loop: train + eval step)",
+        f"FLOPs per image    {step['flops_per_step'] / c['batch_size'] / 1e9:>10.3f} G "
+        "(train step, XLA cost analysis)",
+        'peak memory        ' + (f'{memory / 2**30:>10.2f} GiB' if memory is not None else
+                                 '       n/a (this backend reports none)'),
+        'MFU                ' + (f"{result['mfu']:>10.1%} of "
+                                 f"{result['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per "
+                                 'device' if result['mfu'] is not None else
+                                 '       n/a (no peak known for this device)'),
+        'peak table (dense TFLOP/s; float32 as TF32): ' + '; '.join(
+            f'{name} ' + '/'.join(f'{v / 1e12:g}' for v in peaks.values())
+            for name, peaks in PEAK_FLOPS.items()) + ' (bf16/fp16/fp32)',
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    environment.quiet_absl_logging()
+    try:
+        result = run(_CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
+                     _LOOP_STEPS.value)
+    except (ValueError, input_pipeline.DataError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(format_result(result))
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, 'w') as f:
+            json.dump(result, f, indent=2)
+        print(f'wrote {_OUTPUT.value}')
+    return 0
+
+
+if __name__ == '__main__':
+    # Flags are defined here, not at import, so other CLIs can import this module's functions.
+    _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                              lock_config=True)
+    _DATA = flags.DEFINE_enum('data', 'random', ['random', 'config'],
+                              "Random bytes shaped like Fashion-MNIST, or the config's data.")
+    _STEPS = flags.DEFINE_integer('steps', 30, 'Train steps per timed repeat.')
+    _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats of the step benchmark.')
+    _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+    _LOOP_STEPS = flags.DEFINE_integer('loop_steps', 100, 'Steps per epoch of the loop run.')
+    _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
+    flags.mark_flags_as_required(['config'])
+    app.run(main)
