@@ -213,3 +213,19 @@ def test_training_from_tfds_with_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=96):
         results = train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['steps'] == 3 and 0.0 <= results['test_accuracy'] <= 1.0
+
+
+def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.model.dtype = 'bfloat16'
+    results = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert results['test_accuracy'] > 0.5
+    restored_like = train.create_train_state(
+        config, jax.random.key(0),
+        train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 10)))
+    state, _ = checkpointing.Checkpointer(str(tmp_path / 'run'), keep=3).restore(
+        20, {'state': restored_like, 'sums': train.zero_sums()})
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves((state['state'].params,
+                                                      state['state'].opt_state))
+              if np.issubdtype(leaf.dtype, np.floating)}
+    assert dtypes == {np.dtype(np.float32)}  # bf16 is the compute dtype only.

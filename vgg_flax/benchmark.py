@@ -189,6 +189,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     environment.quiet_absl_logging()
+    distributed.initialize_if_launched()
     try:
         result = run(_CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
                      _LOOP_STEPS.value)

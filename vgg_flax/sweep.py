@@ -23,7 +23,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import checkpointing, hyper, environment, summary, train
+from vgg_flax import checkpointing, distributed, environment, hyper, summary, train
 
 Point = hyper.Point
 RESULTS_FILE = 'results.json'
@@ -223,6 +223,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     environment.quiet_absl_logging()
+    distributed.initialize_if_launched()
     environment.enable_compilation_cache()
     config_path = config_flags.get_config_filename(flags.FLAGS['config'])
     workdir = _WORKDIR.value
