@@ -73,14 +73,10 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
     batch_size = config.train.batch_size
     distributed.check_divisible('train.batch_size', batch_size, mesh)
     tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
-    state = jax.jit(lambda key: train.create_train_state(config, key, tx),
-                    out_shardings=replicated)(jax.random.key(0))
-    sums = jax.device_put(train.zero_sums(), replicated)
-    images, labels = (distributed.put(a, replicated)
-                      for a in (train_split.images, train_split.labels))
-    batches = jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
-                      out_shardings=distributed.split_along(mesh, 1))(
-                          jax.random.key(1), 0, len(train_split), batch_size)
+    state, sums = train.create_replicated_state(config, tx, jax.random.key(0), mesh)
+    images = distributed.put(train_split.images, replicated)
+    labels = distributed.put(train_split.labels, replicated)
+    batches = train.batch_maker(mesh)(jax.random.key(1), 0, len(train_split), batch_size)
     key = jax.random.key(2)
     start = time.perf_counter()
     step_fn = train.compile_train_step(state, sums, images, labels, batches, key,
@@ -138,7 +134,8 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
             test_split = input_pipeline.load_split(config.data, 'test')
         write_idx_dir(data_dir, train_split, test_split)
         step = benchmark_step(config, train_split, steps, repeats, warmup)
-        loop = benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
+        loop = (benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
+                if loop_steps else None)
     env = environment.describe()
     peak = peak_flops(env['device_kind'], config.model.dtype)
     return {
@@ -147,7 +144,8 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
                    'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data},
         'step': step,
         'loop': loop,
-        'loop_vs_step': loop['images_per_sec'] / step['images_per_sec']['median'],
+        'loop_vs_step': (loop['images_per_sec'] / step['images_per_sec']['median']
+                         if loop else None),
         'peak_memory_bytes': peak_memory_bytes(),
         'peak_flops_per_device': peak,
         'mfu': step['achieved_flops'] / (peak * step['num_devices']) if peak else None,
@@ -165,11 +163,16 @@ def format_result(result: dict[str, Any]) -> str:
         f"{step['num_devices']} x {result['environment']['device_kind']}",
         f"train step alone   {rate['median']:>10,.1f} images/sec "
         f"(min {rate['min']:,.1f}, max {rate['max']:,.1f})",
-        f"training loop      {loop['images_per_sec']:>10,.1f} images/sec "
-        f"({result['loop_vs_step']:.1%} of the step alone)",
-        f"evaluation         {loop['eval_images_per_sec']:>10,.1f} images/sec",
-        f"compile            {step['compile_seconds']:>10.1f} s (train step); "
-        f"{loop['compile_seconds']:.1f} s (loop: train + eval step)",
+    ]
+    if loop:
+        lines += [
+            f"training loop      {loop['images_per_sec']:>10,.1f} images/sec "
+            f"({result['loop_vs_step']:.1%} of the step alone)",
+            f"evaluation         {loop['eval_images_per_sec']:>10,.1f} images/sec",
+        ]
+    lines += [
+        f"compile            {step['compile_seconds']:>10.1f} s (train step)" +
+        (f"; {loop['compile_seconds']:.1f} s (loop: train + eval step)" if loop else ''),
         f"FLOPs per image    {step['flops_per_step'] / c['batch_size'] / 1e9:>10.3f} G "
         "(train step, XLA cost analysis)",
         'peak memory        ' + (f'{memory / 2**30:>10.2f} GiB' if memory is not None else
@@ -213,7 +216,8 @@ if __name__ == '__main__':
     _STEPS = flags.DEFINE_integer('steps', 30, 'Train steps per timed repeat.')
     _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats of the step benchmark.')
     _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-    _LOOP_STEPS = flags.DEFINE_integer('loop_steps', 100, 'Steps per epoch of the loop run.')
+    _LOOP_STEPS = flags.DEFINE_integer('loop_steps', 100,
+                                       'Steps per epoch of the loop run; 0 skips it.')
     _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
     flags.mark_flags_as_required(['config'])
     app.run(main)

@@ -24,7 +24,8 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
-from vgg_flax import checkpointing, config_utils, distributed, environment, input_pipeline, metric_writers, models
+from vgg_flax import (checkpointing, config_utils, distributed, environment, input_pipeline,
+                      metric_writers, models)
 
 LR_SCHEDULES = ('constant', 'cosine', 'step')
 Sums = dict[str, jax.Array]
@@ -118,6 +119,23 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
                               batch_stats=variables.get('batch_stats', {}))
     # An int32 array, not Python's 0, so fresh and restored states compile to the same step.
     return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def create_replicated_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                            key: jax.Array, mesh: jax.sharding.Mesh,
+                            num_channels: int = 1) -> tuple[TrainState, Sums]:
+    """The initial train state and zero epoch sums, replicated over every device of `mesh`."""
+    replicated = distributed.replicated(mesh)
+    state = jax.jit(functools.partial(create_train_state, config, tx=tx,
+                                      num_channels=num_channels),
+                    out_shardings=replicated)(key)
+    return state, jax.device_put(zero_sums(), replicated)
+
+
+def batch_maker(mesh: jax.sharding.Mesh) -> Any:
+    """`input_pipeline.epoch_batches`, compiled, each batch split over the devices of `mesh`."""
+    return jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
+                   out_shardings=distributed.split_along(mesh, 1))
 
 
 def count_params(params: Any) -> int:
@@ -271,11 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     replicated = distributed.replicated(mesh)
     init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
     learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
-    tx = create_optimizer(config.train, learning_rate_fn)
-    state = jax.jit(functools.partial(create_train_state, config, tx=tx,
-                                      num_channels=train_split.images.shape[-1]),
-                    out_shardings=replicated)(init_key)
-    sums = jax.device_put(zero_sums(), replicated)
+    state, sums = create_replicated_state(config, create_optimizer(config.train, learning_rate_fn),
+                                          init_key, mesh, train_split.images.shape[-1])
     history: list[dict[str, Any]] = []
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     latest = checkpointer.latest_step()
@@ -289,15 +304,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         print(f'{workdir} has this config but no checkpoint yet; starting from scratch.',
               flush=True)
 
-    images, labels = (distributed.put(a, replicated) for a in (train_split.images,
-                                                               train_split.labels))
-    test_images, test_labels = (distributed.put(a, replicated) for a in (test_split.images,
-                                                                         test_split.labels))
+    images, labels = distributed.put(train_split.images, replicated), distributed.put(
+        train_split.labels, replicated)
+    test_images, test_labels = distributed.put(test_split.images, replicated), distributed.put(
+        test_split.labels, replicated)
     eval_batches, eval_masks = (
         distributed.put(a, distributed.split_along(mesh, 1))
         for a in input_pipeline.eval_batches(len(test_split), config.train.eval_batch_size))
-    make_batches = jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
-                           out_shardings=distributed.split_along(mesh, 1))
+    make_batches = batch_maker(mesh)
     batches = make_batches(shuffle_key, 0, len(train_split), batch_size)
     image_size = config.data.image_size
     compile_start = time.perf_counter()

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the open issues in one run, with a short table at the end:
+#   1. the benchmark of the lesson's recipe (224 px, ratio 4) in float32 and bfloat16;
+#   2. the recipe for 5 epochs on the real data, bfloat16 then float32 (wall time, accuracy);
+#   3. a relaunch of (2)'s bfloat16 config in a new workdir: compile time with a warm cache;
+#   4. the width-ratio sweep of the recipe, 5 epochs, bfloat16.
+# On a lent machine (no network): first, here, ../shared/tools/device-prep, then run with
+# carry [".device"]:
+#   site=$(mktemp -d) && python3 -m pip install -q --no-index --no-deps --target "$site" \
+#     .device/whl/*.whl && export PYTHONPATH="$site:$PWD" && bash benchmarks/gpu_session.sh
+# Environment: DATA_DIR (IDX files, default .device/data), OUT (summaries, default /tmp/gpu),
+# EXTRA_FLAGS (appended to every command; e.g. tiny sizes for a CPU smoke run), SKIP_SWEEP=1.
+set -uo pipefail
+data=${DATA_DIR:-.device/data}
+out=${OUT:-/tmp/gpu}
+runs=$(mktemp -d)
+export JAX_COMPILATION_CACHE_DIR="$runs/xla_cache"
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+read -r -a extra <<< "${EXTRA_FLAGS:-}"
+recipe=(--config=experiments/d2l_vgg11.py --config.data.source=idx "--config.data.idx_dir=$data")
+
+nvidia-smi -L 2>/dev/null
+python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
+
+for dtype in float32 bfloat16; do
+  echo "== benchmark $dtype"
+  python3 -m vgg_flax.benchmark "${recipe[@]}" --data=random "--config.model.dtype=$dtype" \
+    "--output=$out/benchmark_$dtype.json" "${extra[@]}"
+done
+
+for dtype in bfloat16 float32; do
+  echo "== recipe, 5 epochs, $dtype"
+  start=$(date +%s.%N)
+  python3 -m vgg_flax.main "${recipe[@]}" "--config.model.dtype=$dtype" \
+    "--workdir=$runs/d2l_$dtype" "${extra[@]}"
+  echo "wall_seconds $(echo "$(date +%s.%N) - $start" | bc)" | tee "$out/wall_$dtype.txt"
+  cp "$runs/d2l_$dtype/results.json" "$out/results_$dtype.json"
+  cp "$runs/d2l_$dtype/metrics.jsonl" "$out/metrics_$dtype.jsonl"
+done
+
+echo "== relaunch with a warm compilation cache (1 epoch, new workdir)"
+python3 -m vgg_flax.main "${recipe[@]}" --config.model.dtype=bfloat16 \
+  --config.train.num_epochs=1 "--workdir=$runs/relaunch" "${extra[@]}" >/dev/null
+python3 -c "import json; print('compile_seconds warm:', json.load(open('$runs/relaunch/results.json'))['compile_seconds'])"
+
+if [ -z "${SKIP_SWEEP:-}" ]; then
+  echo "== ratio sweep, 5 epochs, bfloat16"
+  python3 -m vgg_flax.sweep --config=experiments/ratio_sweep.py --config.data.source=idx \
+    "--config.data.idx_dir=$data" --config.model.dtype=bfloat16 "--workdir=$runs/ratio" \
+    "${extra[@]}"
+  cp "$runs/ratio/results.md" "$out/sweep_results.md"
+fi
+
+echo "== summary"
+python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+for dtype in ('float32', 'bfloat16'):
+    b = json.load(open(os.path.join(out, f'benchmark_{dtype}.json')))
+    r = json.load(open(os.path.join(out, f'results_{dtype}.json')))
+    wall = open(os.path.join(out, f'wall_{dtype}.txt')).read().split()[-1]
+    print(f"{dtype:>9}: step {b['step']['images_per_sec']['median']:,.0f} img/s, loop "
+          f"{b['loop']['images_per_sec']:,.0f} img/s, eval {b['loop']['eval_images_per_sec']:,.0f} "
+          f"img/s, MFU {b['mfu'] or 0:.1%}, peak mem {(b['peak_memory_bytes'] or 0) / 2**30:.1f} GiB; "
+          f"5 epochs: test acc {r['test_accuracy']:.4f} (best {r['best_test_accuracy']:.4f}), "
+          f"{r['examples_per_sec']:,.0f} img/s, wall {float(wall):.1f} s incl. start-up, "
+          f"compile {r['compile_seconds']:.1f} s, {r['device_kind']}")
+PY
