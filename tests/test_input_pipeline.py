@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +128,6 @@ def test_tfds_failure_names_the_offline_alternative(monkeypatch):
 
 
 def test_idx_source_does_not_import_tensorflow(idx_dir):
-    import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
     code = ('import sys\nfrom vgg_flax import config_utils, input_pipeline, train\n'
             'c = config_utils.default_config().data\n'
             f'c.source, c.idx_dir = "idx", {str(idx_dir)!r}\n'

@@ -27,7 +27,7 @@ def run_module(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess
 
 
 def train_args(idx_dir, workdir, *extra):
-    return (*TINY, f'--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
+    return (*TINY, '--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
             f'--workdir={workdir}', *extra)
 
 

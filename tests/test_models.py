@@ -119,7 +119,10 @@ def test_dropout_is_active_only_in_training():
     model = models.create_model(model_config(width_ratio=16, dense_features=(256,)))
     x = jnp.ones((1, 32, 32, 1))
     variables = model.init(jax.random.key(0), x)
-    run = lambda key, train: model.apply(variables, x, train=train, rngs={'dropout': key})
+
+    def run(key, train):
+        return model.apply(variables, x, train=train, rngs={'dropout': key})
+
     assert jnp.array_equal(run(jax.random.key(1), False), run(jax.random.key(2), False))
     assert not jnp.array_equal(run(jax.random.key(1), True), run(jax.random.key(2), True))
 

@@ -1,7 +1,8 @@
 """Throughput, compile time, memory and MFU of a config's training step and loop.
 
   python -m vgg_flax.benchmark --config=experiments/d2l_vgg11.py [--data=random|config]
-      [--steps=30 --repeats=5 --loop_steps=100] [--output=result.json] [--config.model.dtype=bfloat16]
+      [--steps=30 --repeats=5 --loop_steps=100] [--output=result.json]
+      [--config.model.dtype=bfloat16 ...]
 
 Measures, after warm-up, with the median and spread of `--repeats` timings:
 - the compiled train step alone (images/sec, MFU from XLA's FLOP count over the device's peak);

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from typing import Any
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -51,8 +50,10 @@ def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
     x = jax.ShapeDtypeStruct((1, size, size, SOURCE_SHAPE[-1]), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, train=False),
                                jax.random.key(0), x)
-    is_layer = lambda module, _: module.name is not None and module.name.startswith(
-        ('block', 'dense', 'head'))
+
+    def is_layer(module: Any, _) -> bool:
+        return module.name is not None and module.name.startswith(('block', 'dense', 'head'))
+
     _, state = jax.eval_shape(
         functools.partial(model.apply, train=False, capture_intermediates=is_layer),
         variables, x)

@@ -266,7 +266,8 @@ if __name__ == '__main__':
     # Flags are defined here, not at import, so other CLIs can import this module's functions.
     _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep experiment file.',
                                               lock_config=True)
-    _WORKDIR = flags.DEFINE_string('workdir', None, 'Sweep directory; each point in a subdirectory.')
+    _WORKDIR = flags.DEFINE_string('workdir', None,
+                                   'Sweep directory; each point in a subdirectory.')
     _LIST = flags.DEFINE_bool('list', False, 'Print the points with their index and status.')
     _INDEX = flags.DEFINE_integer('index', None, 'Run only point N (a job-array task).')
     _REPORT = flags.DEFINE_bool('report', False, 'Only write the report from finished runs.')

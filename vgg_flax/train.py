@@ -103,7 +103,10 @@ def create_optimizer(train_config: ml_collections.ConfigDict,
                     nesterov=train_config.nesterov)
     if not train_config.weight_decay:
         return sgd
-    kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+
+    def kernels_only(params: Any) -> Any:
+        return jax.tree.map(lambda p: p.ndim > 1, params)
+
     return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=kernels_only),
                        sgd)
 
