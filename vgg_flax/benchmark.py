@@ -190,10 +190,7 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    environment.quiet_absl_logging()
-    distributed.initialize_if_launched()
+    environment.start_cli(argv, compilation_cache=False)  # Measure real compiles.
     try:
         result = run(_CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
                      _LOOP_STEPS.value)

@@ -11,7 +11,9 @@ import sys
 from typing import Any
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
+
+from vgg_flax import distributed
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections', 'numpy')
 
@@ -40,10 +42,17 @@ def describe() -> dict[str, Any]:
     }
 
 
-def quiet_absl_logging() -> None:
-    """WARNING and above unless --verbosity was given: orbax and jax log much at INFO."""
+def start_cli(argv: list[str], compilation_cache: bool = True) -> None:
+    """What every CLI does first: reject stray arguments, log WARNING and above (orbax and jax
+    log much at INFO) unless --verbosity was given, join a multi-process job if launched as one,
+    and turn on the persistent compilation cache."""
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)
+    distributed.initialize_if_launched()
+    if compilation_cache:
+        enable_compilation_cache()
 
 
 def enable_compilation_cache() -> str:

@@ -139,9 +139,7 @@ def evaluate_run(workdir: str, step: int | None = None,
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    environment.quiet_absl_logging()
+    environment.start_cli(argv)
     overrides = {'source': _DATA_SOURCE.value, 'idx_dir': _IDX_DIR.value,
                  'tfds_data_dir': _TFDS_DATA_DIR.value}
     try:

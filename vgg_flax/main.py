@@ -11,7 +11,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import checkpointing, distributed, environment, input_pipeline, train
+from vgg_flax import checkpointing, environment, input_pipeline, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -20,11 +20,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    environment.quiet_absl_logging()
-    distributed.initialize_if_launched()
-    environment.enable_compilation_cache()
+    environment.start_cli(argv)
     try:
         results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except (ValueError, input_pipeline.DataError, checkpointing.RunDirError,

@@ -117,9 +117,7 @@ def format_summary(config: ml_collections.ConfigDict, summary: Summary) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    environment.quiet_absl_logging()
+    environment.start_cli(argv)
     try:
         summary = summarize(_CONFIG.value)
     except ValueError as e:

@@ -23,7 +23,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import checkpointing, distributed, environment, hyper, summary, train
+from vgg_flax import checkpointing, environment, hyper, summary, train
 
 Point = hyper.Point
 RESULTS_FILE = 'results.json'
@@ -220,11 +220,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str)
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-    environment.quiet_absl_logging()
-    distributed.initialize_if_launched()
-    environment.enable_compilation_cache()
+    environment.start_cli(argv)
     config_path = config_flags.get_config_filename(flags.FLAGS['config'])
     workdir = _WORKDIR.value
     try:
