@@ -181,6 +181,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str)
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 
     numeric = len(fields) == 1 and all(isinstance(row[fields[0]], (int, float)) for row in rows)
     labels = [row[fields[0]] if numeric else point_name({f: row[f] for f in fields})
@@ -201,13 +202,15 @@ def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str)
         else:
             ax.set_xticks(xs, [str(x) for x in labels], rotation=30, ha='right', fontsize=7)
     with_params = [i for i in done if rows[i]['params']]
-    axes[1].plot([rows[i]['params'] for i in with_params],
-                 [rows[i]['test_accuracy'] for i in with_params], 'o-')
-    for i in with_params:
-        axes[1].annotate(str(labels[i]), (rows[i]['params'], rows[i]['test_accuracy']),
-                         fontsize=7, xytext=(3, 3), textcoords='offset points')
+    millions = [rows[i]['params'] / 1e6 for i in with_params]
+    axes[1].plot(millions, [rows[i]['test_accuracy'] for i in with_params], 'o-')
+    for i, x in zip(with_params, millions):
+        axes[1].annotate(str(labels[i]), (x, rows[i]['test_accuracy']), fontsize=7,
+                         xytext=(3, 3), textcoords='offset points')
     axes[1].set_xscale('log')
-    axes[1].set_xlabel('parameters')
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[1].set_xticks(millions, [f'{x:.3g}' for x in millions], rotation=30, fontsize=7)
+    axes[1].set_xlabel('parameters (millions)')
     axes[1].set_ylabel('test accuracy')
     missing = [str(labels[i]) for i, row in enumerate(rows) if row['test_accuracy'] is None]
     if missing:
