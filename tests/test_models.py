@@ -6,7 +6,9 @@ import functools
 import itertools
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from vgg_flax import config_utils, models
@@ -156,3 +158,14 @@ def test_image_smaller_than_32_is_a_clear_error(size):
 def test_allowed_width_ratios_divide_every_width():
     assert models.allowed_width_ratios('vgg11') == [1, 2, 4, 8, 16, 32, 64]
     assert models.conv_arch_for('vgg11', 4) == ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))
+
+
+@pytest.mark.parametrize('size', [2, 7, 8, 33])
+def test_max_pool_2x2_equals_flax_max_pool(size):
+    x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+    expected = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID')
+    np.testing.assert_array_equal(models.max_pool_2x2(x), expected)
+    grad = jax.grad(lambda x: (models.max_pool_2x2(x) ** 2).sum())(x)
+    expected_grad = jax.grad(
+        lambda x: (nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID') ** 2).sum())(x)
+    np.testing.assert_allclose(grad, expected_grad)
