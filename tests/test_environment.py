@@ -1,0 +1,41 @@
+"""The run record and the CPU tuning of XLA's flags."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+
+from vgg_flax import environment
+
+
+def test_describe_records_versions_devices_and_flags(monkeypatch):
+    monkeypatch.setenv('XLA_FLAGS', '--xla_dump_to=/tmp/x')
+    record = environment.describe()
+    assert record['packages']['jax'] == importlib.metadata.version('jax')
+    assert record['backend'] == 'cpu' and record['num_devices'] >= 1
+    assert record['xla_flags'] == '--xla_dump_to=/tmp/x'
+
+
+def test_cpu_tuning_adds_its_flags_once_and_can_be_turned_off(monkeypatch):
+    monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB',
+                        (importlib.metadata.version('jaxlib'),))
+    monkeypatch.setenv('XLA_FLAGS', '--xla_dump_to=/tmp/x')
+    assert environment.tune_cpu_backend()
+    flags = environment.CPU_XLA_FLAGS
+    assert os.environ['XLA_FLAGS'] == ' '.join(('--xla_dump_to=/tmp/x', *flags))
+    environment.tune_cpu_backend()
+    assert os.environ['XLA_FLAGS'] == ' '.join(('--xla_dump_to=/tmp/x', *flags))
+    monkeypatch.setenv('XLA_FLAGS', '')
+    monkeypatch.setenv('VGG_FLAX_CPU_TUNING', '0')
+    assert not environment.tune_cpu_backend() and os.environ['XLA_FLAGS'] == ''
+
+
+def test_cpu_tuning_skips_unverified_jaxlib_and_accelerator_installs(monkeypatch):
+    monkeypatch.setenv('XLA_FLAGS', '')
+    monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB', ('0.0.',))
+    assert not environment.tune_cpu_backend()
+    monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB',
+                        (importlib.metadata.version('jaxlib'),))
+    monkeypatch.setattr(environment, 'ACCELERATOR_PLUGINS', ('json',))  # Any importable name.
+    assert not environment.tune_cpu_backend()
+    assert os.environ['XLA_FLAGS'] == ''
