@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -18,7 +19,8 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax
 from conftest import tiny_config
-from vgg_flax import environment, train
+from vgg_flax import distributed, environment, train
+distributed.initialize_if_launched()
 environment.enable_compilation_cache()
 config = tiny_config({idx_dir!r})
 config.train.num_epochs = {epochs}
@@ -31,12 +33,16 @@ print(json.dumps({{'devices': jax.device_count()}}))
 '''
 
 
+def script(idx_dir, workdir, epochs: int, batch_size: int = 32) -> list[str]:
+    return [sys.executable, '-c', SCRIPT.format(tests=str(ROOT / 'tests'), idx_dir=str(idx_dir),
+                                                epochs=epochs, batch_size=batch_size,
+                                                workdir=str(workdir))]
+
+
 def run_on_devices(devices: int, idx_dir, workdir, epochs: int, batch_size: int = 32) -> str:
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-    code = SCRIPT.format(tests=str(ROOT / 'tests'), idx_dir=str(idx_dir), epochs=epochs,
-                         batch_size=batch_size, workdir=str(workdir))
-    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(script(idx_dir, workdir, epochs, batch_size), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {'devices': devices}
     return done.stdout
@@ -71,3 +77,26 @@ def test_batch_that_does_not_split_over_the_devices_is_refused(idx_dir, tmp_path
     out = run_on_devices(3, idx_dir, tmp_path / 'run', epochs=1, batch_size=32)
     assert ('ValueError: config.train.batch_size=32 does not split evenly over 3 devices; use '
             'a multiple of 3.') in out
+
+
+def test_two_processes_of_two_devices_match_one_device(idx_dir, tmp_path):
+    """Multi-host in miniature: two processes on this machine, joined by jax.distributed."""
+    config = tiny_config(str(idx_dir))
+    train.train_and_evaluate(config, str(tmp_path / 'one'))
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    processes = [
+        subprocess.Popen(script(idx_dir, tmp_path / 'two_hosts', epochs=2), cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+                                  JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(rank),
+                                  XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+        for rank in (0, 1)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+        assert json.loads(stdout.strip().splitlines()[-1]) == {'devices': 4}
+    assert 'epoch 2/2' in outputs[0][0] and 'epoch 2/2' not in outputs[1][0]  # Chief logs.
+    assert_same_metrics(metric_writers.read_history(str(tmp_path / 'two_hosts')),
+                        metric_writers.read_history(str(tmp_path / 'one')))

@@ -23,6 +23,8 @@ def initialize_if_launched() -> None:
     launcher sets JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
     JAX_PROCESS_ID. Must run before anything touches a device.
     """
+    # Collectives between CPU processes (tests, CPU clusters) need gloo; GPUs use NCCL anyway.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     if 'JAX_COORDINATOR_ADDRESS' in os.environ:
         jax.distributed.initialize(
             coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
