@@ -8,7 +8,7 @@
 # carry [".device"]:
 #   site=$(mktemp -d) && python3 -m pip install -q --no-index --no-deps --target "$site" \
 #     .device/whl/*.whl && export PYTHONPATH="$site:$PWD" && bash benchmarks/gpu_session.sh
-# Environment: DATA_DIR (IDX files, default .device/data), OUT (summaries, default /tmp/gpu),
+# Environment: DATA_DIR (IDX files, default .device/data), OUT (8 summary files, default /tmp/gpu),
 # EXTRA_FLAGS (appended to every command; e.g. tiny sizes for a CPU smoke run), SKIP_SWEEP=1.
 set -uo pipefail
 data=${DATA_DIR:-.device/data}
@@ -17,6 +17,7 @@ runs=$(mktemp -d)
 export JAX_COMPILATION_CACHE_DIR="$runs/xla_cache"
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
+rm -f "$out/wall_seconds.txt"
 read -r -a extra <<< "${EXTRA_FLAGS:-}"
 recipe=(--config=experiments/d2l_vgg11.py --config.data.source=idx "--config.data.idx_dir=$data")
 
@@ -31,10 +32,10 @@ done
 
 for dtype in bfloat16 float32; do
   echo "== recipe, 5 epochs, $dtype"
-  start=$(date +%s.%N)
+  start=$EPOCHREALTIME
   python3 -m vgg_flax.main "${recipe[@]}" "--config.model.dtype=$dtype" \
     "--workdir=$runs/d2l_$dtype" "${extra[@]}"
-  echo "wall_seconds $(echo "$(date +%s.%N) - $start" | bc)" | tee "$out/wall_$dtype.txt"
+  python3 -c "print('$dtype', $EPOCHREALTIME - $start)" | tee -a "$out/wall_seconds.txt"
   cp "$runs/d2l_$dtype/results.json" "$out/results_$dtype.json"
   cp "$runs/d2l_$dtype/metrics.jsonl" "$out/metrics_$dtype.jsonl"
 done
@@ -56,10 +57,11 @@ echo "== summary"
 python3 - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
+walls = dict(line.split() for line in open(os.path.join(out, 'wall_seconds.txt')))
 for dtype in ('float32', 'bfloat16'):
     b = json.load(open(os.path.join(out, f'benchmark_{dtype}.json')))
     r = json.load(open(os.path.join(out, f'results_{dtype}.json')))
-    wall = open(os.path.join(out, f'wall_{dtype}.txt')).read().split()[-1]
+    wall = walls[dtype]
     print(f"{dtype:>9}: step {b['step']['images_per_sec']['median']:,.0f} img/s, loop "
           f"{b['loop']['images_per_sec']:,.0f} img/s, eval {b['loop']['eval_images_per_sec']:,.0f} "
           f"img/s, MFU {b['mfu'] or 0:.1%}, peak mem {(b['peak_memory_bytes'] or 0) / 2**30:.1f} GiB; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 
-from vgg_flax import environment
+from vgg_flax import distributed, environment
 
 
 def test_describe_records_versions_devices_and_flags(monkeypatch):
@@ -36,6 +36,6 @@ def test_cpu_tuning_skips_unverified_jaxlib_and_accelerator_installs(monkeypatch
     assert not environment.tune_cpu_backend()
     monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB',
                         (importlib.metadata.version('jaxlib'),))
-    monkeypatch.setattr(environment, 'ACCELERATOR_PLUGINS', ('json',))  # Any importable name.
+    monkeypatch.setattr(distributed, 'ACCELERATOR_PLUGINS', ('json',))  # Any importable name.
     assert not environment.tune_cpu_backend()
     assert os.environ['XLA_FLAGS'] == ''

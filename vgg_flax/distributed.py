@@ -8,12 +8,15 @@ On one device the same code runs unchanged.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
+ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
+                       'jax_rocm7_plugin', 'libtpu')
 
 
 def initialize_if_launched() -> None:
@@ -23,15 +26,25 @@ def initialize_if_launched() -> None:
     launcher sets JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
     JAX_PROCESS_ID. Must run before anything touches a device.
     """
-    # Collectives between CPU processes (tests, CPU clusters) need gloo; GPUs use NCCL anyway.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    if 'JAX_COORDINATOR_ADDRESS' in os.environ:
+    explicit = 'JAX_COORDINATOR_ADDRESS' in os.environ
+    scheduled = int(os.environ.get('SLURM_NTASKS', os.environ.get('OMPI_COMM_WORLD_SIZE', '1'))) > 1
+    if not (explicit or scheduled):
+        return
+    if not accelerator_plugin_installed():
+        # Collectives between CPU processes (tests, CPU clusters) need gloo.
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    if explicit:
         jax.distributed.initialize(
             coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
             num_processes=int(os.environ['JAX_NUM_PROCESSES']),
             process_id=int(os.environ['JAX_PROCESS_ID']))
-    elif int(os.environ.get('SLURM_NTASKS', os.environ.get('OMPI_COMM_WORLD_SIZE', '1'))) > 1:
+    else:
         jax.distributed.initialize()
+
+
+def accelerator_plugin_installed() -> bool:
+    """Whether jax has a GPU or TPU plugin here (checked without initialising a backend)."""
+    return any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
 
 
 def create_mesh() -> Mesh:

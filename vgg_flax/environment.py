@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import socket
@@ -22,8 +21,6 @@ from vgg_flax import distributed
 # went from 23 to 33 images/s (benchmarks/README.md).
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot',)
 CPU_FLAGS_JAXLIB = ('0.10.',)
-ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
-                       'jax_rocm7_plugin', 'libtpu')
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collections', 'numpy')
 
@@ -77,7 +74,7 @@ def tune_cpu_backend() -> bool:
     current = os.environ.get('XLA_FLAGS', '')
     if (os.environ.get('VGG_FLAX_CPU_TUNING', '1') == '0' or
             not importlib.metadata.version('jaxlib').startswith(CPU_FLAGS_JAXLIB) or
-            any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)):
+            distributed.accelerator_plugin_installed()):
         return False
     missing = [flag for flag in CPU_XLA_FLAGS if flag.split('=')[0] not in current]
     if missing:
