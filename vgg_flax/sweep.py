@@ -159,20 +159,27 @@ def _cell(value: Any) -> str:
 
 
 def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
-    """Writes results.csv, results.md and sweep.png into the sweep's workdir."""
+    """Writes results.csv, results.md and sweep.png into the sweep's workdir.
+
+    Each file is written under a temporary name and renamed, so job-array tasks that finish
+    together never leave a torn report.
+    """
     rows = report_rows(runs)
     columns = list(rows[0]) if rows else []
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    tmp = f'.tmp{os.getpid()}'
+    csv_path, md_path, png_path = (os.path.join(workdir, name) for name in REPORT_FILES)
+    with open(csv_path + tmp, 'w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: ('' if v is None else v) for k, v in row.items()} for row in rows)
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns)]
     lines += ['| ' + ' | '.join(_cell(row[c]) for c in columns) + ' |' for row in rows]
-    with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    with open(md_path + tmp, 'w') as f:
         f.write('\n'.join(lines) + '\n')
-    plot_sweep(rows, [field for field in runs[0].point] if runs else [],
-               os.path.join(workdir, 'sweep.png'))
+    plot_sweep(rows, list(runs[0].point) if runs else [], png_path + tmp)
+    for path in (csv_path, md_path, png_path):
+        os.replace(path + tmp, path)
     return rows
 
 
@@ -218,7 +225,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format='png')
     plt.close(fig)
 
 
