@@ -1,7 +1,7 @@
 """Throughput, compile time, memory and MFU of a config's training step and loop.
 
   python -m vgg_flax.benchmark --config=experiments/d2l_vgg11.py [--data=random|config]
-      [--steps=30 --repeats=5 --loop_steps=100] [--output=result.json]
+      [--steps=30 --repeats=5 --loop_steps=N] [--output=result.json]
       [--config.model.dtype=bfloat16 ...]
 
 Measures, after warm-up, with the median and spread of `--repeats` timings:
@@ -100,12 +100,17 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
 
 
 def benchmark_loop(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
-                   test_split: input_pipeline.Split, loop_steps: int,
+                   test_split: input_pipeline.Split, loop_steps: int | None,
                    data_dir: str) -> dict[str, Any]:
-    """Two epochs of `train.train_and_evaluate`; the second (warm) one is measured."""
+    """Two epochs of `train.train_and_evaluate`; the second (warm) one is measured.
+
+    Epochs of `loop_steps` steps (default: the whole training split) and evaluation on as many
+    test images (at most the whole test split).
+    """
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.source, config.data.idx_dir = 'idx', data_dir
-    config.data.max_train_examples = min(loop_steps * config.train.batch_size, len(train_split))
+    config.data.max_train_examples = min((loop_steps or len(train_split)) *
+                                         config.train.batch_size, len(train_split))
     config.data.max_test_examples = min(config.data.max_train_examples, len(test_split))
     config.train.num_epochs = 2
     config.train.checkpoint_every_epochs = 10**6  # Saves only at the end.
@@ -125,7 +130,7 @@ def peak_memory_bytes() -> int | None:
 
 
 def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, warmup: int,
-        loop_steps: int) -> dict[str, Any]:
+        loop_steps: int | None) -> dict[str, Any]:
     train.validate_config(config)
     with tempfile.TemporaryDirectory() as data_dir:
         if data == 'random':
@@ -136,7 +141,7 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
         write_idx_dir(data_dir, train_split, test_split)
         step = benchmark_step(config, train_split, steps, repeats, warmup)
         loop = (benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
-                if loop_steps else None)
+                if loop_steps != 0 else None)
     env = environment.describe()
     peak = peak_flops(env['device_kind'], config.model.dtype)
     return {
@@ -214,8 +219,9 @@ if __name__ == '__main__':
     _STEPS = flags.DEFINE_integer('steps', 30, 'Train steps per timed repeat.')
     _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats of the step benchmark.')
     _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-    _LOOP_STEPS = flags.DEFINE_integer('loop_steps', 100,
-                                       'Steps per epoch of the loop run; 0 skips it.')
+    _LOOP_STEPS = flags.DEFINE_integer('loop_steps', None,
+                                       'Steps per epoch of the loop run (default: a whole epoch '
+                                       'of the training data); 0 skips it.')
     _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
     flags.mark_flags_as_required(['config'])
     app.run(main)
