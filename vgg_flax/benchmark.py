@@ -26,7 +26,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import distributed, environment, input_pipeline, train
+from vgg_flax import distributed, environment, input_pipeline, metric_writers, train
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype. float32
 # convolutions and matmuls run as TF32 on tensor cores by default, so float32 uses the TF32 peak.
@@ -116,8 +116,7 @@ def benchmark_loop(config: ml_collections.ConfigDict, train_split: input_pipelin
     config.train.checkpoint_every_epochs = 10**6  # Saves only at the end.
     with tempfile.TemporaryDirectory() as workdir:
         results = train.train_and_evaluate(config, workdir)
-        with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-            warm = json.loads(f.read().splitlines()[-1])
+        warm = metric_writers.read_history(workdir)[-1]
     return {'images_per_sec': warm['examples_per_sec'],
             'eval_images_per_sec': config.data.max_test_examples / warm['eval_seconds'],
             'compile_seconds': results['compile_seconds'],

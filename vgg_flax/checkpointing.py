@@ -17,6 +17,8 @@ import orbax.checkpoint as ocp
 from vgg_flax import config_utils
 
 CONFIG_FILE = 'config.json'
+ENVIRONMENT_FILE = 'environment.json'
+RESULTS_FILE = 'results.json'
 CHECKPOINT_DIR = 'checkpoints'
 
 

@@ -22,7 +22,6 @@ from vgg_flax import config_utils, models
 CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                'Sneaker', 'Bag', 'Ankle boot')
 SOURCES = ('tfds', 'idx')
-SPLITS = ('train', 'test')
 # Base names of the IDX files, as the Fashion-MNIST release (and MNIST) names them.
 IDX_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),

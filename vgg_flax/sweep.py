@@ -26,7 +26,6 @@ from ml_collections import config_flags
 from vgg_flax import checkpointing, environment, hyper, summary, train
 
 Point = hyper.Point
-RESULTS_FILE = 'results.json'
 ERROR_FILE = 'error.txt'
 REPORT_FILES = ('results.csv', 'results.md', 'sweep.png')
 
@@ -81,7 +80,7 @@ class PointRun:
         return point_name(self.point)
 
     def results(self) -> dict[str, Any] | None:
-        path = os.path.join(self.workdir, RESULTS_FILE)
+        path = os.path.join(self.workdir, checkpointing.RESULTS_FILE)
         if not os.path.isfile(path):
             return None
         with open(path) as f:

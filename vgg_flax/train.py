@@ -279,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     chief = distributed.is_chief()
     resuming = checkpointing.claim_workdir(workdir, config, write=chief)
     if chief:
-        checkpointing.write_json_atomic(os.path.join(workdir, 'environment.json'),
+        checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.ENVIRONMENT_FILE),
                                         environment.describe())
     train_split = input_pipeline.load_split(config.data, 'train', config.model.num_classes)
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
@@ -397,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             train_flops_per_step=flops_of(train_fn),
                             compile_seconds=compile_seconds, batch_size=batch_size)
     if chief:
-        checkpointing.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+        checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
+                                        results)
     return results
 
 
