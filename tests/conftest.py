@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vgg_flax import config_utils, environment
-from vgg_flax.input_pipeline import write_idx
+from vgg_flax.input_pipeline import IDX_FILES, write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / 'experiments').glob('*.py'))
@@ -72,10 +72,11 @@ def write_fashion_idx_dir(directory: pathlib.Path, num_train: int = 320,
                           num_test: int = 100, gz: bool = True) -> pathlib.Path:
     directory.mkdir(parents=True, exist_ok=True)
     suffix = '.gz' if gz else ''
-    for split, count, seed in (('train', num_train, 0), ('t10k', num_test, 1)):
+    for split, count, seed in (('train', num_train, 0), ('test', num_test, 1)):
+        images_name, labels_name = IDX_FILES[split]
         images, labels = synthetic_split(count, seed)
-        write_idx(str(directory / f'{split}-images-idx3-ubyte{suffix}'), images)
-        write_idx(str(directory / f'{split}-labels-idx1-ubyte{suffix}'), labels)
+        write_idx(str(directory / (images_name + suffix)), images)
+        write_idx(str(directory / (labels_name + suffix)), labels)
     return directory
 
 
