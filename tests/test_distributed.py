@@ -19,33 +19,45 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax
 from conftest import tiny_config
-from vgg_flax import distributed, environment, train
+from vgg_flax import distributed, environment, input_pipeline, train
 distributed.initialize_if_launched()
 environment.enable_compilation_cache()
+shares = []
+load_split = input_pipeline.load_split
+def recording_load_split(*args, **kwargs):
+    split = load_split(*args, **kwargs)
+    shares.append(len(split))
+    return split
+input_pipeline.load_split = recording_load_split
 config = tiny_config({idx_dir!r})
+config.data.max_train_examples, config.data.max_test_examples = {max_examples}
 config.train.num_epochs = {epochs}
 config.train.batch_size = {batch_size}
 try:
     train.train_and_evaluate(config, {workdir!r})
 except ValueError as e:
     print('ValueError:', e)
-print(json.dumps({{'devices': jax.device_count()}}))
+print(json.dumps({{'devices': jax.device_count(), 'shares': shares}}))
 '''
 
 
-def script(idx_dir, workdir, epochs: int, batch_size: int = 32) -> list[str]:
+def script(idx_dir, workdir, epochs: int, batch_size: int = 32,
+           max_examples: tuple[int, int] = (0, 0)) -> list[str]:
     return [sys.executable, '-c', SCRIPT.format(tests=str(ROOT / 'tests'), idx_dir=str(idx_dir),
                                                 epochs=epochs, batch_size=batch_size,
+                                                max_examples=max_examples,
                                                 workdir=str(workdir))]
 
 
-def run_on_devices(devices: int, idx_dir, workdir, epochs: int, batch_size: int = 32) -> str:
+def run_on_devices(devices: int, idx_dir, workdir, epochs: int,
+                   batch_size: int = 32) -> tuple[str, list[int]]:
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
     done = subprocess.run(script(idx_dir, workdir, epochs, batch_size), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {'devices': devices}
-    return done.stdout
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record['devices'] == devices
+    return done.stdout, record['shares']
 
 
 def assert_same_metrics(a, b):
@@ -63,40 +75,48 @@ def test_four_devices_match_one_and_checkpoints_move_between_them(idx_dir, tmp_p
     train.train_and_evaluate(config, str(tmp_path / 'one'))
     one = metric_writers.read_history(str(tmp_path / 'one'))
 
-    run_on_devices(4, idx_dir, tmp_path / 'four', epochs=2)
+    _, shares = run_on_devices(4, idx_dir, tmp_path / 'four', epochs=2)
+    assert shares == [320, 100]  # One process reads the whole of each split.
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'four')), one)
 
     # Saved on 4 devices after epoch 1, resumed on 2 for epoch 2.
     run_on_devices(4, idx_dir, tmp_path / 'moved', epochs=1)
-    out = run_on_devices(2, idx_dir, tmp_path / 'moved', epochs=2)
+    out, _ = run_on_devices(2, idx_dir, tmp_path / 'moved', epochs=2)
     assert 'Resuming' in out
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'moved')), one)
 
 
 def test_batch_that_does_not_split_over_the_devices_is_refused(idx_dir, tmp_path):
-    out = run_on_devices(3, idx_dir, tmp_path / 'run', epochs=1, batch_size=32)
+    out, shares = run_on_devices(3, idx_dir, tmp_path / 'run', epochs=1, batch_size=32)
+    assert shares == []  # Refused before any data is read.
     assert ('ValueError: config.train.batch_size=32 does not split evenly over 3 devices; use '
             'a multiple of 3.') in out
 
 
 def test_two_processes_of_two_devices_match_one_device(idx_dir, tmp_path):
-    """Multi-host in miniature: two processes on this machine, joined by jax.distributed."""
+    """Multi-host in miniature: two processes on this machine, joined by jax.distributed.
+
+    Each reads only its half of each split (odd sizes, so the halves differ by one example).
+    """
     config = tiny_config(str(idx_dir))
+    config.data.max_train_examples, config.data.max_test_examples = 317, 99
     train.train_and_evaluate(config, str(tmp_path / 'one'))
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     processes = [
-        subprocess.Popen(script(idx_dir, tmp_path / 'two_hosts', epochs=2), cwd=ROOT,
+        subprocess.Popen(script(idx_dir, tmp_path / 'two_hosts', epochs=2,
+                                max_examples=(317, 99)), cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
                                   JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(rank),
                                   XLA_FLAGS='--xla_force_host_platform_device_count=2'))
         for rank in (0, 1)]
     outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (stdout, stderr) in zip(processes, outputs):
+    expected_shares = ([159, 50], [158, 49])  # Train and test rows each process read.
+    for process, (stdout, stderr), shares in zip(processes, outputs, expected_shares):
         assert process.returncode == 0, stderr
-        assert json.loads(stdout.strip().splitlines()[-1]) == {'devices': 4}
+        assert json.loads(stdout.strip().splitlines()[-1]) == {'devices': 4, 'shares': shares}
     assert 'epoch 2/2' in outputs[0][0] and 'epoch 2/2' not in outputs[1][0]  # Chief logs.
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'two_hosts')),
                         metric_writers.read_history(str(tmp_path / 'one')))

@@ -44,6 +44,50 @@ def test_max_examples_cut_the_split(idx_dir):
     assert len(split) == 50
 
 
+@pytest.mark.parametrize('gz', [True, False])
+def test_shares_of_a_split_are_contiguous_and_make_the_split(tmp_path, gz):
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', gz=gz)
+    config = data_config(idx_dir=str(idx_dir), max_train_examples=317)
+    whole = input_pipeline.load_split(config, 'train')
+    assert len(whole) == 317
+    for count in (2, 3, 5):
+        shares = [input_pipeline.load_split(config, 'train', shard=(i, count))
+                  for i in range(count)]
+        sizes = [len(share) for share in shares]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+        np.testing.assert_array_equal(np.concatenate([s.images for s in shares]), whole.images)
+        np.testing.assert_array_equal(np.concatenate([s.labels for s in shares]), whole.labels)
+
+
+def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch):
+    """The TFDS source asks for `tfds.even_splits`, which divides a split as `shard_bounds` does."""
+    tfds = pytest.importorskip('tensorflow_datasets')
+    asked = []
+
+    def load(name, split, **kwargs):
+        asked.append(split)
+        raise ConnectionError('offline')  # The split asked for is all this test needs.
+
+    monkeypatch.setattr(tfds, 'load', load)
+    infos = tfds.core.SplitDict([tfds.core.SplitInfo(name='train', shard_lengths=[60_000],
+                                                     num_bytes=0)])
+    for limit, count in ((0, 3), (1001, 4)):
+        for index in range(count):
+            with pytest.raises(input_pipeline.DataError):
+                input_pipeline.load_split(data_config(source='tfds', max_train_examples=limit),
+                                          'train', shard=(index, count))
+            [instruction] = asked.pop().to_absolute(infos)  # None: the split's start or end.
+            start, stop = instruction.from_ or 0, instruction.to or 60_000
+            assert (start, stop) == input_pipeline.shard_bounds(
+                limit or 60_000, (index, count))
+
+
+def test_shard_bounds_give_the_remainder_to_the_first_shares():
+    assert [input_pipeline.shard_bounds(11, (i, 3)) for i in range(3)] == [(0, 4), (4, 8),
+                                                                            (8, 11)]
+    assert input_pipeline.shard_bounds(5, (0, 1)) == (0, 5)
+
+
 def test_real_fashion_mnist(real_data_dir):
     config = data_config(idx_dir=str(real_data_dir))
     train = input_pipeline.load_split(config, 'train')

@@ -1,9 +1,10 @@
 """Data parallelism over every device of every process, with `jax.sharding`.
 
 One mesh axis, 'data', spans all devices. Parameters, optimiser state and the (small) dataset
-are replicated; each global batch is split evenly along 'data', so every device gathers and
-processes only its share and XLA all-reduces the gradients (and BatchNorm's batch statistics).
-On one device the same code runs unchanged.
+are replicated: each process reads its own share of the data, and one all-gather at the start
+puts all of it on every device. Each global batch is split evenly along 'data', so every device
+gathers and processes only its share of the batch and XLA all-reduces the gradients (and
+BatchNorm's batch statistics). On one device the same code runs unchanged.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
@@ -66,6 +69,28 @@ def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     Each process places only the pieces its own devices hold.
     """
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def replicate_from_processes(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Every process's `local` rows, concatenated in process order, on every device of `mesh`.
+
+    Each process reads only its share of a split; one all-gather then gives every device the
+    whole split, so batches can be drawn from all of it without collectives in the step.
+    """
+    if jax.process_count() == 1:
+        return put(local, replicated(mesh))
+    counts = [int(n) for n in multihost_utils.process_allgather(np.int64(len(local)))]
+    # Pad every share to one length that splits over each process's devices.
+    devices_per_process = mesh.local_mesh.size
+    length = -(-max(counts) // devices_per_process) * devices_per_process
+    padded = np.zeros((length,) + local.shape[1:], local.dtype)
+    padded[:len(local)] = local
+    stacked = jax.make_array_from_process_local_data(
+        split_along(mesh, 0), padded, (length * jax.process_count(),) + local.shape[1:])
+    unpad = jax.jit(lambda a: jnp.concatenate([a[p * length:p * length + n]
+                                               for p, n in enumerate(counts)]),
+                    out_shardings=replicated(mesh))
+    return unpad(stacked)
 
 
 def is_chief() -> bool:

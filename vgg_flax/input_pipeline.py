@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+from typing import BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -68,33 +69,51 @@ def validate_data_config(data_config: ml_collections.ConfigDict, arch: str) -> N
                              'integer.')
 
 
-def load_split(data_config: ml_collections.ConfigDict, split: str,
-               num_classes: int = 10) -> Split:
-    """Reads `split` ('train' or 'test') from the configured source and checks it."""
+def load_split(data_config: ml_collections.ConfigDict, split: str, num_classes: int = 10,
+               shard: tuple[int, int] = (0, 1)) -> Split:
+    """Reads share `shard` = (index, count) of `split` ('train' or 'test') and checks it.
+
+    The split is the first `data_config.max_<split>_examples` examples (0: all). Shares are
+    contiguous and in order, so those of indices 0..count-1 together are the split: each
+    process of a multi-host job reads only its own.
+    """
+    limit = data_config[f'max_{split}_examples'] or None
     if data_config.source == 'tfds':
-        images, labels = _load_tfds(split, data_config.tfds_data_dir)
+        images, labels = _load_tfds(split, data_config.tfds_data_dir, limit, shard)
     else:
-        images, labels = _load_idx(split, data_config.idx_dir)
+        images, labels = _load_idx(split, data_config.idx_dir, limit, shard)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
+        where = f' of share {shard[0]} of {shard[1]}' if shard[1] > 1 else ''
         raise DataError(f'the {split} labels from source {data_config.source!r} hold '
                         f'{int(bad.sum())} values outside 0..{num_classes - 1} (first: '
-                        f'{int(labels[bad][0])} at index {int(np.argmax(bad))}).')
-    limit = data_config[f'max_{split}_examples']
-    if limit:
-        images, labels = images[:limit], labels[:limit]
+                        f'{int(labels[bad][0])} at index {int(np.argmax(bad))}{where}).')
     return Split(images=images, labels=labels.astype(np.int32))
 
 
-def _load_tfds(split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def shard_bounds(num_examples: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """Rows [start, stop) of share `shard` = (index, count); the first shares get the remainder.
+
+    The same division as `tfds.even_splits`, so both sources cut a split alike.
+    """
+    index, count = shard
+    size, remainder = divmod(num_examples, count)
+    start = index * size + min(index, remainder)
+    return start, start + size + (index < remainder)
+
+
+def _load_tfds(split: str, data_dir: str, limit: int | None,
+               shard: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST through tensorflow-datasets; TensorFlow is imported only here."""
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     except ImportError as e:
         raise DataError('config.data.source=tfds needs tensorflow-datasets and tensorflow '
                         f'(pip install -e ".[tfds]"): {e}. {OFFLINE_HINT}') from e
+    index, count = shard
     try:
-        dataset = tfds.load('fashion_mnist', split=split, data_dir=data_dir or None,
+        share = tfds.even_splits(f'{split}[:{limit}]' if limit else split, n=count)[index]
+        dataset = tfds.load('fashion_mnist', split=share, data_dir=data_dir or None,
                             shuffle_files=False)
         images, labels = [], []
         for batch in tfds.as_numpy(dataset.batch(10_000)):
@@ -107,15 +126,20 @@ def _load_tfds(split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _load_idx(split: str, idx_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_idx(split: str, idx_dir: str, limit: int | None,
+              shard: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Share `shard` of the split's first `limit` rows; every process checks the whole files."""
     images_name, labels_name = IDX_FILES[split]
-    images = read_idx(_find_idx_file(idx_dir, images_name), ndim=3)
+    images_path = _find_idx_file(idx_dir, images_name)
     labels = read_idx(_find_idx_file(idx_dir, labels_name), ndim=1)
-    if len(images) != len(labels):
-        raise DataError(f'{idx_dir}: {images_name} holds {len(images)} images but {labels_name} '
+    num_images = read_idx_shape(images_path, ndim=3)[0]
+    if num_images != len(labels):
+        raise DataError(f'{idx_dir}: {images_name} holds {num_images} images but {labels_name} '
                         f'holds {len(labels)} labels; the two files must come from the same '
                         'release.')
-    return images[..., None], labels
+    start, stop = shard_bounds(min(len(labels), limit or len(labels)), shard)
+    images = read_idx(images_path, ndim=3, rows=(start, stop))
+    return images[..., None], labels[start:stop]
 
 
 def _find_idx_file(idx_dir: str, name: str) -> str:
@@ -128,32 +152,69 @@ def _find_idx_file(idx_dir: str, name: str) -> str:
                     f'{", ".join(n + ".gz" for pair in IDX_FILES.values() for n in pair)}.')
 
 
-def read_idx(path: str, ndim: int) -> np.ndarray:
-    """Reads an IDX file of unsigned bytes (gzipped or raw) with `ndim` dimensions."""
-    opener = gzip.open if path.endswith('.gz') else open
+def read_idx_shape(path: str, ndim: int) -> tuple[int, ...]:
+    """The shape in an IDX file's header (the file's size is checked by `read_idx`)."""
+    with _open_idx(path) as f:
+        return _read_idx_header(f, path, ndim)
+
+
+def read_idx(path: str, ndim: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Reads an IDX file of unsigned bytes (gzipped or raw) with `ndim` dimensions.
+
+    `rows` = (start, stop) keeps only those rows in memory; the whole file is still read through,
+    since a gzip stream shows a cut or an excess only at its end.
+    """
+    with _open_idx(path) as f:
+        shape = _read_idx_header(f, path, ndim)
+        start, stop = rows or (0, shape[0])
+        row_size = int(np.prod(shape[1:]))
+        before = _skip(f, start * row_size, path)
+        data = _read(f, path, (stop - start) * row_size)
+        held = before + len(data) + _skip(f, None, path)
+    size = int(np.prod(shape))
+    if held != size:
+        state = 'truncated' if held < size else 'longer than its header says'
+        raise DataError(f'{path} is {state}: its header gives shape {shape} ({size} bytes of '
+                        f'data) but it holds {held}; download it again.')
+    return np.frombuffer(data, dtype=np.uint8).reshape((stop - start,) + shape[1:])
+
+
+def _open_idx(path: str) -> BinaryIO:
+    return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+
+
+def _read(f: BinaryIO, path: str, size: int) -> bytes:
+    """Up to `size` bytes; a bad or cut-off gzip stream becomes a DataError naming the file."""
     try:
-        with opener(path, 'rb') as f:
-            content = f.read()
-    except (OSError, EOFError) as e:  # A bad or cut-off gzip stream.
+        return f.read(size)
+    except (OSError, EOFError) as e:
         raise DataError(f'{path} cannot be read ({e}); the file is corrupt or truncated, '
                         'download it again.') from e
-    expected_magic = (_IDX_UBYTE << 8) | ndim
-    if len(content) < 4 + 4 * ndim:
-        raise DataError(f'{path} is truncated: {len(content)} bytes, shorter than an IDX '
+
+
+def _skip(f: BinaryIO, size: int | None, path: str) -> int:
+    """Reads past `size` bytes (None: to the end) in chunks; returns how many there were."""
+    skipped = 0
+    while size is None or skipped < size:
+        chunk = _read(f, path, 1 << 22 if size is None else min(1 << 22, size - skipped))
+        if not chunk:
+            break
+        skipped += len(chunk)
+    return skipped
+
+
+def _read_idx_header(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
+    header = _read(f, path, 4 + 4 * ndim)
+    if len(header) < 4 + 4 * ndim:
+        raise DataError(f'{path} is truncated: {len(header)} bytes, shorter than an IDX '
                         'header.')
-    magic = int.from_bytes(content[:4], 'big')
+    magic = int.from_bytes(header[:4], 'big')
+    expected_magic = (_IDX_UBYTE << 8) | ndim
     if magic != expected_magic:
         raise DataError(f'{path} has magic number 0x{magic:08x}, expected 0x'
                         f'{expected_magic:08x} (unsigned bytes, {ndim} dimensions); it is not '
                         f'the right IDX file.')
-    shape = tuple(int.from_bytes(content[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
-    offset = 4 + 4 * ndim
-    size = int(np.prod(shape))
-    if len(content) - offset != size:
-        state = 'truncated' if len(content) - offset < size else 'longer than its header says'
-        raise DataError(f'{path} is {state}: its header gives shape {shape} ({size} bytes of '
-                        f'data) but it holds {len(content) - offset}; download it again.')
-    return np.frombuffer(content, dtype=np.uint8, offset=offset).reshape(shape)
+    return tuple(int.from_bytes(header[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
 
 
 def write_idx(path: str, array: np.ndarray) -> None:

@@ -135,6 +135,15 @@ def create_replicated_state(config: ml_collections.ConfigDict, tx: optax.Gradien
     return state, jax.device_put(zero_sums(), replicated)
 
 
+def load_on_devices(config: ml_collections.ConfigDict, split: str,
+                    mesh: jax.sharding.Mesh) -> tuple[jax.Array, jax.Array]:
+    """Images and labels of `split` on every device; each process reads only its share."""
+    share = input_pipeline.load_split(config.data, split, config.model.num_classes,
+                                      shard=(jax.process_index(), jax.process_count()))
+    return (distributed.replicate_from_processes(share.images, mesh),
+            distributed.replicate_from_processes(share.labels, mesh))
+
+
 def batch_maker(mesh: jax.sharding.Mesh) -> Any:
     """`input_pipeline.epoch_batches`, compiled, each batch split over the devices of `mesh`."""
     return jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
@@ -281,11 +290,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if chief:
         checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.ENVIRONMENT_FILE),
                                         environment.describe())
-    train_split = input_pipeline.load_split(config.data, 'train', config.model.num_classes)
-    test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
-    steps_per_epoch = input_pipeline.steps_per_epoch(len(train_split), batch_size)
+    images, labels = load_on_devices(config, 'train', mesh)
+    test_images, test_labels = load_on_devices(config, 'test', mesh)
+    num_train = images.shape[0]
+    steps_per_epoch = input_pipeline.steps_per_epoch(num_train, batch_size)
     if not steps_per_epoch:
-        raise ValueError(f'{len(train_split)} training examples make no full batch of '
+        raise ValueError(f'{num_train} training examples make no full batch of '
                          f'config.train.batch_size={batch_size}; lower the batch size or raise '
                          'config.data.max_train_examples.')
 
@@ -293,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
     learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
     state, sums = create_replicated_state(config, create_optimizer(config.train, learning_rate_fn),
-                                          init_key, mesh, train_split.images.shape[-1])
+                                          init_key, mesh, images.shape[-1])
     history: list[dict[str, Any]] = []
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     latest = checkpointer.latest_step()
@@ -307,15 +317,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         print(f'{workdir} has this config but no checkpoint yet; starting from scratch.',
               flush=True)
 
-    images, labels = distributed.put(train_split.images, replicated), distributed.put(
-        train_split.labels, replicated)
-    test_images, test_labels = distributed.put(test_split.images, replicated), distributed.put(
-        test_split.labels, replicated)
     eval_batches, eval_masks = (
         distributed.put(a, distributed.split_along(mesh, 1))
-        for a in input_pipeline.eval_batches(len(test_split), config.train.eval_batch_size))
+        for a in input_pipeline.eval_batches(test_images.shape[0], config.train.eval_batch_size))
     make_batches = batch_maker(mesh)
-    batches = make_batches(shuffle_key, 0, len(train_split), batch_size)
+    batches = make_batches(shuffle_key, 0, num_train, batch_size)
     image_size = config.data.image_size
     compile_start = time.perf_counter()
     train_fn = compile_train_step(state, sums, images, labels, batches, dropout_key, image_size)
@@ -343,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):
                 epoch_start = time.perf_counter()
                 first_batch = step % steps_per_epoch
-                batches = make_batches(shuffle_key, epoch, len(train_split), batch_size)
+                batches = make_batches(shuffle_key, epoch, num_train, batch_size)
                 bar = tqdm(total=steps_per_epoch, initial=first_batch, unit='step',
                            desc=f'epoch {epoch}/{num_epochs}', leave=False,
                            disable=None if chief else True)
