@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from vgg_flax import metric_writers, train
+from vgg_flax.checkpointing import Checkpointer
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, tiny_config, write_fashion_idx_dir
 
 SCRIPT = '''
 import json, sys
@@ -35,8 +39,8 @@ config.train.num_epochs = {epochs}
 config.train.batch_size = {batch_size}
 try:
     train.train_and_evaluate(config, {workdir!r})
-except ValueError as e:
-    print('ValueError:', e)
+except (ValueError, train.TrainingInterrupted) as e:
+    print(type(e).__name__ + ':', e)
 print(json.dumps({{'devices': jax.device_count(), 'shares': shares}}))
 '''
 
@@ -93,6 +97,26 @@ def test_batch_that_does_not_split_over_the_devices_is_refused(idx_dir, tmp_path
             'a multiple of 3.') in out
 
 
+def start_two_processes(idx_dir, workdir, **script_args) -> list[subprocess.Popen]:
+    """Two processes of two CPU devices on this machine, joined by jax.distributed."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return [subprocess.Popen(script(idx_dir, workdir, **script_args), cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+                                      JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(rank),
+                                      XLA_FLAGS='--xla_force_host_platform_device_count=2'))
+            for rank in (0, 1)]
+
+
+def finish(processes: list[subprocess.Popen]) -> list[str]:
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+    return [stdout for stdout, _ in outputs]
+
+
 def test_two_processes_of_two_devices_match_one_device(idx_dir, tmp_path):
     """Multi-host in miniature: two processes on this machine, joined by jax.distributed.
 
@@ -101,22 +125,34 @@ def test_two_processes_of_two_devices_match_one_device(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.data.max_train_examples, config.data.max_test_examples = 317, 99
     train.train_and_evaluate(config, str(tmp_path / 'one'))
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    processes = [
-        subprocess.Popen(script(idx_dir, tmp_path / 'two_hosts', epochs=2,
-                                max_examples=(317, 99)), cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                                  JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(rank),
-                                  XLA_FLAGS='--xla_force_host_platform_device_count=2'))
-        for rank in (0, 1)]
-    outputs = [p.communicate(timeout=600) for p in processes]
+    outputs = finish(start_two_processes(idx_dir, tmp_path / 'two_hosts', epochs=2,
+                                         max_examples=(317, 99)))
     expected_shares = ([159, 50], [158, 49])  # Train and test rows each process read.
-    for process, (stdout, stderr), shares in zip(processes, outputs, expected_shares):
-        assert process.returncode == 0, stderr
+    for stdout, shares in zip(outputs, expected_shares):
         assert json.loads(stdout.strip().splitlines()[-1]) == {'devices': 4, 'shares': shares}
-    assert 'epoch 2/2' in outputs[0][0] and 'epoch 2/2' not in outputs[1][0]  # Chief logs.
+    assert 'epoch 2/2' in outputs[0] and 'epoch 2/2' not in outputs[1]  # Chief logs.
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'two_hosts')),
                         metric_writers.read_history(str(tmp_path / 'one')))
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path):
+    """A scheduler's SIGTERM reaches the hosts at different steps: they agree on one to save."""
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=640, num_test=100)
+    finish(start_two_processes(idx_dir, tmp_path / 'straight', epochs=2))
+    workdir = tmp_path / 'stopped'
+    processes = start_two_processes(idx_dir, workdir, epochs=2)
+    while not (workdir / metric_writers.TENSORBOARD_DIR).is_dir():  # Process 0 compiled.
+        assert all(p.poll() is None for p in processes)
+        time.sleep(0.01)
+    processes[1].send_signal(signal.SIGTERM)
+    stops = [re.search(r'TrainingInterrupted: SIGTERM stopped the run at step (\d+)', out)
+             for out in finish(processes)]
+    assert all(stops), stops
+    step = int(stops[0].group(1))
+    assert step == int(stops[1].group(1)) and 0 < step < 40, step  # Both, before the end.
+    assert Checkpointer(str(workdir), keep=3).latest_step() == step
+    finish(start_two_processes(idx_dir, workdir, epochs=2))
+    resumed = metric_writers.read_history(str(workdir))
+    straight = metric_writers.read_history(str(tmp_path / 'straight'))
+    keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]

@@ -98,6 +98,29 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches(tmp_path):
     assert metrics_of(metric_writers.read_history(workdir)) == straight
 
 
+def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoch(
+        idx_dir, tmp_path, monkeypatch):
+    config = tiny_config(str(idx_dir))
+    straight = metrics_of(train.train_and_evaluate(config, str(tmp_path / 'straight')) and
+                          metric_writers.read_history(str(tmp_path / 'straight')))
+    real_tqdm = train.tqdm
+
+    def signal_when_evaluation_starts(*args, **kwargs):
+        if kwargs.get('desc') == 'eval':
+            monkeypatch.setattr(train, 'tqdm', real_tqdm)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_tqdm(*args, **kwargs)
+
+    monkeypatch.setattr(train, 'tqdm', signal_when_evaluation_starts)
+    workdir = str(tmp_path / 'stopped')
+    with pytest.raises(train.TrainingInterrupted):
+        train.train_and_evaluate(config, workdir)
+    assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 10  # End of epoch 1.
+    assert metric_writers.read_history(workdir) == []  # Epoch 1 has no test metrics yet.
+    train.train_and_evaluate(config, workdir)
+    assert metrics_of(metric_writers.read_history(workdir)) == straight
+
+
 def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1

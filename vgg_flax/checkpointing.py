@@ -89,6 +89,14 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, arrays: Any, history: list[dict[str, Any]]) -> None:
+        """Saves `step`, unless it is saved already.
+
+        That happens only when a resumed run finishes the evaluation that a signal interrupted:
+        the kept checkpoint has the same state, and its history lacks only that evaluation,
+        which resuming from it runs again.
+        """
+        if step in self._manager.all_steps():
+            return
         self._manager.save(step, args=ocp.args.Composite(
             arrays=ocp.args.StandardSave(arrays),
             history=ocp.args.JsonSave(history)), force=True)

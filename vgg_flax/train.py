@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vgg_flax import (checkpointing, config_utils, distributed, environment, input_pipeline,
@@ -236,17 +237,21 @@ def flops_of(compiled: Any) -> float:
 
 
 class StopSignals:
-    """Turns SIGINT and SIGTERM into a flag that the loop checks, so it can save and exit.
+    """Turns SIGINT and SIGTERM into a stop that the loop polls, so it can save and exit.
 
-    A second signal of the same kind acts as usual (Ctrl-C twice interrupts at once).
+    In one process, handlers of its own set a flag; a second signal of the same kind acts as
+    usual (Ctrl-C twice interrupts at once). In a multi-host job a scheduler's SIGTERM reaches
+    the processes at different steps, so JAX's preemption service (which catches SIGTERM there
+    from `jax.distributed.initialize` on) picks the poll at which all of them stop together.
     """
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._multi_process = jax.process_count() > 1
 
     def __enter__(self) -> 'StopSignals':
-        if threading.current_thread() is threading.main_thread():
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -259,6 +264,16 @@ class StopSignals:
     def __exit__(self, *exc_info: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to save and stop at training step `step`.
+
+        Every process must poll at the same points, and at every step: the preemption service
+        stops them all at the step after the furthest one had reached (as orbax's saves expect).
+        """
+        if self._multi_process and multihost_utils.reached_preemption_sync_point(step):
+            self.signum = signal.SIGTERM
+        return self.signum is not None
 
 
 def _check_finite(loss: float, epoch: int, step: int, checkpointer: checkpointing.Checkpointer,
@@ -331,14 +346,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           0).compile()
     compile_seconds = time.perf_counter() - compile_start
 
-    def evaluate() -> tuple[float, float]:
+    def evaluate(stop: StopSignals) -> tuple[float, float] | None:
+        """Test loss and accuracy, or None if a signal came first."""
         eval_sums = jax.device_put(zero_sums(), replicated)
         for batch in tqdm(range(eval_batches.shape[0]), desc='eval', leave=False,
                           disable=None if chief else True):
+            if stop.should_stop(step):
+                return None
             eval_sums = eval_fn(state, eval_sums, test_images, test_labels, eval_batches,
                                 eval_masks, batch)
         return mean_metrics(eval_sums)
 
+    def finish_epoch(record: dict[str, Any], stop: StopSignals) -> None:
+        """Evaluates the epoch that `record` trained, logs it and saves a checkpoint if due.
+
+        If a signal interrupts the evaluation, the checkpoint keeps the unfinished record; the
+        resumed run evaluates that epoch first.
+        """
+        nonlocal sums
+        eval_start = time.perf_counter()
+        evaluation = evaluate(stop)
+        if evaluation is None:
+            checkpointer.save(step, {'state': state, 'sums': sums}, history + [record])
+            raise TrainingInterrupted(stop.signum, step)
+        eval_seconds = time.perf_counter() - eval_start
+        record.update(test_loss=evaluation[0], test_accuracy=evaluation[1],
+                      eval_seconds=eval_seconds,
+                      epoch_seconds=record['train_seconds'] + eval_seconds)
+        history.append(record)
+        if log:
+            log.write(history)
+            tqdm.write(format_epoch(record, num_epochs), file=sys.stdout)
+        sums = jax.device_put(zero_sums(), replicated)
+        stopping = stop.should_stop(step)
+        epoch = record['epoch']
+        if epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs or stopping:
+            checkpointer.save(step, {'state': state, 'sums': sums}, history)
+        if stopping and epoch < num_epochs:
+            raise TrainingInterrupted(stop.signum, step)
+
+    # An epoch whose evaluation a signal interrupted comes back as a record without test metrics.
+    unfinished = history.pop() if history and 'test_accuracy' not in history[-1] else None
     log = metric_writers.EpochLog(workdir) if chief else None
     if log:
         log.rewrite(history)
@@ -346,6 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_epochs = config.train.num_epochs
     try:
         with StopSignals() as stop:
+            if unfinished:
+                finish_epoch(unfinished, stop)
             for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):
                 epoch_start = time.perf_counter()
                 first_batch = step % steps_per_epoch
@@ -362,7 +412,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         loss, accuracy = mean_metrics(sums)
                         _check_finite(loss, epoch, step, checkpointer, workdir)
                         bar.set_postfix(loss=f'{loss:.4f}', acc=f'{accuracy:.3f}')
-                    if stop.signum is not None and not last_batch:
+                    if not last_batch and stop.should_stop(step):
                         loss, _ = mean_metrics(sums)
                         _check_finite(loss, epoch, step, checkpointer, workdir)
                         checkpointer.save(step, {'state': state, 'sums': sums}, history)
@@ -370,29 +420,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 train_seconds = time.perf_counter() - epoch_start
                 bar.close()
                 train_loss, train_accuracy = mean_metrics(sums)
-                eval_start = time.perf_counter()
-                test_loss, test_accuracy = evaluate()
-                eval_seconds = time.perf_counter() - eval_start
-                history.append({
+                finish_epoch({
                     'epoch': epoch, 'step': step,
                     'train_loss': train_loss, 'train_accuracy': train_accuracy,
-                    'test_loss': test_loss, 'test_accuracy': test_accuracy,
                     'examples_per_sec': (steps_per_epoch - first_batch) * batch_size /
                                         train_seconds,
                     'train_seconds': train_seconds,
-                    'eval_seconds': eval_seconds,
-                    'epoch_seconds': time.perf_counter() - epoch_start,
                     'learning_rate': float(learning_rate_fn(step - 1)),
-                })
-                if log:
-                    log.write(history)
-                    tqdm.write(format_epoch(history[-1], num_epochs), file=sys.stdout)
-                sums = jax.device_put(zero_sums(), replicated)
-                if (epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs or
-                        stop.signum is not None):
-                    checkpointer.save(step, {'state': state, 'sums': sums}, history)
-                if stop.signum is not None and epoch < num_epochs:
-                    raise TrainingInterrupted(stop.signum, step)
+                }, stop)
     finally:
         checkpointer.wait()
         checkpointer.close()
