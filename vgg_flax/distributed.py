@@ -79,7 +79,7 @@ def replicate_from_processes(local: np.ndarray, mesh: Mesh) -> jax.Array:
     """
     if jax.process_count() == 1:
         return put(local, replicated(mesh))
-    counts = [int(n) for n in multihost_utils.process_allgather(np.int64(len(local)))]
+    counts = [int(n) for n in multihost_utils.process_allgather(np.int32(len(local)))]
     # Pad every share to one length that splits over each process's devices.
     devices_per_process = mesh.local_mesh.size
     length = -(-max(counts) // devices_per_process) * devices_per_process
