@@ -91,9 +91,9 @@ class Checkpointer:
     def save(self, step: int, arrays: Any, history: list[dict[str, Any]]) -> None:
         """Saves `step`, unless it is saved already.
 
-        That happens only when a resumed run finishes the evaluation that a signal interrupted:
-        the kept checkpoint has the same state, and its history lacks only that evaluation,
-        which resuming from it runs again.
+        That happens only at the step a run resumed from, after a signal had interrupted that
+        epoch's evaluation: the kept checkpoint has the same state, and its history lacks only
+        that evaluation, which resuming from it runs again.
         """
         if step in self._manager.all_steps():
             return
