@@ -82,6 +82,21 @@ def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch):
                 limit or 60_000, (index, count))
 
 
+def test_an_empty_tfds_share_is_an_empty_split(monkeypatch):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    def load(name, split, **kwargs):
+        return tf.data.Dataset.from_tensor_slices({
+            'image': np.zeros((0, *input_pipeline.IMAGE_SHAPE), np.uint8),
+            'label': np.zeros((0,), np.int64)})
+
+    monkeypatch.setattr(tfds, 'load', load)
+    split = input_pipeline.load_split(data_config(source='tfds', max_test_examples=2), 'test',
+                                      shard=(2, 3))
+    assert split.images.shape == (0, 28, 28, 1) and len(split) == 0
+
+
 def test_shard_bounds_give_the_remainder_to_the_first_shares():
     assert [input_pipeline.shard_bounds(11, (i, 3)) for i in range(3)] == [(0, 4), (4, 8),
                                                                             (8, 11)]

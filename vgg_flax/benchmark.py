@@ -49,7 +49,8 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 def random_split(num_examples: int, seed: int) -> input_pipeline.Split:
     rng = np.random.default_rng(seed)
     return input_pipeline.Split(
-        images=rng.integers(0, 256, (num_examples, 28, 28, 1), dtype=np.uint8),
+        images=rng.integers(0, 256, (num_examples, *input_pipeline.IMAGE_SHAPE),
+                            dtype=np.uint8),
         labels=rng.integers(0, 10, num_examples).astype(np.int32))
 
 

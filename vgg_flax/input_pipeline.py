@@ -23,6 +23,7 @@ from vgg_flax import config_utils, models
 CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                'Sneaker', 'Bag', 'Ankle boot')
 SOURCES = ('tfds', 'idx')
+IMAGE_SHAPE = (28, 28, 1)  # Height, width, channels of every Fashion-MNIST image.
 # Base names of the IDX files, as the Fashion-MNIST release (and MNIST) names them.
 IDX_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
@@ -123,6 +124,8 @@ def _load_tfds(split: str, data_dir: str, limit: int | None,
         raise DataError(f'TFDS could not load fashion_mnist/{split} (data_dir='
                         f'{data_dir or "default"}): {type(e).__name__}: {e}. '
                         f'{OFFLINE_HINT}') from e
+    if not images:  # An empty share: more processes than examples.
+        return np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0,), np.int64)
     return np.concatenate(images), np.concatenate(labels)
 
 

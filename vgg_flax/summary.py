@@ -18,11 +18,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import environment, models, train
+from vgg_flax import environment, input_pipeline, models, train
 
-# The source images (Fashion-MNIST): their size sets what the on-device dataset costs.
-SOURCE_SHAPE = (28, 28, 1)
+# Fashion-MNIST's training split: its size sets what the on-device dataset costs.
 TRAIN_EXAMPLES = 60_000
+CHANNELS = input_pipeline.IMAGE_SHAPE[-1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
     """The input, each block and each dense layer, from shapes alone (`jax.eval_shape`)."""
     model = models.create_model(config.model)
     size = config.data.image_size
-    x = jax.ShapeDtypeStruct((1, size, size, SOURCE_SHAPE[-1]), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, train=False),
                                jax.random.key(0), x)
 
@@ -74,13 +74,13 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     size = config.data.image_size
     tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
     state = jax.eval_shape(
-        lambda: train.create_train_state(config, jax.random.key(0), tx, SOURCE_SHAPE[-1]))
-    one_image = jax.ShapeDtypeStruct((1, size, size, SOURCE_SHAPE[-1]), jnp.float32)
+        lambda: train.create_train_state(config, jax.random.key(0), tx, CHANNELS))
+    one_image = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     forward = jax.jit(functools.partial(model.apply, train=False)).lower(
         {'params': state.params, 'batch_stats': state.batch_stats}, one_image).compile()
 
     batch_size = config.train.batch_size
-    images = jax.ShapeDtypeStruct((TRAIN_EXAMPLES, *SOURCE_SHAPE), jnp.uint8)
+    images = jax.ShapeDtypeStruct((TRAIN_EXAMPLES, *input_pipeline.IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((TRAIN_EXAMPLES,), jnp.int32)
     batches = jax.ShapeDtypeStruct((TRAIN_EXAMPLES // batch_size, batch_size), jnp.int32)
     sums = jax.eval_shape(train.zero_sums)
@@ -98,7 +98,7 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
 def format_summary(config: ml_collections.ConfigDict, summary: Summary) -> str:
     size = config.data.image_size
     lines = [f'{config.model.arch}, width ratio {config.model.width_ratio}, '
-             f'{"BN, " if config.model.use_bn else ""}{size}x{size}x{SOURCE_SHAPE[-1]} input, '
+             f'{"BN, " if config.model.use_bn else ""}{size}x{size}x{CHANNELS} input, '
              f'{config.model.dtype}',
              f'{"layer":<8} {"output shape":>14} {"params":>12} {"activations/img":>16}']
     for layer in summary.layers:
