@@ -2,7 +2,8 @@
 # Every GPU measurement of the open issues in one run, with a short table at the end:
 #   1. the benchmark of the lesson's recipe (224 px, ratio 4) in float32 and bfloat16;
 #   2. the recipe for 5 epochs on the real data, bfloat16 then float32 (wall time, accuracy);
-#   3. a relaunch of (2)'s bfloat16 config in a new workdir: compile time with a warm cache;
+#   3. a relaunch of (2)'s bfloat16 config in a new workdir: compile time with a warm cache,
+#      and whether its first epoch repeats (2)'s bit for bit;
 #   4. the width-ratio sweep of the recipe, 5 epochs, bfloat16.
 # On a lent machine (no network): first, here, ../shared/tools/device-prep, then run with
 # carry [".device"]:
@@ -43,7 +44,16 @@ done
 echo "== relaunch with a warm compilation cache (1 epoch, new workdir)"
 python3 -m vgg_flax.main "${recipe[@]}" --config.model.dtype=bfloat16 \
   --config.train.num_epochs=1 "--workdir=$runs/relaunch" "${extra[@]}" >/dev/null
-python3 -c "import json; print('compile_seconds warm:', json.load(open('$runs/relaunch/results.json'))['compile_seconds'])"
+python3 - "$runs" <<'PY'
+import json, os, sys
+runs = sys.argv[1]
+print('compile_seconds warm:', json.load(open(os.path.join(runs, 'relaunch', 'results.json')))['compile_seconds'])
+first = [json.loads(open(os.path.join(runs, name, 'metrics.jsonl')).readline())
+         for name in ('d2l_bfloat16', 'relaunch')]
+keys = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+print('epoch 1 bitwise equal across launches:', all(first[0][k] == first[1][k] for k in keys),
+      {k: (first[0][k], first[1][k]) for k in keys})
+PY
 
 if [ -z "${SKIP_SWEEP:-}" ]; then
   echo "== ratio sweep, 5 epochs, bfloat16"
