@@ -15,6 +15,7 @@ from vgg_flax.input_pipeline import IDX_FILES, write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / 'experiments').glob('*.py'))
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 # The real Fashion-MNIST IDX files; a developer checkout has them beside the project.
 REAL_DATA_DIR = pathlib.Path(os.environ.get(
     'VGG_FLAX_FASHION_MNIST', ROOT.parent / 'shared' / 'data' / 'fashion-mnist'))

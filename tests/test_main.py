@@ -13,9 +13,8 @@ import pytest
 
 from vgg_flax import checkpointing, config_utils, evaluate
 
-from conftest import ROOT, write_fashion_idx_dir
+from conftest import PNG_MAGIC, ROOT, write_fashion_idx_dir
 
-PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 TINY = ('--config=experiments/quick.py', '--config.model.width_ratio=16',
         '--config.model.use_bn=True', '--config.model.dense_features=(64,64)',
         '--config.train.batch_size=32', '--config.train.momentum=0.9')

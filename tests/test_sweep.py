@@ -10,9 +10,8 @@ import pytest
 
 from vgg_flax import config_utils, sweep
 
-from conftest import ROOT
+from conftest import PNG_MAGIC, ROOT
 
-PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 SWEEP_FILE = '''
 from vgg_flax import config_utils, hyper
 

@@ -6,6 +6,7 @@ logging never imports TensorFlow (which GPU images often lack).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -36,13 +37,15 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str) -> None:
-    """Train loss, train accuracy and test accuracy per epoch, as the lesson's plot shows."""
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    """Train loss, train accuracy and test accuracy per epoch, as the lesson's plot shows.
+
+    Uses matplotlib's object API, not pyplot, so it can run on a background thread.
+    """
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
     epochs = [record['epoch'] for record in history]
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.subplots()
     ax.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train loss')
     ax.plot(epochs, [r['train_accuracy'] for r in history], 's--', label='train acc')
     ax.plot(epochs, [r['test_accuracy'] for r in history], '^-.', label='test acc')
@@ -53,7 +56,6 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def _crc32c_table() -> list[int]:
@@ -107,7 +109,10 @@ class TensorBoardWriter:
 
 
 class EpochLog:
-    """Writes each finished epoch everywhere a researcher looks: jsonl, TensorBoard, plot."""
+    """Writes each finished epoch everywhere a researcher looks: jsonl, TensorBoard, plot.
+
+    The plot is drawn on a background thread, so the next epoch's steps need not wait for it.
+    """
 
     SCALARS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
                'examples_per_sec', 'learning_rate')
@@ -115,6 +120,8 @@ class EpochLog:
     def __init__(self, workdir: str):
         self._workdir = workdir
         self._tensorboard = TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR))
+        self._plotter = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._plot: concurrent.futures.Future | None = None
 
     def write(self, history: Sequence[dict[str, Any]]) -> None:
         """Records `history[-1]` (the epoch just finished) and refreshes the files."""
@@ -126,7 +133,19 @@ class EpochLog:
     def rewrite(self, history: Sequence[dict[str, Any]]) -> None:
         write_history(self._workdir, history)
         if history:
-            plot_curves(history, os.path.join(self._workdir, CURVES_FILE))
+            self._wait_for_plot()
+            self._plot = self._plotter.submit(plot_curves, [dict(r) for r in history],
+                                              os.path.join(self._workdir, CURVES_FILE))
+
+    def _wait_for_plot(self) -> None:
+        """Waits for the last plot; raises what it raised."""
+        if self._plot is not None:
+            self._plot.result()
+            self._plot = None
 
     def close(self) -> None:
-        self._tensorboard.close()
+        try:
+            self._wait_for_plot()
+        finally:
+            self._plotter.shutdown()
+            self._tensorboard.close()
