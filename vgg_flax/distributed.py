@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -89,14 +89,12 @@ def format_report(matrix: np.ndarray, names: list[str], step: int) -> str:
 def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
                      names: list[str], path: str) -> None:
     """A grid of images titled 'true / predicted'; wrong predictions in red."""
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
     cols = min(len(images), 9)
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.9 * rows), dpi=120,
-                             squeeze=False)
+    fig = Figure(figsize=(1.5 * cols, 1.9 * rows), dpi=120)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis('off')
     for ax, image, label, prediction in zip(axes.flat, images, labels, predictions):
@@ -106,7 +104,6 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.nda
     fig.suptitle('true (top) and predicted (bottom) class; red: wrong', fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def evaluate_run(workdir: str, step: int | None = None,

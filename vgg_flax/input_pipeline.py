@@ -182,8 +182,9 @@ def read_idx(path: str, ndim: int, rows: tuple[int, int] | None = None) -> np.nd
     return np.frombuffer(data, dtype=np.uint8).reshape((stop - start,) + shape[1:])
 
 
-def _open_idx(path: str) -> BinaryIO:
-    return gzip.open(path, 'rb') if path.endswith('.gz') else open(path, 'rb')
+def _open_idx(path: str, mode: str = 'rb') -> BinaryIO:
+    """An IDX file, through gzip when its name ends in .gz."""
+    return gzip.open(path, mode) if path.endswith('.gz') else open(path, mode)
 
 
 def _read(f: BinaryIO, path: str, size: int) -> bytes:
@@ -225,8 +226,7 @@ def write_idx(path: str, array: np.ndarray) -> None:
     array = np.asarray(array, np.uint8)
     header = ((_IDX_UBYTE << 8) | array.ndim).to_bytes(4, 'big') + b''.join(
         d.to_bytes(4, 'big') for d in array.shape)
-    opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'wb') as f:
+    with _open_idx(path, 'wb') as f:
         f.write(header + array.tobytes())
 
 

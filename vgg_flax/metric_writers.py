@@ -134,7 +134,7 @@ class EpochLog:
         write_history(self._workdir, history)
         if history:
             self._wait_for_plot()
-            self._plot = self._plotter.submit(plot_curves, [dict(r) for r in history],
+            self._plot = self._plotter.submit(plot_curves, list(history),
                                               os.path.join(self._workdir, CURVES_FILE))
 
     def _wait_for_plot(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections

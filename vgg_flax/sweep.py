@@ -184,16 +184,15 @@ def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]
 
 def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str) -> None:
     """Test accuracy against the swept value and against parameters; throughput beside."""
-    import matplotlib  # pylint: disable=g-import-not-at-top
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
     import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
     numeric = len(fields) == 1 and all(isinstance(row[fields[0]], (int, float)) for row in rows)
     labels = [row[fields[0]] if numeric else point_name({f: row[f] for f in fields})
               for row in rows]
     positions = labels if numeric else list(range(len(rows)))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    fig = Figure(figsize=(13, 3.8), dpi=110)
+    axes = fig.subplots(1, 3)
     done = [i for i, row in enumerate(rows) if row['test_accuracy'] is not None]
     series = ((axes[0], positions, 'test_accuracy', fields[0] if numeric else 'point'),
               (axes[2], positions, 'examples_per_sec', fields[0] if numeric else 'point'))
@@ -225,7 +224,6 @@ def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format='png')
-    plt.close(fig)
 
 
 def main(argv: list[str]) -> int:
