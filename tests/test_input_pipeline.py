@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import socket
 import subprocess
 import sys
 
@@ -59,7 +61,7 @@ def test_shares_of_a_split_are_contiguous_and_make_the_split(tmp_path, gz):
         np.testing.assert_array_equal(np.concatenate([s.labels for s in shares]), whole.labels)
 
 
-def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch):
+def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch, tfds_servers_answer):
     """The TFDS source asks for `tfds.even_splits`, which divides a split as `shard_bounds` does."""
     tfds = pytest.importorskip('tensorflow_datasets')
     asked = []
@@ -82,7 +84,7 @@ def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch):
                 limit or 60_000, (index, count))
 
 
-def test_an_empty_tfds_share_is_an_empty_split(monkeypatch):
+def test_an_empty_tfds_share_is_an_empty_split(monkeypatch, tfds_servers_answer):
     tfds = pytest.importorskip('tensorflow_datasets')
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -164,7 +166,7 @@ def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, mes
         assert str(images_gz) in str(error.value)
 
 
-def test_tfds_source_with_mock_data():
+def test_tfds_source_with_mock_data(tfds_servers_answer):
     tfds = pytest.importorskip('tensorflow_datasets')
     with tfds.testing.mock_data(num_examples=37):
         split = input_pipeline.load_split(data_config(source='tfds'), 'test')
@@ -173,7 +175,7 @@ def test_tfds_source_with_mock_data():
     assert split.labels.min() >= 0 and split.labels.max() <= 9
 
 
-def test_tfds_failure_names_the_offline_alternative(monkeypatch):
+def test_tfds_failure_names_the_offline_alternative(monkeypatch, tfds_servers_answer):
     tfds = pytest.importorskip('tensorflow_datasets')
 
     def no_network(*args, **kwargs):
@@ -184,6 +186,54 @@ def test_tfds_failure_names_the_offline_alternative(monkeypatch):
         input_pipeline.load_split(data_config(source='tfds'), 'train')
     assert 'TFDS could not load fashion_mnist/train' in str(error.value)
     assert '--config.data.source=idx --config.data.idx_dir=DIR' in str(error.value)
+
+
+def _no_proxies(monkeypatch):
+    for name in list(os.environ):
+        if name.lower().endswith('_proxy'):
+            monkeypatch.delenv(name)
+
+
+def test_tfds_fails_fast_when_its_download_server_does_not_answer(tmp_path, monkeypatch):
+    """Offline, TFDS would retry its download for 3.5 minutes; one connection attempt says so."""
+    tfds = pytest.importorskip('tensorflow_datasets')
+    _no_proxies(monkeypatch)
+    tried = []
+
+    def refuse(address, timeout):
+        tried.append(address)
+        raise OSError('Name or service not known')
+
+    monkeypatch.setattr(socket, 'create_connection', refuse)
+    monkeypatch.setattr(tfds, 'load', lambda *args, **kwargs: pytest.fail('TFDS was asked'))
+    with pytest.raises(input_pipeline.DataError) as error:
+        input_pipeline.load_split(data_config(source='tfds', tfds_data_dir=str(tmp_path)), 'test')
+    host = 'fashion-mnist.s3-website.eu-central-1.amazonaws.com'
+    assert tried == [(host, 80)]
+    assert f'{host}:80 (Name or service not known)' in str(error.value)
+    assert 'config.data.tfds_data_dir' in str(error.value)
+    assert '--config.data.source=idx --config.data.idx_dir=DIR' in str(error.value)
+
+
+@pytest.mark.parametrize('setting', ['proxy', 'cached_downloads'])
+def test_tfds_reachability_is_left_to_tfds_with_a_proxy_or_cached_downloads(
+        setting, tmp_path, monkeypatch):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    _no_proxies(monkeypatch)
+    if setting == 'proxy':
+        monkeypatch.setenv('https_proxy', 'http://proxy.example:3128')
+    else:
+        (tmp_path / 'downloads').mkdir()
+        (tmp_path / 'downloads' / 'train-images-idx3-ubyte.gz').write_bytes(b'')
+    monkeypatch.setattr(socket, 'create_connection',
+                        lambda *args, **kwargs: pytest.fail('a connection was tried'))
+
+    def load(*args, **kwargs):
+        raise ConnectionError('TFDS itself failed')
+
+    monkeypatch.setattr(tfds, 'load', load)
+    with pytest.raises(input_pipeline.DataError, match='TFDS itself failed'):
+        input_pipeline.load_split(data_config(source='tfds', tfds_data_dir=str(tmp_path)), 'test')
 
 
 def test_idx_source_does_not_import_tensorflow(idx_dir):

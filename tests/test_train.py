@@ -228,7 +228,7 @@ def test_short_real_data_run_beats_chance(real_data_dir, tmp_path):
     assert results['test_accuracy'] > 0.6, results  # Chance: 0.1.
 
 
-def test_training_from_tfds_with_mock_data(tmp_path):
+def test_training_from_tfds_with_mock_data(tmp_path, tfds_servers_answer):
     tfds = pytest.importorskip('tensorflow_datasets')
     config = tiny_config()
     config.data.source = 'tfds'

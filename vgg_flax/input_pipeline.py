@@ -11,7 +11,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-from typing import BinaryIO
+import socket
+import urllib.parse
+import urllib.request
+from typing import Any, BinaryIO
 
 import jax
 import jax.numpy as jnp
@@ -113,6 +116,14 @@ def _load_tfds(split: str, data_dir: str, limit: int | None,
                         f'(pip install -e ".[tfds]"): {e}. {OFFLINE_HINT}') from e
     index, count = shard
     try:
+        builder = tfds.builder('fashion_mnist', data_dir=data_dir or None)
+        unreachable = _unreachable_download_host(builder)
+        if unreachable:
+            raise DataError(f'fashion_mnist is not prepared in the TFDS data_dir '
+                            f'{builder.data_dir_root} and its download server does not answer: '
+                            f'{unreachable}. TFDS would retry for minutes before '
+                            'failing. If it is prepared elsewhere, set config.data.tfds_data_dir '
+                            f'to that directory. {OFFLINE_HINT}')
         share = tfds.even_splits(f'{split}[:{limit}]' if limit else split, n=count)[index]
         dataset = tfds.load('fashion_mnist', split=share, data_dir=data_dir or None,
                             shuffle_files=False)
@@ -120,6 +131,8 @@ def _load_tfds(split: str, data_dir: str, limit: int | None,
         for batch in tfds.as_numpy(dataset.batch(10_000)):
             images.append(batch['image'])
             labels.append(batch['label'])
+    except DataError:
+        raise
     except Exception as e:  # TFDS raises many types for a failed download or a bad cache.
         raise DataError(f'TFDS could not load fashion_mnist/{split} (data_dir='
                         f'{data_dir or "default"}): {type(e).__name__}: {e}. '
@@ -127,6 +140,29 @@ def _load_tfds(split: str, data_dir: str, limit: int | None,
     if not images:  # An empty share: more processes than examples.
         return np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0,), np.int64)
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _unreachable_download_host(builder: Any) -> str | None:
+    """The first download server of an unprepared TFDS `builder` that does not answer, if any.
+
+    TFDS retries a failed download ten times with growing pauses (205 s offline, measured)
+    before it fails; one connection attempt per server tells the same in seconds. Nothing is
+    checked when the dataset is prepared, when a proxy is configured (the proxy resolves the
+    servers) or when earlier downloads are cached (TFDS may prepare from them).
+    """
+    if builder.is_prepared() or urllib.request.getproxies():
+        return None
+    downloads = builder.data_dir_root / 'downloads'
+    if downloads.is_dir() and any(downloads.iterdir()):
+        return None
+    for url in builder.url_infos or {}:
+        parts = urllib.parse.urlsplit(url)
+        address = (parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80))
+        try:
+            socket.create_connection(address, timeout=5).close()
+        except OSError as e:
+            return f'{address[0]}:{address[1]} ({e})'
+    return None
 
 
 def _load_idx(split: str, idx_dir: str, limit: int | None,
