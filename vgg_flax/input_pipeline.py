@@ -155,13 +155,13 @@ def _unreachable_download_host(builder: Any) -> str | None:
     downloads = builder.data_dir_root / 'downloads'
     if downloads.is_dir() and any(downloads.iterdir()):
         return None
-    for url in builder.url_infos or {}:
-        parts = urllib.parse.urlsplit(url)
-        address = (parts.hostname, parts.port or (443 if parts.scheme == 'https' else 80))
+    urls = map(urllib.parse.urlsplit, builder.url_infos or {})
+    for host, port in sorted({(url.hostname, url.port or (443 if url.scheme == 'https' else 80))
+                              for url in urls}):
         try:
-            socket.create_connection(address, timeout=5).close()
+            socket.create_connection((host, port), timeout=5).close()
         except OSError as e:
-            return f'{address[0]}:{address[1]} ({e})'
+            return f'{host}:{port} ({e})'
     return None
 
 
