@@ -36,12 +36,16 @@ recipe=(--config=experiments/d2l_vgg11.py --config.data.source=idx "--config.dat
   python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
 } | tee "$summary"
 
+failed() {  # WHAT: a line of the summary for a stage that exited non-zero (its log says why).
+  echo "$1: FAILED (exit status $?; see the log above)" | tee -a "$summary"
+}
+
 benchmark() {  # NAME FLAG...: the benchmark on random data, then its line of the summary.
   local name=$1
   shift
   echo "== benchmark $name"
   python3 -m vgg_flax.benchmark "${recipe[@]}" --data=random "$@" \
-    "--output=$out/benchmark_$name.json" "${extra[@]}"
+    "--output=$out/benchmark_$name.json" "${extra[@]}" || { failed "benchmark $name"; return; }
   python3 - "$name" "$out/benchmark_$name.json" <<'PY' | tee -a "$summary"
 import json, sys
 name, path = sys.argv[1:]
@@ -60,7 +64,8 @@ train() {  # NAME FLAG...: a training run in a new workdir, then its line of the
   shift
   echo "== train $name"
   local start=$EPOCHREALTIME
-  python3 -m vgg_flax.main "${recipe[@]}" "--workdir=$runs/$name" "$@" "${extra[@]}"
+  python3 -m vgg_flax.main "${recipe[@]}" "--workdir=$runs/$name" "$@" "${extra[@]}" \
+    || { failed "train $name"; return; }
   python3 - "$name" "$runs/$name" "$EPOCHREALTIME" "$start" <<'PY' | tee -a "$summary"
 import json, sys
 name, workdir, end, start = sys.argv[1:]
