@@ -10,7 +10,9 @@
 #   5. the bfloat16 benchmark at batch 512: whether batch 128 leaves the GPU waiting on launches;
 #   6. two 1-epoch launches with XLA's --xla_gpu_deterministic_ops: whether they agree, and what
 #      the flag costs;
-#   7. the width-ratio sweep of the recipe, 5 epochs, bfloat16, in whatever time is left.
+#   7. the bfloat16 step run 16 to a call under one compiled loop: what dispatching each step
+#      from Python costs (on this project's CPU the loop is 6x slower: see benchmarks/README.md);
+#   8. the width-ratio sweep of the recipe, 5 epochs, bfloat16, in whatever time is left.
 # On a lent machine (no network): first, here, ../shared/tools/device-prep, then run with
 # carry [".device"]:
 #   site=$(mktemp -d) && python3 -m pip install -q --no-index --no-deps --target "$site" \
@@ -50,12 +52,18 @@ benchmark() {  # NAME FLAG...: the benchmark on random data, then its line of th
 import json, sys
 name, path = sys.argv[1:]
 b = json.load(open(path))
-step = b['step']['images_per_sec']
-print(f"benchmark {name}: step {step['median']:,.0f} img/s ({step['min']:,.0f}-{step['max']:,.0f}), "
-      f"loop {b['loop']['images_per_sec']:,.0f} img/s ({b['loop_vs_step']:.0%} of step), "
-      f"eval {b['loop']['eval_images_per_sec']:,.0f} img/s, MFU {b['mfu'] or 0:.1%}, "
-      f"peak mem {(b['peak_memory_bytes'] or 0) / 2**30:.1f} GiB, "
-      f"compile {b['step']['compile_seconds']:.1f} s, {b['environment']['device_kind']}")
+step, loop, looped = b['step']['images_per_sec'], b['loop'], b['step']['compiled_loop']
+parts = [f"step {step['median']:,.0f} img/s ({step['min']:,.0f}-{step['max']:,.0f})"]
+if looped:
+    rate = looped['images_per_sec']['median']
+    parts.append(f"{looped['steps_per_call']} steps per call {rate:,.0f} img/s "
+                 f"({rate / step['median']:.0%} of step, compile {looped['compile_seconds']:.1f} s)")
+if loop:
+    parts += [f"loop {loop['images_per_sec']:,.0f} img/s ({b['loop_vs_step']:.0%} of step)",
+              f"eval {loop['eval_images_per_sec']:,.0f} img/s"]
+parts += [f"MFU {b['mfu'] or 0:.1%}", f"peak mem {(b['peak_memory_bytes'] or 0) / 2**30:.1f} GiB",
+          f"compile {b['step']['compile_seconds']:.1f} s", b['environment']['device_kind']]
+print(f"benchmark {name}: " + ', '.join(parts))
 PY
 }
 
@@ -105,6 +113,8 @@ for run in deterministic1 deterministic2; do
 done
 same_first_epoch "--xla_gpu_deterministic_ops, two launches" "$runs/deterministic1" \
   "$runs/deterministic2"
+benchmark bfloat16_16_per_call --config.model.dtype=bfloat16 --steps_per_call=16 --steps=64 \
+  --loop_steps=0
 
 if [ -z "${SKIP_SWEEP:-}" ]; then
   sweep=(python3 -m vgg_flax.sweep --config=experiments/ratio_sweep.py --config.data.source=idx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,10 +14,14 @@ from conftest import ROOT, tiny_config
 
 def test_benchmark_reports_step_loop_eval_compile_and_mfu_inputs():
     config = tiny_config('unused: random data')
-    result = benchmark.run(config, 'random', steps=2, repeats=2, warmup=1, loop_steps=3)
+    result = benchmark.run(config, 'random', steps=3, repeats=2, warmup=1, loop_steps=3,
+                           steps_per_call=2)
     step, loop = result['step'], result['loop']
     assert 0 < step['images_per_sec']['min'] <= step['images_per_sec']['median'] <= (
         step['images_per_sec']['max'])
+    compiled_loop = step['compiled_loop']
+    assert compiled_loop['steps_per_call'] == 2 and compiled_loop['compile_seconds'] > 0
+    assert 0 < compiled_loop['images_per_sec']['min'] <= compiled_loop['images_per_sec']['max']
     assert step['compile_seconds'] > 0 and step['flops_per_step'] > 0
     assert loop['images_per_sec'] > 0 and loop['eval_images_per_sec'] > 0
     assert loop['epoch_images'] == 3 * config.train.batch_size
@@ -25,18 +30,24 @@ def test_benchmark_reports_step_loop_eval_compile_and_mfu_inputs():
     assert benchmark.peak_flops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989e12  # ...for this.
     text = benchmark.format_result(result)
     assert 'train step alone' in text and 'training loop' in text and 'peak table' in text
+    assert '2 steps per call' in text
     json.dumps(result)  # The record is JSON-ready.
 
 
-def test_benchmark_cli_writes_json(tmp_path):
-    output = tmp_path / 'result.json'
+def test_benchmark_cli_writes_json_and_compiles_afresh(tmp_path):
+    output, cache = tmp_path / 'result.json', tmp_path / 'xla_cache'
+    # As benchmarks/gpu_session.sh runs it: with a cache that its training runs fill.
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
     done = subprocess.run(
         [sys.executable, '-m', 'vgg_flax.benchmark', '--config=experiments/quick.py',
          '--config.model.width_ratio=16', '--config.model.dense_features=(64,64)',
          '--config.train.batch_size=32', '--steps=2', '--repeats=2', '--loop_steps=0',
-         f'--output={output}'], cwd=ROOT, capture_output=True, text=True, timeout=600)
+         f'--output={output}'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert 'train step alone' in done.stdout and 'training loop' not in done.stdout
     record = json.loads(output.read_text())
     assert record['loop'] is None and record['config']['width_ratio'] == 16
+    assert record['step']['compiled_loop'] is None  # Only with --steps_per_call above 1.
     assert record['environment']['packages']['jax']
+    assert not cache.exists() or not any(cache.iterdir())  # It timed real compiles.

@@ -41,6 +41,30 @@ def test_steps_lower_the_loss(idx_dir):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
+    config = tiny_config(str(idx_dir))
+    split = input_pipeline.load_split(config.data, 'train')
+    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 10))
+    data = (*jax.device_put((split.images, split.labels)),
+            input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32),
+            jax.random.key(2))
+    results = []
+    for num_steps, calls in ((1, 3), (3, 1)):
+        state = train.create_train_state(config, jax.random.key(0), tx)
+        sums = train.zero_sums()
+        fn = train.compile_train_step(state, sums, *data, 32, num_steps)
+        for _ in range(calls):
+            state, sums = fn(state, sums, *data)
+        results.append((state, sums))
+    (one_by_one, one_by_one_sums), (looped, looped_sums) = results
+    assert int(looped.step) == int(one_by_one.step) == 3  # Three batches, in the same order...
+    assert int(looped_sums['count']) == 3 * 32
+    np.testing.assert_allclose(looped_sums['loss_sum'], one_by_one_sums['loss_sum'], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((looped.params, looped.batch_stats)),
+                    jax.tree.leaves((one_by_one.params, one_by_one.batch_stats))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # ...to the same parameters.
+
+
 def test_training_beats_chance_and_writes_the_run(idx_dir, tmp_path):
     results = train.train_and_evaluate(tiny_config(str(idx_dir)), str(tmp_path / 'run'))
     assert results['test_accuracy'] > 0.5  # Chance is 0.1.

@@ -1,11 +1,12 @@
 """Throughput, compile time, memory and MFU of a config's training step and loop.
 
   python -m vgg_flax.benchmark --config=experiments/d2l_vgg11.py [--data=random|config]
-      [--steps=30 --repeats=5 --loop_steps=N] [--output=result.json]
+      [--steps=30 --repeats=5 --loop_steps=N --steps_per_call=K] [--output=result.json]
       [--config.model.dtype=bfloat16 ...]
 
 Measures, after warm-up, with the median and spread of `--repeats` timings:
-- the compiled train step alone (images/sec, MFU from XLA's FLOP count over the device's peak);
+- the compiled train step alone (images/sec, MFU from XLA's FLOP count over the device's peak),
+  and with `--steps_per_call=K` the same steps K to a call under one compiled loop;
 - the whole training loop of `vgg_flax.train` (input pipeline, metric syncs, evaluation);
 - compile time, peak device memory.
 `--data=random` uses random bytes shaped like Fashion-MNIST; `--data=config` the config's data.
@@ -14,6 +15,7 @@ Measures, after warm-up, with the median and spread of `--repeats` timings:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -67,37 +69,60 @@ def spread(values: list[float]) -> dict[str, float]:
             'max': float(np.max(values))}
 
 
+def time_calls(fn: Any, state: Any, sums: Any, data: tuple[jax.Array, ...], calls: int,
+               repeats: int, warmup: int) -> tuple[list[float], Any, Any]:
+    """Seconds of each of `repeats` timings of `calls` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        state, sums = fn(state, sums, *data)
+    jax.block_until_ready(state)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            state, sums = fn(state, sums, *data)
+        jax.block_until_ready(state)
+        seconds.append(time.perf_counter() - start)
+    return seconds, state, sums
+
+
 def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
-                   steps: int, repeats: int, warmup: int) -> dict[str, Any]:
-    """The compiled step alone, data-parallel over all devices, on the on-device dataset."""
+                   steps: int, repeats: int, warmup: int,
+                   steps_per_call: int = 1) -> dict[str, Any]:
+    """The compiled step alone, data-parallel over all devices, on the on-device dataset.
+
+    With `steps_per_call` > 1, also the same steps run that many to a call under one compiled
+    loop, which shows what dispatching each step from Python costs.
+    """
     mesh = distributed.create_mesh()
     replicated = distributed.replicated(mesh)
     batch_size = config.train.batch_size
     distributed.check_divisible('train.batch_size', batch_size, mesh)
     tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
     state, sums = train.create_replicated_state(config, tx, jax.random.key(0), mesh)
-    images = distributed.put(train_split.images, replicated)
-    labels = distributed.put(train_split.labels, replicated)
-    batches = train.batch_maker(mesh)(jax.random.key(1), 0, len(train_split), batch_size)
-    key = jax.random.key(2)
-    start = time.perf_counter()
-    step_fn = train.compile_train_step(state, sums, images, labels, batches, key,
-                                       config.data.image_size)
-    compile_seconds = time.perf_counter() - start
-    for _ in range(warmup):
-        state, sums = step_fn(state, sums, images, labels, batches, key)
-    jax.block_until_ready(state)
-    rates = []
-    for _ in range(repeats):
+    data = (distributed.put(train_split.images, replicated),
+            distributed.put(train_split.labels, replicated),
+            train.batch_maker(mesh)(jax.random.key(1), 0, len(train_split), batch_size),
+            jax.random.key(2))
+
+    def measure(num_steps: int) -> tuple[Any, dict[str, Any]]:
+        """The step compiled to run `num_steps` to a call, and its compile time and rates."""
+        nonlocal state, sums
         start = time.perf_counter()
-        for _ in range(steps):
-            state, sums = step_fn(state, sums, images, labels, batches, key)
-        jax.block_until_ready(state)
-        rates.append(steps * batch_size / (time.perf_counter() - start))
+        fn = train.compile_train_step(state, sums, *data, config.data.image_size, num_steps)
+        compile_seconds = time.perf_counter() - start
+        calls = math.ceil(steps / num_steps)
+        seconds, state, sums = time_calls(fn, state, sums, data, calls, repeats, warmup)
+        return fn, {'compile_seconds': compile_seconds,
+                    'images_per_sec': spread([calls * num_steps * batch_size / s
+                                              for s in seconds])}
+
+    step_fn, result = measure(1)
     flops = train.flops_of(step_fn)
-    return {'compile_seconds': compile_seconds, 'images_per_sec': spread(rates),
-            'flops_per_step': flops, 'num_devices': mesh.size,
-            'achieved_flops': flops * float(np.median(rates)) / batch_size}
+    result.update(flops_per_step=flops, num_devices=mesh.size,
+                  achieved_flops=flops * result['images_per_sec']['median'] / batch_size)
+    result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[1]}
+                               if steps_per_call > 1 else None)
+    return result
 
 
 def benchmark_loop(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
@@ -130,7 +155,7 @@ def peak_memory_bytes() -> int | None:
 
 
 def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, warmup: int,
-        loop_steps: int | None) -> dict[str, Any]:
+        loop_steps: int | None, steps_per_call: int = 1) -> dict[str, Any]:
     train.validate_config(config)
     with tempfile.TemporaryDirectory() as data_dir:
         if data == 'random':
@@ -139,7 +164,7 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
             train_split = input_pipeline.load_split(config.data, 'train')
             test_split = input_pipeline.load_split(config.data, 'test')
         write_idx_dir(data_dir, train_split, test_split)
-        step = benchmark_step(config, train_split, steps, repeats, warmup)
+        step = benchmark_step(config, train_split, steps, repeats, warmup, steps_per_call)
         loop = (benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
                 if loop_steps != 0 else None)
     env = environment.describe()
@@ -161,6 +186,7 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
 
 def format_result(result: dict[str, Any]) -> str:
     c, step, loop = result['config'], result['step'], result['loop']
+    compiled_loop = step['compiled_loop']
     rate = step['images_per_sec']
     memory = result['peak_memory_bytes']
     lines = [
@@ -170,6 +196,12 @@ def format_result(result: dict[str, Any]) -> str:
         f"train step alone   {rate['median']:>10,.1f} images/sec "
         f"(min {rate['min']:,.1f}, max {rate['max']:,.1f})",
     ]
+    if compiled_loop:
+        looped = compiled_loop['images_per_sec']
+        lines.append(f"{compiled_loop['steps_per_call']} steps per call".ljust(19) +
+                     f"{looped['median']:>10,.1f} images/sec (min {looped['min']:,.1f}, max "
+                     f"{looped['max']:,.1f}; {looped['median'] / rate['median']:.1%} of one "
+                     "step per call)")
     if loop:
         lines += [
             f"training loop      {loop['images_per_sec']:>10,.1f} images/sec "
@@ -178,6 +210,8 @@ def format_result(result: dict[str, Any]) -> str:
         ]
     lines += [
         f"compile            {step['compile_seconds']:>10.1f} s (train step)" +
+        (f"; {compiled_loop['compile_seconds']:.1f} s ({compiled_loop['steps_per_call']} steps "
+         "per call)" if compiled_loop else '') +
         (f"; {loop['compile_seconds']:.1f} s (loop: train + eval step)" if loop else ''),
         f"FLOPs per image    {step['flops_per_step'] / c['batch_size'] / 1e9:>10.3f} G "
         "(train step, XLA cost analysis)",
@@ -198,7 +232,7 @@ def main(argv: list[str]) -> int:
     environment.start_cli(argv, compilation_cache=False)  # Measure real compiles.
     try:
         result = run(_CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
-                     _LOOP_STEPS.value)
+                     _LOOP_STEPS.value, _STEPS_PER_CALL.value)
     except (ValueError, input_pipeline.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -222,6 +256,9 @@ if __name__ == '__main__':
     _LOOP_STEPS = flags.DEFINE_integer('loop_steps', None,
                                        'Steps per epoch of the loop run (default: a whole epoch '
                                        'of the training data); 0 skips it.')
+    _STEPS_PER_CALL = flags.DEFINE_integer(
+        'steps_per_call', 1, 'Above 1, also time the step run this many times to a call under '
+        'one compiled loop (one dispatch per call).', lower_bound=1)
     _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
     flags.mark_flags_as_required(['config'])
     app.run(main)

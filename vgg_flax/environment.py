@@ -53,7 +53,8 @@ def describe() -> dict[str, Any]:
 def start_cli(argv: list[str], compilation_cache: bool = True) -> None:
     """What every CLI does first: reject stray arguments, log WARNING and above (orbax and jax
     log much at INFO) unless --verbosity was given, tune XLA's CPU backend, join a multi-process
-    job if launched as one, and turn on the persistent compilation cache."""
+    job if launched as one, and turn the persistent compilation cache on (or, for a CLI that
+    times compiles, off: $JAX_COMPILATION_CACHE_DIR alone would turn it on)."""
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     if not flags.FLAGS['verbosity'].present:
@@ -62,6 +63,8 @@ def start_cli(argv: list[str], compilation_cache: bool = True) -> None:
     distributed.initialize_if_launched()
     if compilation_cache:
         enable_compilation_cache()
+    else:
+        jax.config.update('jax_enable_compilation_cache', False)
 
 
 def tune_cpu_backend() -> bool:

@@ -211,14 +211,21 @@ def eval_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Arra
 
 
 def compile_train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
-                       batches: jax.Array, dropout_key: jax.Array, image_size: int) -> Any:
+                       batches: jax.Array, dropout_key: jax.Array, image_size: int,
+                       num_steps: int = 1) -> Any:
     """`train_step` compiled ahead of time for these (possibly abstract) arguments.
 
-    State and sums are donated: their buffers are reused for the updated values.
+    With `num_steps` > 1, one call runs that many steps under a compiled loop: one dispatch for
+    all of them. State and sums are donated: their buffers are reused for the updated values.
     """
-    return jax.jit(functools.partial(train_step, image_size=image_size),
-                   donate_argnums=(0, 1)).lower(
-                       state, sums, images, labels, batches, dropout_key).compile()
+    step = functools.partial(train_step, image_size=image_size)
+
+    def steps(state: TrainState, sums: Sums, *data: jax.Array) -> tuple[TrainState, Sums]:
+        return jax.lax.fori_loop(0, num_steps, lambda _, carry: step(*carry, *data),
+                                 (state, sums))
+
+    return jax.jit(step if num_steps == 1 else steps, donate_argnums=(0, 1)).lower(
+        state, sums, images, labels, batches, dropout_key).compile()
 
 
 def mean_metrics(sums: Sums) -> tuple[float, float]:
