@@ -9,8 +9,15 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-.venv/bin/python}
 common=(--config=experiments/d2l_vgg11.py --config.train.batch_size=32 --steps=3 --repeats=3
         --warmup=1 --loop_steps=0)
+ynn=--xla_cpu_experimental_ynn_fusion_type
 variants=(
-  "default|"
+  "no flags|"
+  "YNN dot (CLI default)|$ynn=dot"
+  "YNN dot + conv|$ynn=dot,individual_convolution"
+  "YNN conv|$ynn=individual_convolution"
+  "YNN dot + eltwise|$ynn=dot,eltwise"
+  "YNN dot + reduce|$ynn=dot,reduce"
+  "YNN dot + XNN graph|$ynn=dot --xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"
   "oneDNN custom calls|--xla_cpu_experimental_onednn_custom_call=true"
   "oneDNN|--xla_cpu_use_onednn=true"
   "XNNPACK|--xla_cpu_use_xnnpack=true"
@@ -19,9 +26,10 @@ variants=(
 for variant in "${variants[@]}"; do
   name=${variant%%|*}
   flags=${variant#*|}
-  line=$(XLA_FLAGS="$flags" "$python" -m vgg_flax.benchmark "${common[@]}" "$@" 2>&1 |
+  # Exactly these flags: the CLIs' own CPU tuning would add YNN for dots to each.
+  line=$(VGG_FLAX_CPU_TUNING=0 XLA_FLAGS="$flags" "$python" -m vgg_flax.benchmark "${common[@]}" "$@" 2>&1 |
          grep 'train step alone' || echo 'failed')
-  printf '%-22s %-50s %s\n' "$name" "${flags:-(none)}" "${line#train step alone}"
+  printf '%-22s %-60s %s\n' "$name" "${flags:-(none)}" "${line#train step alone}"
 done
 if [ -n "${TORCH_PYTHON:-}" ]; then
   "$TORCH_PYTHON" benchmarks/torch_reference.py --batch_size=32 --steps=3 --repeats=3
