@@ -10,8 +10,9 @@
 #   5. the bfloat16 benchmark at batch 512: whether batch 128 leaves the GPU waiting on launches;
 #   6. two 1-epoch launches with XLA's --xla_gpu_deterministic_ops: whether they agree, and what
 #      the flag costs;
-#   7. the bfloat16 step run 16 to a call under one compiled loop: what dispatching each step
-#      from Python costs (on this project's CPU the loop is 6x slower: see benchmarks/README.md);
+#   7. steps run 16 to a call under one compiled loop (`train.steps_per_call`), for the recipe
+#      in bfloat16 and for quick.py (32 px, where a GPU step is tiny): what dispatching each
+#      step from Python costs (on this project's CPU the loop is 4-6x slower: benchmarks/README.md);
 #   8. the width-ratio sweep of the recipe, 5 epochs, bfloat16, in whatever time is left.
 # On a lent machine (no network): first, here, ../shared/tools/device-prep, then run with
 # carry [".device"]:
@@ -31,7 +32,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$out"
 summary="$out/summary.txt"
 read -r -a extra <<< "${EXTRA_FLAGS:-}"
-recipe=(--config=experiments/d2l_vgg11.py --config.data.source=idx "--config.data.idx_dir=$data")
+d2l=experiments/d2l_vgg11.py
+recipe=("--config=$d2l" --config.data.source=idx "--config.data.idx_dir=$data")
 
 {
   nvidia-smi -L 2>/dev/null
@@ -42,11 +44,11 @@ failed() {  # WHAT: a line of the summary for a stage that exited non-zero (its 
   echo "$1: FAILED (exit status $?; see the log above)" | tee -a "$summary"
 }
 
-benchmark() {  # NAME FLAG...: the benchmark on random data, then its line of the summary.
-  local name=$1
-  shift
+benchmark() {  # NAME CONFIG FLAG...: the benchmark on random data, then its summary line.
+  local name=$1 config=$2
+  shift 2
   echo "== benchmark $name"
-  python3 -m vgg_flax.benchmark "${recipe[@]}" --data=random "$@" \
+  python3 -m vgg_flax.benchmark "--config=$config" --data=random "$@" \
     "--output=$out/benchmark_$name.json" "${extra[@]}" || { failed "benchmark $name"; return; }
   python3 - "$name" "$out/benchmark_$name.json" <<'PY' | tee -a "$summary"
 import json, sys
@@ -57,7 +59,8 @@ parts = [f"step {step['median']:,.0f} img/s ({step['min']:,.0f}-{step['max']:,.0
 if looped:
     rate = looped['images_per_sec']['median']
     parts.append(f"{looped['steps_per_call']} steps per call {rate:,.0f} img/s "
-                 f"({rate / step['median']:.0%} of step, compile {looped['compile_seconds']:.1f} s)")
+                 f"({rate / step['median']:.0%} of step, "
+                 f"compile {looped['compile_seconds']:.1f} s)")
 if loop:
     parts += [f"loop {loop['images_per_sec']:,.0f} img/s ({b['loop_vs_step']:.0%} of step)",
               f"eval {loop['eval_images_per_sec']:,.0f} img/s"]
@@ -99,13 +102,13 @@ print(f'{label}: epoch 1 bitwise equal:', all(first[0][k] == first[1][k] for k i
 PY
 }
 
-benchmark bfloat16 --config.model.dtype=bfloat16
+benchmark bfloat16 "$d2l" --config.model.dtype=bfloat16
 train bfloat16 --config.model.dtype=bfloat16
 train relaunch --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null
 same_first_epoch "relaunch vs first launch (warm cache)" "$runs/bfloat16" "$runs/relaunch"
 train float32 --config.model.dtype=float32
-benchmark float32 --config.model.dtype=float32
-benchmark bfloat16_batch512 --config.model.dtype=bfloat16 --config.train.batch_size=512
+benchmark float32 "$d2l" --config.model.dtype=float32
+benchmark bfloat16_batch512 "$d2l" --config.model.dtype=bfloat16 --config.train.batch_size=512
 
 for run in deterministic1 deterministic2; do
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" train "$run" \
@@ -113,8 +116,9 @@ for run in deterministic1 deterministic2; do
 done
 same_first_epoch "--xla_gpu_deterministic_ops, two launches" "$runs/deterministic1" \
   "$runs/deterministic2"
-benchmark bfloat16_16_per_call --config.model.dtype=bfloat16 --steps_per_call=16 --steps=64 \
-  --loop_steps=0
+benchmark bfloat16_16_per_call "$d2l" --config.model.dtype=bfloat16 \
+  --config.train.steps_per_call=16 --steps=64
+benchmark quick_16_per_call experiments/quick.py --config.train.steps_per_call=16 --steps=64
 
 if [ -z "${SKIP_SWEEP:-}" ]; then
   sweep=(python3 -m vgg_flax.sweep --config=experiments/ratio_sweep.py --config.data.source=idx

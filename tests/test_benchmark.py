@@ -14,8 +14,8 @@ from conftest import ROOT, tiny_config
 
 def test_benchmark_reports_step_loop_eval_compile_and_mfu_inputs():
     config = tiny_config('unused: random data')
-    result = benchmark.run(config, 'random', steps=3, repeats=2, warmup=1, loop_steps=3,
-                           steps_per_call=2)
+    config.train.steps_per_call = 2
+    result = benchmark.run(config, 'random', steps=3, repeats=2, warmup=1, loop_steps=3)
     step, loop = result['step'], result['loop']
     assert 0 < step['images_per_sec']['min'] <= step['images_per_sec']['median'] <= (
         step['images_per_sec']['max'])
@@ -48,6 +48,6 @@ def test_benchmark_cli_writes_json_and_compiles_afresh(tmp_path):
     assert 'train step alone' in done.stdout and 'training loop' not in done.stdout
     record = json.loads(output.read_text())
     assert record['loop'] is None and record['config']['width_ratio'] == 16
-    assert record['step']['compiled_loop'] is None  # Only with --steps_per_call above 1.
+    assert record['step']['compiled_loop'] is None  # Only with steps_per_call above 1.
     assert record['environment']['packages']['jax']
     assert not cache.exists() or not any(cache.iterdir())  # It timed real compiles.

@@ -122,6 +122,61 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches(tmp_path):
     assert metrics_of(metric_writers.read_history(workdir)) == straight
 
 
+def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(idx_dir, tmp_path,
+                                                                        monkeypatch):
+    config = tiny_config(str(idx_dir))  # 10 steps an epoch: with 4 to a call, 4 + 4 + 1 + 1.
+    train.train_and_evaluate(config, str(tmp_path / 'one_by_one'))
+    one_by_one = metrics_of(metric_writers.read_history(str(tmp_path / 'one_by_one')))
+    config.train.steps_per_call = 4
+    train.train_and_evaluate(config, str(tmp_path / 'straight'))
+    straight = metrics_of(metric_writers.read_history(str(tmp_path / 'straight')))
+    assert [r['step'] for r in straight] == [r['step'] for r in one_by_one] == [10, 20]
+    for looped, single in zip(straight, one_by_one):
+        for key in ('train_loss', 'test_loss'):
+            assert looped[key] == pytest.approx(single[key], rel=1e-4), key
+        for key in ('train_accuracy', 'test_accuracy'):
+            assert looped[key] == pytest.approx(single[key], abs=0.02), key
+
+    real_compile = train.compile_train_step
+    calls = []
+
+    def compile_with_a_signal_in_the_second_call(*args, **kwargs):
+        fn = real_compile(*args, **kwargs)
+
+        def call(*call_args):
+            calls.append(len(calls))
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return fn(*call_args)
+
+        return call
+
+    monkeypatch.setattr(train, 'compile_train_step', compile_with_a_signal_in_the_second_call)
+    workdir = str(tmp_path / 'stopped')
+    with pytest.raises(train.TrainingInterrupted):
+        train.train_and_evaluate(config, workdir)
+    assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 8  # After that call.
+    monkeypatch.setattr(train, 'compile_train_step', real_compile)
+    train.train_and_evaluate(config, workdir)  # Steps 9 and 10 one by one, then epoch 2.
+    assert metrics_of(metric_writers.read_history(workdir)) == straight
+
+
+def test_a_multi_host_stop_falls_on_a_call_boundary(monkeypatch):
+    polled = []
+
+    def reached_preemption_sync_point(step):  # The service chose step 7 for every process.
+        polled.append(step)
+        return step == 7
+
+    monkeypatch.setattr(train.multihost_utils, 'reached_preemption_sync_point',
+                        reached_preemption_sync_point)
+    stop = train.StopSignals()
+    stop._multi_process = True
+    assert not stop.should_stop(4, num_steps=4)
+    assert stop.should_stop(8, num_steps=4) and stop.signum == signal.SIGTERM
+    assert polled == [1, 2, 3, 4, 5, 6, 7]  # Every step, as the service expects.
+
+
 def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoch(
         idx_dir, tmp_path, monkeypatch):
     config = tiny_config(str(idx_dir))

@@ -1,12 +1,13 @@
 """Throughput, compile time, memory and MFU of a config's training step and loop.
 
   python -m vgg_flax.benchmark --config=experiments/d2l_vgg11.py [--data=random|config]
-      [--steps=30 --repeats=5 --loop_steps=N --steps_per_call=K] [--output=result.json]
+      [--steps=30 --repeats=5 --loop_steps=N] [--output=result.json]
       [--config.model.dtype=bfloat16 ...]
 
 Measures, after warm-up, with the median and spread of `--repeats` timings:
 - the compiled train step alone (images/sec, MFU from XLA's FLOP count over the device's peak),
-  and with `--steps_per_call=K` the same steps K to a call under one compiled loop;
+  and with `--config.train.steps_per_call=K` also the same steps K to a call under one
+  compiled loop, which the training loop then uses too;
 - the whole training loop of `vgg_flax.train` (input pipeline, metric syncs, evaluation);
 - compile time, peak device memory.
 `--data=random` uses random bytes shaped like Fashion-MNIST; `--data=config` the config's data.
@@ -86,13 +87,13 @@ def time_calls(fn: Any, state: Any, sums: Any, data: tuple[jax.Array, ...], call
 
 
 def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
-                   steps: int, repeats: int, warmup: int,
-                   steps_per_call: int = 1) -> dict[str, Any]:
+                   steps: int, repeats: int, warmup: int) -> dict[str, Any]:
     """The compiled step alone, data-parallel over all devices, on the on-device dataset.
 
-    With `steps_per_call` > 1, also the same steps run that many to a call under one compiled
-    loop, which shows what dispatching each step from Python costs.
+    With `config.train.steps_per_call` above 1, also the same steps run that many to a call
+    under one compiled loop, which shows what dispatching each step from Python costs.
     """
+    steps_per_call = config.train.steps_per_call
     mesh = distributed.create_mesh()
     replicated = distributed.replicated(mesh)
     batch_size = config.train.batch_size
@@ -155,7 +156,7 @@ def peak_memory_bytes() -> int | None:
 
 
 def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, warmup: int,
-        loop_steps: int | None, steps_per_call: int = 1) -> dict[str, Any]:
+        loop_steps: int | None) -> dict[str, Any]:
     train.validate_config(config)
     with tempfile.TemporaryDirectory() as data_dir:
         if data == 'random':
@@ -164,7 +165,7 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
             train_split = input_pipeline.load_split(config.data, 'train')
             test_split = input_pipeline.load_split(config.data, 'test')
         write_idx_dir(data_dir, train_split, test_split)
-        step = benchmark_step(config, train_split, steps, repeats, warmup, steps_per_call)
+        step = benchmark_step(config, train_split, steps, repeats, warmup)
         loop = (benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
                 if loop_steps != 0 else None)
     env = environment.describe()
@@ -172,7 +173,8 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
     return {
         'config': {'arch': config.model.arch, 'width_ratio': config.model.width_ratio,
                    'image_size': config.data.image_size, 'batch_size': config.train.batch_size,
-                   'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data},
+                   'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data,
+                   'steps_per_call': config.train.steps_per_call},
         'step': step,
         'loop': loop,
         'loop_vs_step': (loop['images_per_sec'] / step['images_per_sec']['median']
@@ -205,7 +207,8 @@ def format_result(result: dict[str, Any]) -> str:
     if loop:
         lines += [
             f"training loop      {loop['images_per_sec']:>10,.1f} images/sec "
-            f"({result['loop_vs_step']:.1%} of the step alone)",
+            f"({result['loop_vs_step']:.1%} of the step alone" +
+            (f"; {c['steps_per_call']} steps per call)" if compiled_loop else ')'),
             f"evaluation         {loop['eval_images_per_sec']:>10,.1f} images/sec",
         ]
     lines += [
@@ -232,7 +235,7 @@ def main(argv: list[str]) -> int:
     environment.start_cli(argv, compilation_cache=False)  # Measure real compiles.
     try:
         result = run(_CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
-                     _LOOP_STEPS.value, _STEPS_PER_CALL.value)
+                     _LOOP_STEPS.value)
     except (ValueError, input_pipeline.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -256,9 +259,6 @@ if __name__ == '__main__':
     _LOOP_STEPS = flags.DEFINE_integer('loop_steps', None,
                                        'Steps per epoch of the loop run (default: a whole epoch '
                                        'of the training data); 0 skips it.')
-    _STEPS_PER_CALL = flags.DEFINE_integer(
-        'steps_per_call', 1, 'Above 1, also time the step run this many times to a call under '
-        'one compiled loop (one dispatch per call).', lower_bound=1)
     _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
     flags.mark_flags_as_required(['config'])
     app.run(main)

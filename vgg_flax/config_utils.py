@@ -21,6 +21,7 @@ RESUMABLE_CHANGES = (
     'train.checkpoint_every_epochs',
     'train.keep_checkpoints',
     'train.log_every_steps',
+    'train.steps_per_call',
 )
 
 
@@ -63,6 +64,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every_epochs = 1
     config.train.keep_checkpoints = 3
     config.train.log_every_steps = 50  # Progress-bar loss and non-finite checks.
+    # Steps per compiled call: above 1, they run under one compiled loop, saving a dispatch per
+    # step where the step is tiny (small images on a GPU); on a CPU it is slower (see README).
+    config.train.steps_per_call = 1
     return config
 
 

@@ -52,7 +52,7 @@ class TrainingInterrupted(Exception):
 def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the field and the allowed values for a bad `config.train`."""
     for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'checkpoint_every_epochs',
-                  'keep_checkpoints', 'log_every_steps'):
+                  'keep_checkpoints', 'log_every_steps', 'steps_per_call'):
         config_utils.check_positive_int(f'train.{field}', train_config[field])
     for field in ('learning_rate', 'momentum', 'weight_decay', 'lr_decay_factor'):
         value = train_config[field]
@@ -272,13 +272,16 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
-    def should_stop(self, step: int) -> bool:
-        """Whether to save and stop at training step `step`.
+    def should_stop(self, step: int, num_steps: int = 1) -> bool:
+        """Whether to save and stop at training step `step`, reached by a call of `num_steps`.
 
         Every process must poll at the same points, and at every step: the preemption service
         stops them all at the step after the furthest one had reached (as orbax's saves expect).
+        So after a call that ran several steps each of them is polled, and a stop that falls
+        among them takes effect at `step`, on every process alike.
         """
-        if self._multi_process and multihost_utils.reached_preemption_sync_point(step):
+        if self._multi_process and any(multihost_utils.reached_preemption_sync_point(polled)
+                                       for polled in range(step - num_steps + 1, step + 1)):
             self.signum = signal.SIGTERM
         return self.signum is not None
 
@@ -345,8 +348,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     make_batches = batch_maker(mesh)
     batches = make_batches(shuffle_key, 0, num_train, batch_size)
     image_size = config.data.image_size
+    steps_per_call = config.train.steps_per_call
     compile_start = time.perf_counter()
-    train_fn = compile_train_step(state, sums, images, labels, batches, dropout_key, image_size)
+    # Compiled step functions by the number of steps each call runs; single steps finish an
+    # epoch whose length is not a multiple of `steps_per_call`.
+    train_fns = {num_steps: compile_train_step(state, sums, images, labels, batches, dropout_key,
+                                               image_size, num_steps)
+                 for num_steps in {1, steps_per_call}}
     eval_fn = jax.jit(functools.partial(eval_step, image_size=image_size),
                       donate_argnums=(1,)).lower(
                           state, sums, test_images, test_labels, eval_batches, eval_masks,
@@ -410,16 +418,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 bar = tqdm(total=steps_per_epoch, initial=first_batch, unit='step',
                            desc=f'epoch {epoch}/{num_epochs}', leave=False,
                            disable=None if chief else True)
-                for batch in range(first_batch, steps_per_epoch):
-                    state, sums = train_fn(state, sums, images, labels, batches, dropout_key)
-                    step += 1
-                    bar.update()
-                    last_batch = batch == steps_per_epoch - 1
-                    if (batch + 1) % config.train.log_every_steps == 0 or last_batch:
+                batch = first_batch  # Batches of this epoch done.
+                while batch < steps_per_epoch:
+                    num_steps = steps_per_call if batch + steps_per_call <= steps_per_epoch else 1
+                    state, sums = train_fns[num_steps](state, sums, images, labels, batches,
+                                                       dropout_key)
+                    batch += num_steps
+                    step += num_steps
+                    bar.update(num_steps)
+                    last_batch = batch == steps_per_epoch
+                    log_every = config.train.log_every_steps
+                    if batch // log_every > (batch - num_steps) // log_every or last_batch:
                         loss, accuracy = mean_metrics(sums)
                         _check_finite(loss, epoch, step, checkpointer, workdir)
                         bar.set_postfix(loss=f'{loss:.4f}', acc=f'{accuracy:.3f}')
-                    if not last_batch and stop.should_stop(step):
+                    if not last_batch and stop.should_stop(step, num_steps):
                         loss, _ = mean_metrics(sums)
                         _check_finite(loss, epoch, step, checkpointer, workdir)
                         checkpointer.save(step, {'state': state, 'sums': sums}, history)
@@ -442,7 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log.close()
 
     results = summarize_run(history, num_params=count_params(state.params),
-                            train_flops_per_step=flops_of(train_fn),
+                            train_flops_per_step=flops_of(train_fns[1]),
                             compile_seconds=compile_seconds, batch_size=batch_size)
     if chief:
         checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
