@@ -259,6 +259,7 @@ def test_learning_rate_schedules():
     ('momentum', -0.5, 'config.train.momentum=-0.5 must be a finite number >= 0'),
     ('lr_schedule', 'linear', "config.train.lr_schedule='linear' is not supported"),
     ('num_epochs', -1, 'config.train.num_epochs=-1 must be a positive integer'),
+    ('steps_per_call', 0, 'config.train.steps_per_call=0 must be a positive integer'),
 ])
 def test_invalid_train_config(field, value, message):
     config = tiny_config('unread')
