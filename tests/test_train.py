@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import types
 
 import jax
 import numpy as np
@@ -168,13 +169,36 @@ def test_a_multi_host_stop_falls_on_a_call_boundary(monkeypatch):
         polled.append(step)
         return step == 7
 
-    monkeypatch.setattr(train.multihost_utils, 'reached_preemption_sync_point',
-                        reached_preemption_sync_point)
+    monkeypatch.setattr(train, 'multihost_utils', types.SimpleNamespace(
+        reached_preemption_sync_point=reached_preemption_sync_point))
     stop = train.StopSignals()
     stop._multi_process = True
     assert not stop.should_stop(4, num_steps=4)
     assert stop.should_stop(8, num_steps=4) and stop.signum == signal.SIGTERM
     assert polled == [1, 2, 3, 4, 5, 6, 7]  # Every step, as the service expects.
+
+
+def test_a_multi_host_run_polls_the_preemption_service_at_every_step(idx_dir, tmp_path,
+                                                                     monkeypatch):
+    polled = []
+
+    def reached_preemption_sync_point(step):
+        polled.append(step)
+        return False
+
+    class MultiHostStopSignals(train.StopSignals):
+        def __init__(self):
+            super().__init__()
+            self._multi_process = True
+
+    # Only the loop's polls: orbax's saves poll the real service, which a single process lacks.
+    monkeypatch.setattr(train, 'multihost_utils', types.SimpleNamespace(
+        reached_preemption_sync_point=reached_preemption_sync_point))
+    monkeypatch.setattr(train, 'StopSignals', MultiHostStopSignals)
+    config = tiny_config(str(idx_dir))  # 10 steps an epoch: with 5 to a call, 5 + 5.
+    config.train.steps_per_call = 5
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert polled == sorted(polled) and sorted(set(polled)) == list(range(1, 21))
 
 
 def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoch(

@@ -432,7 +432,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         loss, accuracy = mean_metrics(sums)
                         _check_finite(loss, epoch, step, checkpointer, workdir)
                         bar.set_postfix(loss=f'{loss:.4f}', acc=f'{accuracy:.3f}')
-                    if not last_batch and stop.should_stop(step, num_steps):
+                    # Polled after every call, the epoch's last too (every step is polled in a
+                    # multi-host job); a stop there acts as the epoch's evaluation starts.
+                    if stop.should_stop(step, num_steps) and not last_batch:
                         loss, _ = mean_metrics(sums)
                         _check_finite(loss, epoch, step, checkpointer, workdir)
                         checkpointer.save(step, {'state': state, 'sums': sums}, history)
