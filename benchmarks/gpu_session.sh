@@ -12,7 +12,7 @@
 #      the flag costs;
 #   7. steps run 16 to a call under one compiled loop (`train.steps_per_call`), for the recipe
 #      in bfloat16 and for quick.py (32 px, where a GPU step is tiny): what dispatching each
-#      step from Python costs (on this project's CPU the loop is 4-6x slower: benchmarks/README.md);
+#      step from Python costs (on this project's CPU the loop is 4-9x slower: benchmarks/README.md);
 #   8. the width-ratio sweep of the recipe, 5 epochs, bfloat16, in whatever time is left.
 # On a lent machine (no network): first, here, ../shared/tools/device-prep, then run with
 # carry [".device"]:
