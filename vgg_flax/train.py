@@ -348,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     make_batches = batch_maker(mesh)
     batches = make_batches(shuffle_key, 0, num_train, batch_size)
     image_size = config.data.image_size
-    steps_per_call = config.train.steps_per_call
+    steps_per_call, log_every = config.train.steps_per_call, config.train.log_every_steps
     compile_start = time.perf_counter()
     # Compiled step functions by the number of steps each call runs; single steps finish an
     # epoch whose length is not a multiple of `steps_per_call`.
@@ -427,7 +427,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     step += num_steps
                     bar.update(num_steps)
                     last_batch = batch == steps_per_epoch
-                    log_every = config.train.log_every_steps
                     if batch // log_every > (batch - num_steps) // log_every or last_batch:
                         loss, accuracy = mean_metrics(sums)
                         _check_finite(loss, epoch, step, checkpointer, workdir)
