@@ -39,7 +39,7 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path):
     assert len(lines) == 2 and 'examples/sec' in lines[0] and 'test acc' in lines[0]
     assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'curves.png',
                                            'environment.json', 'metrics.jsonl', 'results.json',
-                                           'tensorboard']
+                                           'steps.jsonl', 'tensorboard']
     config = checkpointing.read_config(str(workdir))
     assert config.model.width_ratio == 16 and config.data.image_size == 32
     assert config.train.num_epochs == 2 and config.model.dense_features == (64, 64)

@@ -1,4 +1,4 @@
-"""The epoch log: metrics.jsonl, TensorBoard events and curves.png drawn off the main thread."""
+"""The run log: both jsonl files, TensorBoard events and curves.png drawn off the main thread."""
 
 from __future__ import annotations
 
@@ -15,22 +15,49 @@ def history(epochs: int) -> list[dict[str, float]]:
              'learning_rate': 0.05} for e in range(1, epochs + 1)]
 
 
-def test_epoch_log_writes_every_file(tmp_path):
-    log = metric_writers.EpochLog(str(tmp_path))
+def steps(epochs: int, per_epoch: int = 4) -> list[dict[str, float]]:
+    return [{'step': 10 * e + 10 * b // per_epoch, 'epoch': e + b / per_epoch,
+             'train_loss': 1 / (e + 1), 'train_accuracy': 0.5, 'examples_per_sec': 100.0,
+             'learning_rate': 0.05} for e in range(epochs) for b in range(1, per_epoch + 1)]
+
+
+def test_run_log_writes_every_file(tmp_path):
+    log = metric_writers.RunLog(str(tmp_path))
     for epochs in (1, 2, 3):
-        log.write(history(epochs))
+        for record in steps(epochs)[-4:]:
+            log.write_step(record)
+        log.write_epoch(history(epochs))
     log.close()
     assert metric_writers.read_history(str(tmp_path)) == history(3)
+    assert metric_writers.read_steps(str(tmp_path)) == steps(3)
     assert (tmp_path / metric_writers.CURVES_FILE).read_bytes()[:8] == PNG_MAGIC
-    assert any((tmp_path / metric_writers.TENSORBOARD_DIR).iterdir())
+    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+    events = event_accumulator.EventAccumulator(str(tmp_path / metric_writers.TENSORBOARD_DIR))
+    events.Reload()
+    assert [e.step for e in events.Scalars('test_accuracy')] == [1, 2, 3]
+    assert [e.step for e in events.Scalars('steps/train_loss')] == [r['step'] for r in steps(3)]
+
+
+def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):
+    log = metric_writers.RunLog(str(tmp_path))
+    for record in steps(2):  # Killed at step 20, with the last checkpoint at step 15.
+        log.write_step(record)
+    log.write_epoch(history(1))
+    log.close()
+    log = metric_writers.RunLog(str(tmp_path))
+    log.resume(history(1), step=15)
+    log.write_step(steps(2)[-1])
+    log.close()
+    assert metric_writers.read_steps(str(tmp_path)) == steps(2)[:6] + steps(2)[-1:]
+    assert metric_writers.read_history(str(tmp_path)) == history(1)
 
 
 def test_a_failed_plot_is_not_lost(tmp_path, monkeypatch):
-    def broken_plot(history, path):
+    def broken_plot(history, steps, path):
         raise RuntimeError('no fonts')
 
     monkeypatch.setattr(metric_writers, 'plot_curves', broken_plot)
-    log = metric_writers.EpochLog(str(tmp_path))
-    log.write(history(1))
+    log = metric_writers.RunLog(str(tmp_path))
+    log.write_epoch(history(1))
     with pytest.raises(RuntimeError, match='no fonts'):
         log.close()

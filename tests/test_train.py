@@ -66,13 +66,26 @@ def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # ...to the same parameters.
 
 
-def test_training_beats_chance_and_writes_the_run(idx_dir, tmp_path):
-    results = train.train_and_evaluate(tiny_config(str(idx_dir)), str(tmp_path / 'run'))
+def test_training_beats_chance_and_writes_the_run(idx_dir, tmp_path, capsys):
+    config = tiny_config(str(idx_dir))
+    config.train.log_every_steps = 4
+    results = train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['test_accuracy'] > 0.5  # Chance is 0.1.
     assert results['epochs'] == 2 and results['steps'] == 20
     history = metric_writers.read_history(str(tmp_path / 'run'))
     assert [r['epoch'] for r in history] == [1, 2]
     assert history[-1]['test_accuracy'] == results['test_accuracy']
+    # The step log: every 4 steps of a 10-step epoch, and its end, with the epoch's running means.
+    logged = metric_writers.read_steps(str(tmp_path / 'run'))
+    assert [r['step'] for r in logged] == [4, 8, 10, 14, 18, 20]
+    assert [r['epoch'] for r in logged] == pytest.approx([0.4, 0.8, 1, 1.4, 1.8, 2])
+    assert [(r['train_loss'], r['train_accuracy']) for r in logged[2::3]] == [
+        (r['train_loss'], r['train_accuracy']) for r in history]
+    assert all(r['examples_per_sec'] > 0 and r['learning_rate'] == 0.05 for r in logged)
+    # Without a terminal, each mid-epoch record is also a line of the log.
+    progress = [line for line in capsys.readouterr().out.splitlines() if 'step ' in line]
+    assert [line.split()[1] for line in progress] == ['4', '8', '14', '18'], progress
+    assert 'epoch 0.40/2' in progress[0] and 'examples/sec' in progress[0]
 
 
 def test_evaluation_counts_every_test_example(idx_dir, tmp_path):
@@ -96,6 +109,10 @@ def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir,
     histories = [metrics_of(metric_writers.read_history(str(tmp_path / name)))
                  for name in ('straight', 'again', 'resumed')]
     assert histories[0] == histories[1] == histories[2]
+    step_logs = [[{k: v for k, v in record.items() if k != 'examples_per_sec'}
+                  for record in metric_writers.read_steps(str(tmp_path / name))]
+                 for name in ('straight', 'resumed')]
+    assert step_logs[0] == step_logs[1] and len(step_logs[0]) == 3
     assert straight['test_accuracy'] == again['test_accuracy'] == resumed['test_accuracy']
 
 

@@ -63,7 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.lr_decay_factor = 0.1  # ...this factor.
     config.train.checkpoint_every_epochs = 1
     config.train.keep_checkpoints = 3
-    config.train.log_every_steps = 50  # Progress-bar loss and non-finite checks.
+    config.train.log_every_steps = 50  # Step log (steps.jsonl), progress and non-finite checks.
     # Steps per compiled call: above 1, they run under one compiled loop, saving a dispatch per
     # step where the step is tiny (small images on a GPU); on a CPU it is slower (see README).
     config.train.steps_per_call = 1

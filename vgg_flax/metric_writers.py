@@ -1,4 +1,4 @@
-"""Where per-epoch metrics go: `metrics.jsonl`, TensorBoard event files and `curves.png`.
+"""Where a run's metrics go: `metrics.jsonl`, `steps.jsonl`, TensorBoard events, `curves.png`.
 
 The TensorBoard writer is a few lines of TFRecord framing around TensorBoard's own protos, so
 logging never imports TensorFlow (which GPU images often lack).
@@ -15,8 +15,21 @@ import time
 from typing import Any, Sequence
 
 METRICS_FILE = 'metrics.jsonl'
+STEPS_FILE = 'steps.jsonl'
 CURVES_FILE = 'curves.png'
 TENSORBOARD_DIR = 'tensorboard'
+
+
+def _write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
+    with open(path + '.tmp', 'w') as f:
+        for record in records:
+            f.write(json.dumps(record) + '\n')
+    os.replace(path + '.tmp', path)
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def write_history(workdir: str, history: Sequence[dict[str, Any]]) -> None:
@@ -24,34 +37,41 @@ def write_history(workdir: str, history: Sequence[dict[str, Any]]) -> None:
 
     Rewriting (not appending) keeps the file equal to the checkpoint's history after a resume.
     """
-    path = os.path.join(workdir, METRICS_FILE)
-    with open(path + '.tmp', 'w') as f:
-        for record in history:
-            f.write(json.dumps(record) + '\n')
-    os.replace(path + '.tmp', path)
+    _write_jsonl(os.path.join(workdir, METRICS_FILE), history)
 
 
 def read_history(workdir: str) -> list[dict[str, Any]]:
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return _read_jsonl(os.path.join(workdir, METRICS_FILE))
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: str) -> None:
-    """Train loss, train accuracy and test accuracy per epoch, as the lesson's plot shows.
+def read_steps(workdir: str) -> list[dict[str, Any]]:
+    """The step log: the epoch's running train metrics every `train.log_every_steps` steps."""
+    path = os.path.join(workdir, STEPS_FILE)
+    return _read_jsonl(path) if os.path.exists(path) else []
 
+
+def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
+                path: str) -> None:
+    """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson.
+
+    The train curves run through the step log's points (the epoch's running means, at fractions
+    of an epoch, as D2L's animator draws them), or through the epochs' if it has none.
     Uses matplotlib's object API, not pyplot, so it can run on a background thread.
     """
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
+    train = steps or history
     epochs = [record['epoch'] for record in history]
     fig = Figure(figsize=(5, 3.5), dpi=120)
     ax = fig.subplots()
-    ax.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train loss')
-    ax.plot(epochs, [r['train_accuracy'] for r in history], 's--', label='train acc')
+    ax.plot([r['epoch'] for r in train], [r['train_loss'] for r in train], '.-',
+            label='train loss')
+    ax.plot([r['epoch'] for r in train], [r['train_accuracy'] for r in train], '.--',
+            label='train acc')
     ax.plot(epochs, [r['test_accuracy'] for r in history], '^-.', label='test acc')
     ax.set_xlabel('epoch')
-    ax.set_xlim(0.5, max(epochs) + 0.5)
-    ax.set_xticks(epochs if len(epochs) <= 20 else ax.get_xticks())
+    ax.set_xlim(0, max(epochs) + 0.1)
+    ax.set_xticks(range(max(epochs) + 1) if max(epochs) <= 20 else ax.get_xticks())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -108,33 +128,58 @@ class TensorBoardWriter:
         self._file.close()
 
 
-class EpochLog:
-    """Writes each finished epoch everywhere a researcher looks: jsonl, TensorBoard, plot.
+class RunLog:
+    """Writes a run's metrics everywhere a researcher looks: jsonl, TensorBoard, plot.
 
-    The plot is drawn on a background thread, so the next epoch's steps need not wait for it.
+    Per epoch, `metrics.jsonl` and TensorBoard scalars by epoch; through each epoch, the step
+    log `steps.jsonl` and TensorBoard scalars under `steps/` by step. The plot is drawn on a
+    background thread, so the next epoch's steps need not wait for it.
     """
 
     SCALARS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
                'examples_per_sec', 'learning_rate')
+    STEP_SCALARS = ('train_loss', 'train_accuracy', 'examples_per_sec', 'learning_rate')
 
     def __init__(self, workdir: str):
         self._workdir = workdir
+        self._history: list[dict[str, Any]] = []
+        self._steps: list[dict[str, Any]] = []
         self._tensorboard = TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR))
         self._plotter = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._plot: concurrent.futures.Future | None = None
 
-    def write(self, history: Sequence[dict[str, Any]]) -> None:
+    def resume(self, history: Sequence[dict[str, Any]], step: int) -> None:
+        """Makes the files those of a run restored at `step` with this epoch history.
+
+        Step records after `step` (logged before a kill, after the last checkpoint) are dropped:
+        the resumed run logs those steps again.
+        """
+        self._steps = [record for record in read_steps(self._workdir) if record['step'] <= step]
+        _write_jsonl(os.path.join(self._workdir, STEPS_FILE), self._steps)
+        self._history = list(history)
+        self._refresh()
+
+    def write_step(self, record: dict[str, Any]) -> None:
+        """Appends a step record: 'step', fractional 'epoch' and `STEP_SCALARS`."""
+        self._steps.append(record)
+        with open(os.path.join(self._workdir, STEPS_FILE), 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        self._tensorboard.scalars(record['step'], {
+            f'steps/{key}': record[key] for key in self.STEP_SCALARS})
+
+    def write_epoch(self, history: Sequence[dict[str, Any]]) -> None:
         """Records `history[-1]` (the epoch just finished) and refreshes the files."""
         latest = history[-1]
         self._tensorboard.scalars(latest['epoch'],
                                   {key: latest[key] for key in self.SCALARS})
-        self.rewrite(history)
+        self._history = list(history)
+        self._refresh()
 
-    def rewrite(self, history: Sequence[dict[str, Any]]) -> None:
-        write_history(self._workdir, history)
-        if history:
+    def _refresh(self) -> None:
+        write_history(self._workdir, self._history)
+        if self._history:
             self._wait_for_plot()
-            self._plot = self._plotter.submit(plot_curves, list(history),
+            self._plot = self._plotter.submit(plot_curves, self._history, list(self._steps),
                                               os.path.join(self._workdir, CURVES_FILE))
 
     def _wait_for_plot(self) -> None:

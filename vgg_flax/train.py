@@ -390,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                       epoch_seconds=record['train_seconds'] + eval_seconds)
         history.append(record)
         if log:
-            log.write(history)
+            log.write_epoch(history)
             tqdm.write(format_epoch(record, num_epochs), file=sys.stdout)
         sums = jax.device_put(zero_sums(), replicated)
         stopping = stop.should_stop(step)
@@ -400,12 +400,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if stopping and epoch < num_epochs:
             raise TrainingInterrupted(stop.signum, step)
 
+    def log_progress(epoch: int, batch: int, since: tuple[int, float],
+                     bar: tqdm) -> tuple[int, float]:
+        """Checks the epoch's running loss, shows it and adds it to the step log.
+
+        `since` is the batch and time of the last record, for the throughput in between; the
+        same pair for this record is returned. Without a terminal (a batch job's log) the bar
+        is off, so a line is printed instead.
+        """
+        loss, accuracy = mean_metrics(sums)
+        _check_finite(loss, epoch, step, checkpointer, workdir)
+        bar.set_postfix(loss=f'{loss:.4f}', acc=f'{accuracy:.3f}')
+        now = time.perf_counter()
+        if log:
+            record = {'step': step, 'epoch': epoch - 1 + batch / steps_per_epoch,
+                      'train_loss': loss, 'train_accuracy': accuracy,
+                      'examples_per_sec': (batch - since[0]) * batch_size / (now - since[1]),
+                      'learning_rate': float(learning_rate_fn(step - 1))}
+            log.write_step(record)
+            if bar.disable and batch < steps_per_epoch:
+                print(format_progress(record, num_epochs), flush=True)
+        return batch, now
+
+    step = int(state.step)
     # An epoch whose evaluation a signal interrupted comes back as a record without test metrics.
     unfinished = history.pop() if history and 'test_accuracy' not in history[-1] else None
-    log = metric_writers.EpochLog(workdir) if chief else None
+    log = metric_writers.RunLog(workdir) if chief else None
     if log:
-        log.rewrite(history)
-    step = int(state.step)
+        log.resume(history, step)
     num_epochs = config.train.num_epochs
     try:
         with StopSignals() as stop:
@@ -419,6 +441,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                            desc=f'epoch {epoch}/{num_epochs}', leave=False,
                            disable=None if chief else True)
                 batch = first_batch  # Batches of this epoch done.
+                logged = (batch, epoch_start)
                 while batch < steps_per_epoch:
                     num_steps = steps_per_call if batch + steps_per_call <= steps_per_epoch else 1
                     state, sums = train_fns[num_steps](state, sums, images, labels, batches,
@@ -428,9 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     bar.update(num_steps)
                     last_batch = batch == steps_per_epoch
                     if batch // log_every > (batch - num_steps) // log_every or last_batch:
-                        loss, accuracy = mean_metrics(sums)
-                        _check_finite(loss, epoch, step, checkpointer, workdir)
-                        bar.set_postfix(loss=f'{loss:.4f}', acc=f'{accuracy:.3f}')
+                        logged = log_progress(epoch, batch, logged, bar)
                     # Polled after every call, the epoch's last too (every step is polled in a
                     # multi-host job); a stop there acts as the epoch's evaluation starts.
                     if stop.should_stop(step, num_steps) and not last_batch:
@@ -469,6 +490,13 @@ def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
     return (f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
             f'train acc {record["train_accuracy"]:.4f}  test acc {record["test_accuracy"]:.4f}  '
             f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s')
+
+
+def format_progress(record: dict[str, Any], num_epochs: int) -> str:
+    """One line of the step log, for a log file where no progress bar is drawn."""
+    return (f'  step {record["step"]}  epoch {record["epoch"]:.2f}/{num_epochs}  '
+            f'loss {record["train_loss"]:.4f}  train acc {record["train_accuracy"]:.4f}  '
+            f'{record["examples_per_sec"]:.1f} examples/sec')
 
 
 def summarize_run(history: list[dict[str, Any]], *, num_params: int,
