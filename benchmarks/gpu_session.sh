@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the open issues in one run, most important first, each summarised in
 # one line of $OUT/summary.txt as soon as it is measured (a run cut short keeps what it did):
-#   1. the benchmark of the lesson's recipe (224 px, ratio 4, batch 128) in bfloat16;
+#   1. the benchmark of the lesson's recipe (224 px, ratio 4, batch 128) in bfloat16, then a
+#      profiler trace of its step: how busy the GPU is and which ops take the time;
 #   2. the recipe for 5 epochs on the real data in bfloat16: accuracy, wall time, compile time;
 #   3. a relaunch of (2)'s config in a new workdir: compile time with a warm cache, and whether
 #      its first epoch repeats (2)'s bit for bit;
@@ -66,6 +67,15 @@ if loop:
               f"eval {loop['eval_images_per_sec']:,.0f} img/s"]
 parts += [f"MFU {b['mfu'] or 0:.1%}", f"peak mem {(b['peak_memory_bytes'] or 0) / 2**30:.1f} GiB",
           f"compile {b['step']['compile_seconds']:.1f} s", b['environment']['device_kind']]
+profile = b['step'].get('profile')
+if profile and profile['ops']:
+    total = sum(op['total_us'] for op in profile['ops'])
+    parts.append(f"profile: busy {profile['busy_us'] / profile['span_us']:.0%}, "
+                 f"{profile['busy_us'] / profile['calls'] / 1e3:.2f} ms per step, top ops " +
+                 ', '.join(f"{op['op']} ({op['kernel'][:30]}) {op['total_us'] / total:.0%}"
+                           for op in profile['ops'][:3]))
+elif profile:
+    parts.append('profile: no device ops traced')
 print(f"benchmark {name}: " + ', '.join(parts))
 PY
 }
@@ -88,6 +98,7 @@ print(f"train {name}: {r['epochs']} epochs, test acc {r['test_accuracy']:.4f} "
 PY
   cp "$runs/$name/results.json" "$out/results_$name.json"
   cp "$runs/$name/metrics.jsonl" "$out/metrics_$name.jsonl"
+  cp "$runs/$name/steps.jsonl" "$out/steps_$name.jsonl"
 }
 
 same_first_epoch() {  # LABEL WORKDIR WORKDIR: whether the first epochs agree bit for bit.
@@ -103,6 +114,8 @@ PY
 }
 
 benchmark bfloat16 "$d2l" --config.model.dtype=bfloat16
+benchmark bfloat16_profile "$d2l" --config.model.dtype=bfloat16 --loop_steps=0 --repeats=1 \
+  --steps=10 "--profile_dir=$out/profile_bfloat16"
 train bfloat16 --config.model.dtype=bfloat16
 train relaunch --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null
 same_first_epoch "relaunch vs first launch (warm cache)" "$runs/bfloat16" "$runs/relaunch"

@@ -43,10 +43,16 @@ def test_benchmark_cli_writes_json_and_compiles_afresh(tmp_path):
         [sys.executable, '-m', 'vgg_flax.benchmark', '--config=experiments/quick.py',
          '--config.model.width_ratio=16', '--config.model.dense_features=(64,64)',
          '--config.train.batch_size=32', '--steps=2', '--repeats=2', '--loop_steps=0',
-         f'--output={output}'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+         f'--output={output}', f'--profile_dir={tmp_path / "profile"}'],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert 'train step alone' in done.stdout and 'training loop' not in done.stdout
+    assert f'({benchmark.PROFILE_CALLS} calls:' in done.stdout  # The profile's summary.
     record = json.loads(output.read_text())
+    profile = record['step']['profile']
+    assert profile['calls'] == benchmark.PROFILE_CALLS and profile['busy_us'] > 0
+    assert any(op['op'].startswith('conv') for op in profile['ops'])
+    assert profile['trace'].startswith(str(tmp_path / 'profile'))
     assert record['loop'] is None and record['config']['width_ratio'] == 16
     assert record['step']['compiled_loop'] is None  # Only with steps_per_call above 1.
     assert record['environment']['packages']['jax']

@@ -1,7 +1,7 @@
 """Throughput, compile time, memory and MFU of a config's training step and loop.
 
   python -m vgg_flax.benchmark --config=experiments/d2l_vgg11.py [--data=random|config]
-      [--steps=30 --repeats=5 --loop_steps=N] [--output=result.json]
+      [--steps=30 --repeats=5 --loop_steps=N] [--output=result.json] [--profile_dir=DIR]
       [--config.model.dtype=bfloat16 ...]
 
 Measures, after warm-up, with the median and spread of `--repeats` timings:
@@ -9,7 +9,8 @@ Measures, after warm-up, with the median and spread of `--repeats` timings:
   and with `--config.train.steps_per_call=K` also the same steps K to a call under one
   compiled loop, which the training loop then uses too;
 - the whole training loop of `vgg_flax.train` (input pipeline, metric syncs, evaluation);
-- compile time, peak device memory.
+- compile time, peak device memory;
+- with `--profile_dir`, a profiler trace of the step and where its time goes (`profiling`).
 `--data=random` uses random bytes shaped like Fashion-MNIST; `--data=config` the config's data.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import distributed, environment, input_pipeline, metric_writers, train
+from vgg_flax import distributed, environment, input_pipeline, metric_writers, profiling, train
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype. float32
 # convolutions and matmuls run as TF32 on tensor cores by default, so float32 uses the TF32 peak.
@@ -40,6 +41,7 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     'V100': {'bfloat16': 125e12, 'float16': 125e12, 'float32': 15.7e12},
 }
 RANDOM_TRAIN, RANDOM_TEST = 60_000, 10_000
+PROFILE_CALLS = 10
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
@@ -87,11 +89,13 @@ def time_calls(fn: Any, state: Any, sums: Any, data: tuple[jax.Array, ...], call
 
 
 def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
-                   steps: int, repeats: int, warmup: int) -> dict[str, Any]:
+                   steps: int, repeats: int, warmup: int,
+                   profile_dir: str | None = None) -> dict[str, Any]:
     """The compiled step alone, data-parallel over all devices, on the on-device dataset.
 
     With `config.train.steps_per_call` above 1, also the same steps run that many to a call
-    under one compiled loop, which shows what dispatching each step from Python costs.
+    under one compiled loop, which shows what dispatching each step from Python costs. With
+    `profile_dir`, `PROFILE_CALLS` steps are traced there and summarised per op.
     """
     steps_per_call = config.train.steps_per_call
     mesh = distributed.create_mesh()
@@ -118,6 +122,14 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
                                               for s in seconds])}
 
     step_fn, result = measure(1)
+    if profile_dir:
+        def call() -> Any:
+            nonlocal state, sums
+            state, sums = step_fn(state, sums, *data)
+            return state
+
+        result['profile'] = profiling.summarize(
+            profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS)
     flops = train.flops_of(step_fn)
     result.update(flops_per_step=flops, num_devices=mesh.size,
                   achieved_flops=flops * result['images_per_sec']['median'] / batch_size)
@@ -156,7 +168,7 @@ def peak_memory_bytes() -> int | None:
 
 
 def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, warmup: int,
-        loop_steps: int | None) -> dict[str, Any]:
+        loop_steps: int | None, profile_dir: str | None = None) -> dict[str, Any]:
     train.validate_config(config)
     with tempfile.TemporaryDirectory() as data_dir:
         if data == 'random':
@@ -165,7 +177,7 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
             train_split = input_pipeline.load_split(config.data, 'train')
             test_split = input_pipeline.load_split(config.data, 'test')
         write_idx_dir(data_dir, train_split, test_split)
-        step = benchmark_step(config, train_split, steps, repeats, warmup)
+        step = benchmark_step(config, train_split, steps, repeats, warmup, profile_dir)
         loop = (benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
                 if loop_steps != 0 else None)
     env = environment.describe()
@@ -228,6 +240,8 @@ def format_result(result: dict[str, Any]) -> str:
             f'{name} ' + '/'.join(f'{v / 1e12:g}' for v in peaks.values())
             for name, peaks in PEAK_FLOPS.items()) + ' (bf16/fp16/fp32)',
     ]
+    if 'profile' in step:
+        lines.append(profiling.format_summary(step['profile']))
     return '\n'.join(lines)
 
 
@@ -235,7 +249,7 @@ def main(argv: list[str]) -> int:
     environment.start_cli(argv, compilation_cache=False)  # Measure real compiles.
     try:
         result = run(_CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
-                     _LOOP_STEPS.value)
+                     _LOOP_STEPS.value, _PROFILE_DIR.value)
     except (ValueError, input_pipeline.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -260,5 +274,8 @@ if __name__ == '__main__':
                                        'Steps per epoch of the loop run (default: a whole epoch '
                                        'of the training data); 0 skips it.')
     _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
+    _PROFILE_DIR = flags.DEFINE_string('profile_dir', None,
+                                       f'Trace {PROFILE_CALLS} train steps into this directory '
+                                       'and print where their time goes.')
     flags.mark_flags_as_required(['config'])
     app.run(main)
