@@ -79,4 +79,4 @@ def test_a_real_trace_shows_every_call_of_each_op(tmp_path):
     done = subprocess.run([sys.executable, '-m', 'vgg_flax.profiling',
                            f'--trace={tmp_path / "nowhere"}'], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and 'no *.trace.json.gz under' in done.stderr
+    assert done.returncode == 1 and 'no *trace.json.gz under' in done.stderr

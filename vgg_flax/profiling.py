@@ -29,7 +29,8 @@ def trace_calls(call: Callable[[], Any], calls: int, logdir: str) -> str:
     Not waiting in between keeps JAX's asynchronous dispatch as the training loop has it, so
     gaps between the device's ops are those of training.
     """
-    with jax.profiler.trace(logdir):
+    # The Perfetto file has the same JSON events, in case a jax writes no *.trace.json.gz.
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
         for _ in range(calls):
             result = call()
         jax.block_until_ready(result)
@@ -37,12 +38,12 @@ def trace_calls(call: Callable[[], Any], calls: int, logdir: str) -> str:
 
 
 def latest_trace(path: str) -> str:
-    """The newest `*.trace.json.gz` under `path` (or `path` itself, if it is one)."""
+    """The newest `*trace.json.gz` under `path` (or `path` itself, if it is a file)."""
     if os.path.isfile(path):
         return path
-    traces = glob.glob(os.path.join(path, '**', '*.trace.json.gz'), recursive=True)
+    traces = glob.glob(os.path.join(path, '**', '*trace.json.gz'), recursive=True)
     if not traces:
-        raise FileNotFoundError(f'no *.trace.json.gz under {path}; capture one with '
+        raise FileNotFoundError(f'no *trace.json.gz under {path}; capture one with '
                                 'python -m vgg_flax.benchmark --profile_dir=DIR.')
     return max(traces, key=os.path.getmtime)
 
@@ -128,7 +129,7 @@ def main(argv: list[str]) -> int:
 if __name__ == '__main__':
     from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-    _PATH = flags.DEFINE_string('trace', None, 'A *.trace.json.gz, or a directory holding one '
+    _PATH = flags.DEFINE_string('trace', None, 'A *trace.json.gz, or a directory holding one '
                                 '(the newest is read).')
     _CALLS = flags.DEFINE_integer('calls', None, 'Calls traced, for times per call.')
     _TOP = flags.DEFINE_integer('top', 15, 'Ops listed, most costly first.')
