@@ -52,6 +52,13 @@ def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):
     assert metric_writers.read_history(str(tmp_path)) == history(1)
 
 
+def test_the_train_curve_takes_epochs_the_step_log_lacks_from_the_history():
+    logged = steps(3)[4:]  # A run resumed at epoch 2 by a version that kept no step log before.
+    curve = metric_writers.train_curve(history(3), logged)
+    assert curve == history(3)[:1] + logged
+    assert metric_writers.train_curve(history(3), steps(3)) == steps(3)
+
+
 def test_a_failed_plot_is_not_lost(tmp_path, monkeypatch):
     def broken_plot(history, steps, path):
         raise RuntimeError('no fonts')

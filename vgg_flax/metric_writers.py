@@ -50,17 +50,26 @@ def read_steps(workdir: str) -> list[dict[str, Any]]:
     return _read_jsonl(path) if os.path.exists(path) else []
 
 
+def train_curve(history: Sequence[dict[str, Any]],
+                steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points of the train curves, by step: the step log's and the epochs' ends.
+
+    The step log's points are the epoch's running means at fractions of an epoch, as D2L's
+    animator draws them; the epochs' ends also cover epochs that the step log lacks (a run begun
+    before it existed).
+    """
+    return sorted({r['step']: r for r in [*history, *steps]}.values(), key=lambda r: r['step'])
+
+
 def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
                 path: str) -> None:
     """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson.
 
-    The train curves run through the step log's points (the epoch's running means, at fractions
-    of an epoch, as D2L's animator draws them), or through the epochs' if it has none.
     Uses matplotlib's object API, not pyplot, so it can run on a background thread.
     """
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-    train = steps or history
+    train = train_curve(history, steps)
     epochs = [record['epoch'] for record in history]
     fig = Figure(figsize=(5, 3.5), dpi=120)
     ax = fig.subplots()
