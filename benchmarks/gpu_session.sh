@@ -14,7 +14,8 @@
 #   7. steps run 16 to a call under one compiled loop (`train.steps_per_call`), for the recipe
 #      in bfloat16 and for quick.py (32 px, where a GPU step is tiny): what dispatching each
 #      step from Python costs (on this project's CPU the loop is 4-9x slower: benchmarks/README.md);
-#   8. the width-ratio sweep of the recipe, 5 epochs, bfloat16, in whatever time is left.
+#   8. the width-ratio sweep of the recipe, 5 epochs, bfloat16, in whatever time is left;
+#   9. whether #5's targets are met, from the JSON files of (1) and (2).
 # On a lent machine (no network): first, here, ../shared/tools/device-prep, then run with
 # carry [".device"]:
 #   site=$(mktemp -d) && python3 -m pip install -q --no-index --no-deps --target "$site" \
@@ -150,5 +151,23 @@ if [ -z "${SKIP_SWEEP:-}" ]; then
   cat "$runs/ratio/results.md" >> "$summary"
 fi
 
+python3 - "$out" <<'PY' | tee -a "$summary"
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+bench, run = load('benchmark_bfloat16.json'), load('results_bfloat16.json')
+if bench:
+    rate = bench['step']['images_per_sec']['median']
+    print(f"target, #5 (H100, bfloat16): >= 40,000 train img/s: {rate:,.0f} on "
+          f"{bench['environment']['device_kind']}: {'met' if rate >= 40_000 else 'NOT met'}")
+if run:
+    ok = run['wall_seconds'] <= 20 and run['test_accuracy'] >= 0.90
+    print(f"target, #5: 5 epochs with evaluation <= 20 s at the recipe's accuracy (>= 0.90, "
+          f"D2L's published runs): {run['wall_seconds']:.1f} s, test acc "
+          f"{run['test_accuracy']:.4f}, compile {run['compile_seconds']:.1f} s: "
+          f"{'met' if ok else 'NOT met'}")
+PY
 echo "== summary (${SECONDS} s)"
 cat "$summary"
