@@ -1,29 +1,26 @@
 #!/usr/bin/env bash
-# Every GPU measurement of the open issues in one run, most important first, each summarised in
-# one line of $OUT/summary.txt as soon as it is measured (a run cut short keeps what it did):
-#   1. the benchmark of the lesson's recipe (224 px, ratio 4, batch 128) in bfloat16, then a
-#      profiler trace of its step: how busy the GPU is and which ops take the time;
-#   2. the recipe for 5 epochs on the real data in bfloat16: accuracy, wall time, compile time;
-#   3. a relaunch of (2)'s config in a new workdir: compile time with a warm cache, and whether
-#      its first epoch repeats (2)'s bit for bit;
-#   4. the recipe for 5 epochs in float32 (bfloat16's accuracy beside float32's), and the
-#      float32 benchmark;
-#   5. the bfloat16 benchmark at batch 512: whether batch 128 leaves the GPU waiting on launches;
-#   6. two 1-epoch launches with XLA's --xla_gpu_deterministic_ops: whether they agree, and what
-#      the flag costs;
-#   7. steps run 16 to a call under one compiled loop (`train.steps_per_call`), for the recipe
-#      in bfloat16 and for quick.py (32 px, where a GPU step is tiny): what dispatching each
-#      step from Python costs (on this project's CPU the loop is 4-9x slower: benchmarks/README.md);
-#   8. the width-ratio sweep of the recipe, 5 epochs, bfloat16, in whatever time is left.
-# Right after (2) it says whether #5's targets are met.
-# On a lent machine (no network): first, here, ../shared/tools/device-prep, then run with
-# carry [".device"]:
-#   site=$(mktemp -d) && python3 -m pip install -q --no-index --no-deps --target "$site" \
-#     .device/whl/*.whl && export PYTHONPATH="$site:$PWD" && bash benchmarks/gpu_session.sh
-# Environment: DATA_DIR (IDX files, default .device/data), OUT (summary and JSON files, default
-# /tmp/gpu), EXTRA_FLAGS (appended to every command; e.g. tiny sizes for a CPU smoke run),
-# BUDGET_SECONDS (when to stop starting sweep points, default 540: the device tool stops a command
-# at 600 s), SKIP_SWEEP=1.
+# The GPU measurements of the recipe in one run, most important first, each summarised in one
+# line of $OUT/summary.txt as soon as it is measured (a run cut short keeps what it did):
+#   bfloat16        the benchmark of the lesson's recipe (224 px, ratio 4, batch 128) in bfloat16;
+#   profile         a profiler trace of that step: how busy the GPU is, which ops take the time;
+#   train_bfloat16  the recipe for 5 epochs on the real data in bfloat16: accuracy, wall time,
+#                   compile time; then whether the speed and accuracy targets are met;
+#   relaunch        the same config again in a new workdir: compile time with a warm cache, and
+#                   whether its first epoch repeats the first launch's bit for bit;
+#   train_float32   the recipe for 5 epochs in float32 (bfloat16's accuracy beside float32's);
+#   float32         the float32 benchmark (step only);
+#   batch512        the bfloat16 step at batch 512: whether batch 128 leaves the GPU waiting on
+#                   kernel launches;
+#   per_call        steps run 16 to a call under one compiled loop (`train.steps_per_call`), for
+#                   the recipe in bfloat16 and for quick.py (32 px, where a GPU step is tiny);
+#   deterministic   two 1-epoch launches with XLA's --xla_gpu_deterministic_ops: whether they
+#                   agree, and what the flag costs;
+#   sweep           the width-ratio sweep of the recipe, 5 epochs, bfloat16, while time is left.
+#   DATA_DIR=path/to/idx-files bash benchmarks/gpu_session.sh
+# Environment: DATA_DIR (the four Fashion-MNIST IDX files, default .device/data), OUT (summary and
+# JSON files, default /tmp/gpu), STAGES (the stages to run, space-separated; default all),
+# BUDGET_SECONDS (no stage starts after this many seconds, default 540), EXTRA_FLAGS (appended to
+# every command; e.g. tiny sizes for a CPU smoke run).
 set -uo pipefail
 data=${DATA_DIR:-.device/data}
 out=${OUT:-/tmp/gpu}
@@ -41,6 +38,14 @@ recipe=("--config=$d2l" --config.data.source=idx "--config.data.idx_dir=$data")
   nvidia-smi -L 2>/dev/null
   python3 -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, jax.devices())'
 } | tee "$summary"
+
+due() {  # STAGE: whether STAGE runs: it is in $STAGES (or that is unset) and time is left.
+  [[ -z "${STAGES:-}" || " $STAGES " == *" $1 "* ]] || return 1
+  if ((SECONDS > budget)); then
+    echo "$1: not started, ${SECONDS} s is past BUDGET_SECONDS=$budget" | tee -a "$summary"
+    return 1
+  fi
+}
 
 failed() {  # WHAT: a line of the summary for a stage that exited non-zero (its log says why).
   echo "$1: FAILED (exit status $?; see the log above)" | tee -a "$summary"
@@ -114,7 +119,7 @@ print(f'{label}: epoch 1 bitwise equal:', all(first[0][k] == first[1][k] for k i
 PY
 }
 
-targets() {  # Whether #5's targets are met, from the files of the bfloat16 benchmark and run.
+targets() {  # Whether the targets are met, from the files of the bfloat16 benchmark and run.
   python3 - "$out" <<'PY' | tee -a "$summary"
 import json, os, sys
 out = sys.argv[1]
@@ -124,39 +129,47 @@ def load(name):
 bench, run = load('benchmark_bfloat16.json'), load('results_bfloat16.json')
 if bench:
     rate = bench['step']['images_per_sec']['median']
-    print(f"target, #5 (H100, bfloat16): >= 40,000 train img/s: {rate:,.0f} on "
+    print(f"target (H100/H200, bfloat16): >= 40,000 train img/s: {rate:,.0f} on "
           f"{bench['environment']['device_kind']}: {'met' if rate >= 40_000 else 'NOT met'}")
 if run:
     ok = run['wall_seconds'] <= 20 and run['test_accuracy'] >= 0.90
-    print(f"target, #5: 5 epochs with evaluation <= 20 s at the recipe's accuracy (>= 0.90, "
+    print(f"target: 5 epochs with evaluation <= 20 s at the recipe's accuracy (>= 0.90, "
           f"D2L's published runs): {run['wall_seconds']:.1f} s, test acc "
           f"{run['test_accuracy']:.4f}, compile {run['compile_seconds']:.1f} s: "
           f"{'met' if ok else 'NOT met'}")
 PY
 }
 
-benchmark bfloat16 "$d2l" --config.model.dtype=bfloat16
-benchmark bfloat16_profile "$d2l" --config.model.dtype=bfloat16 --loop_steps=0 --repeats=1 \
-  --steps=10 "--profile_dir=$out/profile_bfloat16"
-train bfloat16 --config.model.dtype=bfloat16
-targets
-train relaunch --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null
-same_first_epoch "relaunch vs first launch (warm cache)" "$runs/bfloat16" "$runs/relaunch"
-train float32 --config.model.dtype=float32
-benchmark float32 "$d2l" --config.model.dtype=float32
-benchmark bfloat16_batch512 "$d2l" --config.model.dtype=bfloat16 --config.train.batch_size=512
+due bfloat16 && benchmark bfloat16 "$d2l" --config.model.dtype=bfloat16
+due profile && benchmark bfloat16_profile "$d2l" --config.model.dtype=bfloat16 --loop_steps=0 \
+  --repeats=1 --steps=10 "--profile_dir=$out/profile_bfloat16"
+if due train_bfloat16; then
+  train bfloat16 --config.model.dtype=bfloat16
+  targets
+fi
+if due relaunch; then
+  train relaunch --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null
+  same_first_epoch "relaunch vs first launch (warm cache)" "$runs/bfloat16" "$runs/relaunch"
+fi
+due train_float32 && train float32 --config.model.dtype=float32
+due float32 && benchmark float32 "$d2l" --config.model.dtype=float32 --loop_steps=0
+due batch512 && benchmark bfloat16_batch512 "$d2l" --config.model.dtype=bfloat16 \
+  --config.train.batch_size=512 --loop_steps=0
+if due per_call; then
+  benchmark bfloat16_16_per_call "$d2l" --config.model.dtype=bfloat16 \
+    --config.train.steps_per_call=16 --steps=64
+  benchmark quick_16_per_call experiments/quick.py --config.train.steps_per_call=16 --steps=64
+fi
+if due deterministic; then
+  for run in deterministic1 deterministic2; do
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" train "$run" \
+      --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null
+  done
+  same_first_epoch "--xla_gpu_deterministic_ops, two launches" "$runs/deterministic1" \
+    "$runs/deterministic2"
+fi
 
-for run in deterministic1 deterministic2; do
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" train "$run" \
-    --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null
-done
-same_first_epoch "--xla_gpu_deterministic_ops, two launches" "$runs/deterministic1" \
-  "$runs/deterministic2"
-benchmark bfloat16_16_per_call "$d2l" --config.model.dtype=bfloat16 \
-  --config.train.steps_per_call=16 --steps=64
-benchmark quick_16_per_call experiments/quick.py --config.train.steps_per_call=16 --steps=64
-
-if [ -z "${SKIP_SWEEP:-}" ]; then
+if due sweep; then
   sweep=(python3 -m vgg_flax.sweep --config=experiments/ratio_sweep.py --config.data.source=idx
          "--config.data.idx_dir=$data" --config.model.dtype=bfloat16 "--workdir=$runs/ratio"
          "${extra[@]}")
