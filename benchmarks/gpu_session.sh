@@ -3,6 +3,8 @@
 # line of $OUT/summary.txt as soon as it is measured (a run cut short keeps what it did):
 #   bfloat16        the benchmark of the lesson's recipe (224 px, ratio 4, batch 128) in bfloat16;
 #   profile         a profiler trace of that step: how busy the GPU is, which ops take the time;
+#   lax_first_conv  the same step with the first conv through cuDNN instead of the shifted sum
+#                   that `model.first_conv='auto'` picks on a GPU;
 #   train_bfloat16  the recipe for 5 epochs on the real data in bfloat16: accuracy, wall time,
 #                   compile time; then whether the speed and accuracy targets are met;
 #   relaunch        the same config again in a new workdir: compile time with a warm cache, and
@@ -62,7 +64,8 @@ import json, sys
 name, path = sys.argv[1:]
 b = json.load(open(path))
 step, loop, looped = b['step']['images_per_sec'], b['loop'], b['step']['compiled_loop']
-parts = [f"step {step['median']:,.0f} img/s ({step['min']:,.0f}-{step['max']:,.0f})"]
+parts = [f"first conv {b['config']['first_conv']}",
+         f"step {step['median']:,.0f} img/s ({step['min']:,.0f}-{step['max']:,.0f})"]
 if looped:
     rate = looped['images_per_sec']['median']
     parts.append(f"{looped['steps_per_call']} steps per call {rate:,.0f} img/s "
@@ -143,6 +146,8 @@ PY
 due bfloat16 && benchmark bfloat16 "$d2l" --config.model.dtype=bfloat16
 due profile && benchmark bfloat16_profile "$d2l" --config.model.dtype=bfloat16 --loop_steps=0 \
   --repeats=1 --steps=10 "--profile_dir=$out/profile_bfloat16"
+due lax_first_conv && benchmark bfloat16_lax_first_conv "$d2l" --config.model.dtype=bfloat16 \
+  --config.model.first_conv=lax --loop_steps=0
 if due train_bfloat16; then
   train bfloat16 --config.model.dtype=bfloat16
   targets

@@ -141,6 +141,7 @@ def test_dropout_is_active_only_in_training():
     ({'dtype': 'float64'}, "config.model.dtype='float64' is not supported"),
     ({'kernel_init': 'orthogonal'}, "config.model.kernel_init='orthogonal' is not supported"),
     ({'bias_init': 'ones'}, "config.model.bias_init='ones' is not supported"),
+    ({'first_conv': 'fft'}, "config.model.first_conv='fft' is not supported"),
 ])
 def test_invalid_model_config_names_field_and_fix(overrides, message):
     with pytest.raises(ValueError) as error:
@@ -169,3 +170,29 @@ def test_max_pool_2x2_equals_flax_max_pool(size):
     expected_grad = jax.grad(
         lambda x: (nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID') ** 2).sum())(x)
     np.testing.assert_allclose(grad, expected_grad)
+
+
+@pytest.mark.parametrize('arch,channels', [('vgg11', 1), ('vgg13', 3)])
+def test_shifted_sum_first_conv_equals_lax_conv(arch, channels):
+    """The same parameter tree, and the same logits and gradients up to float32 rounding."""
+    lax_model, shifted = (models.create_model(model_config(
+        arch=arch, width_ratio=16, dense_features=(32, 32), first_conv=first_conv))
+        for first_conv in ('lax', 'shifted_sum'))
+    x = jax.random.uniform(jax.random.key(1), (3, 32, 32, channels))
+    variables = lax_model.init(jax.random.key(0), x)
+    shifted_variables = shifted.init(jax.random.key(0), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(shifted_variables)
+    jax.tree.map(np.testing.assert_array_equal, variables, shifted_variables)
+    np.testing.assert_allclose(shifted.apply(variables, x), lax_model.apply(variables, x),
+                               atol=1e-6)
+    grads = [jax.grad(lambda v: (model.apply(v, x) ** 2).sum())(variables)
+             for model in (lax_model, shifted)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), *grads)
+
+
+def test_auto_first_conv_is_the_shifted_sum_on_a_gpu_only():
+    assert models.resolve_first_conv('auto', 'gpu') == 'shifted_sum'
+    assert models.resolve_first_conv('auto', 'cpu') == 'lax'
+    assert models.resolve_first_conv('lax', 'gpu') == 'lax'
+    assert models.create_model(model_config()).first_conv == (
+        'shifted_sum' if jax.default_backend() == 'gpu' else 'lax')

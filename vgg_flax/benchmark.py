@@ -30,7 +30,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import distributed, environment, input_pipeline, metric_writers, profiling, train
+from vgg_flax import (distributed, environment, input_pipeline, metric_writers, models,
+                      profiling, train)
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype. float32
 # convolutions and matmuls run as TF32 on tensor cores by default, so float32 uses the TF32 peak.
@@ -130,7 +131,7 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
 
         result['profile'] = profiling.summarize(
             profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS)
-    flops = train.flops_of(step_fn)
+    flops = train.flops_of(train.lower_train_step(state, sums, *data, config.data.image_size))
     result.update(flops_per_step=flops, num_devices=mesh.size,
                   achieved_flops=flops * result['images_per_sec']['median'] / batch_size)
     result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[1]}
@@ -186,6 +187,8 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
         'config': {'arch': config.model.arch, 'width_ratio': config.model.width_ratio,
                    'image_size': config.data.image_size, 'batch_size': config.train.batch_size,
                    'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data,
+                   'first_conv': models.resolve_first_conv(config.model.first_conv,
+                                                           jax.default_backend()),
                    'steps_per_call': config.train.steps_per_call},
         'step': step,
         'loop': loop,
@@ -205,7 +208,8 @@ def format_result(result: dict[str, Any]) -> str:
     memory = result['peak_memory_bytes']
     lines = [
         f"{c['arch']} ratio {c['width_ratio']}, {c['image_size']} px, batch {c['batch_size']}, "
-        f"{c['dtype']}{', BN' if c['use_bn'] else ''}, {c['data']} data, on "
+        f"{c['dtype']}{', BN' if c['use_bn'] else ''}, first conv {c['first_conv']}, "
+        f"{c['data']} data, on "
         f"{step['num_devices']} x {result['environment']['device_kind']}",
         f"train step alone   {rate['median']:>10,.1f} images/sec "
         f"(min {rate['min']:,.1f}, max {rate['max']:,.1f})",

@@ -40,6 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.dtype = 'float32'  # Compute dtype; parameters and optimiser state stay float32.
     config.model.kernel_init = 'xavier_uniform'  # The lesson's Xavier init.
     config.model.bias_init = 'zeros'
+    # The first conv: 'lax' (cuDNN on a GPU), 'shifted_sum' (models.ShiftedSumConv: the same
+    # parameters and values, faster on a GPU) or 'auto' (the faster one for the backend).
+    config.model.first_conv = 'auto'
 
     config.data = ml_collections.ConfigDict()
     config.data.source = 'tfds'  # 'tfds' (downloads) or 'idx' (the four original IDX files).

@@ -7,10 +7,12 @@ over `conv_arch`, then a dense head. `create_model` builds one from `config.mode
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -32,6 +34,8 @@ KERNEL_INITS: dict[str, Callable[..., Any]] = {
     'lecun_uniform': nn.initializers.lecun_uniform(),
     'lecun_normal': nn.initializers.lecun_normal(),
 }
+
+FIRST_CONVS = ('auto', 'lax', 'shifted_sum')
 
 BIAS_INITS: dict[str, Callable[..., Any]] = {
     'zeros': nn.initializers.zeros_init(),
@@ -57,6 +61,36 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
+class ShiftedSumConv(nn.Module):
+    """A 3x3 SAME convolution as the sum of nine shifted copies of its input, each scaled.
+
+    The parameters and the values are `nn.Conv`'s (products summed in float32, then cast to
+    `dtype`). Meant for the first layer, where a grayscale image has one channel: XLA fuses this
+    form with the ReLU and the pooling after it, while the cuDNN convolution it replaces is
+    memory-bound on such an input (on an H200 the first block took about half of the recipe's
+    step at 224 px).
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+    kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
+    bias_init: Callable[..., Any] = BIAS_INITS['zeros']
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        channels = x.shape[-1]
+        kernel = self.param('kernel', self.kernel_init, (3, 3, channels, self.features))
+        bias = self.param('bias', self.bias_init, (self.features,))
+        height, width = x.shape[1:3]
+        padded = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        y = bias
+        for i in range(3):
+            for j in range(3):
+                for c in range(channels):
+                    y = y + padded[:, i:i + height, j:j + width, c:c + 1] * kernel[i, j, c]
+        return y.astype(self.dtype)
+
+
 class VGGBlock(nn.Module):
     """`num_convs` x (3x3 conv -> [BatchNorm] -> ReLU), then 2x2 max-pool, stride 2."""
 
@@ -66,12 +100,15 @@ class VGGBlock(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
     bias_init: Callable[..., Any] = BIAS_INITS['zeros']
+    first_conv: str = 'lax'  # 'shifted_sum': the first conv as a `ShiftedSumConv`.
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        for _ in range(self.num_convs):
-            x = nn.Conv(self.features, (3, 3), padding='SAME', dtype=self.dtype,
-                        kernel_init=self.kernel_init, bias_init=self.bias_init)(x)
+        for k in range(self.num_convs):
+            conv = ShiftedSumConv if k == 0 and self.first_conv == 'shifted_sum' else (
+                functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME'))
+            x = conv(self.features, dtype=self.dtype, kernel_init=self.kernel_init,
+                     bias_init=self.bias_init, name=f'Conv_{k}')(x)
             if self.use_bn:
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  dtype=self.dtype)(x)
@@ -90,6 +127,7 @@ class VGG(nn.Module):
     dtype: Any = jnp.float32
     kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
     bias_init: Callable[..., Any] = BIAS_INITS['zeros']
+    first_conv: str = 'lax'  # How the network's first conv is computed: 'lax' or 'shifted_sum'.
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -106,6 +144,7 @@ class VGG(nn.Module):
         for i, (num_convs, features) in enumerate(self.conv_arch):
             x = VGGBlock(num_convs, features, use_bn=self.use_bn, dtype=self.dtype,
                          kernel_init=self.kernel_init, bias_init=self.bias_init,
+                         first_conv=self.first_conv if i == 0 else 'lax',
                          name=f'block{i + 1}')(x, train=train)
         x = x.reshape((x.shape[0], -1))
         for i, features in enumerate(self.dense_features):
@@ -153,6 +192,19 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     config_utils.check_choice('model.dtype', model_config.dtype, list(DTYPES))
     config_utils.check_choice('model.kernel_init', model_config.kernel_init, list(KERNEL_INITS))
     config_utils.check_choice('model.bias_init', model_config.bias_init, list(BIAS_INITS))
+    config_utils.check_choice('model.first_conv', model_config.first_conv, list(FIRST_CONVS))
+
+
+def resolve_first_conv(first_conv: str, backend: str) -> str:
+    """'auto' is 'shifted_sum' on a GPU and 'lax' elsewhere, by measurement.
+
+    The recipe's bfloat16 step on an H200 ran at 39,000 images/s with the shifted sum against
+    31,200 with cuDNN; on a 2-core CPU the shifted sum was no faster at 32 px and 19% slower at
+    224 px.
+    """
+    if first_conv != 'auto':
+        return first_conv
+    return 'shifted_sum' if backend == 'gpu' else 'lax'
 
 
 def create_model(model_config: ml_collections.ConfigDict) -> VGG:
@@ -167,4 +219,5 @@ def create_model(model_config: ml_collections.ConfigDict) -> VGG:
         dtype=DTYPES[model_config.dtype],
         kernel_init=KERNEL_INITS[model_config.kernel_init],
         bias_init=BIAS_INITS[model_config.bias_init],
+        first_conv=resolve_first_conv(model_config.first_conv, jax.default_backend()),
     )

@@ -78,7 +78,7 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
         lambda: train.create_train_state(config, jax.random.key(0), tx, CHANNELS))
     one_image = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     forward = jax.jit(functools.partial(model.apply, train=False)).lower(
-        {'params': state.params, 'batch_stats': state.batch_stats}, one_image).compile()
+        {'params': state.params, 'batch_stats': state.batch_stats}, one_image)
 
     batch_size = config.train.batch_size
     images = jax.ShapeDtypeStruct((TRAIN_EXAMPLES, *input_pipeline.IMAGE_SHAPE), jnp.uint8)

@@ -210,10 +210,10 @@ def eval_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Arra
     return _add_to_sums(sums, losses, logits, y, masks[batch].astype(bool))
 
 
-def compile_train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
-                       batches: jax.Array, dropout_key: jax.Array, image_size: int,
-                       num_steps: int = 1) -> Any:
-    """`train_step` compiled ahead of time for these (possibly abstract) arguments.
+def lower_train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
+                     batches: jax.Array, dropout_key: jax.Array, image_size: int,
+                     num_steps: int = 1) -> jax.stages.Lowered:
+    """`train_step` lowered for these (possibly abstract) arguments, ready to compile.
 
     With `num_steps` > 1, one call runs that many steps under a compiled loop: one dispatch for
     all of them. State and sums are donated: their buffers are reused for the updated values.
@@ -225,7 +225,12 @@ def compile_train_step(state: TrainState, sums: Sums, images: jax.Array, labels:
                                  (state, sums))
 
     return jax.jit(step if num_steps == 1 else steps, donate_argnums=(0, 1)).lower(
-        state, sums, images, labels, batches, dropout_key).compile()
+        state, sums, images, labels, batches, dropout_key)
+
+
+def compile_train_step(*args: Any, **kwargs: Any) -> Any:
+    """`lower_train_step(...)`, compiled ahead of time."""
+    return lower_train_step(*args, **kwargs).compile()
 
 
 def mean_metrics(sums: Sums) -> tuple[float, float]:
@@ -235,9 +240,13 @@ def mean_metrics(sums: Sums) -> tuple[float, float]:
     return float(sums['loss_sum']) / count, int(sums['correct']) / count
 
 
-def flops_of(compiled: Any) -> float:
-    """FLOPs of one call of a compiled function, from XLA's cost analysis (0 if unknown)."""
-    analysis = compiled.cost_analysis()
+def flops_of(lowered: jax.stages.Lowered) -> float:
+    """FLOPs of one call of a lowered function, from XLA's cost analysis (0 if unknown).
+
+    Counted on the lowered program, before the backend's passes: a GPU's compiled program
+    calls cuDNN for its convolutions, which XLA's cost analysis counts as no FLOPs.
+    """
+    analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # Older jax returns one dict per device program.
         analysis = analysis[0] if analysis else {}
     return float((analysis or {}).get('flops', 0.0))
@@ -477,7 +486,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             log.close()
 
     results = summarize_run(history, num_params=count_params(state.params),
-                            train_flops_per_step=flops_of(train_fns[1]),
+                            train_flops_per_step=flops_of(lower_train_step(
+                                state, sums, images, labels, batches, dropout_key, image_size)),
                             compile_seconds=compile_seconds, batch_size=batch_size)
     if chief:
         checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
