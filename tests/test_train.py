@@ -255,6 +255,24 @@ def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
     assert 'Use a new --workdir' in message
 
 
+def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, tmp_path):
+    """model.first_conv came later; a run without it resumes, its first conv computed alike."""
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    workdir = str(tmp_path / 'run')
+    train.train_and_evaluate(config, workdir)
+    path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+    with open(path) as f:
+        saved = json.load(f)
+    del saved['model']['first_conv']
+    with open(path, 'w') as f:
+        json.dump(saved, f)
+    assert checkpointing.read_config(workdir).model.first_conv == 'auto'
+    config.train.num_epochs = 2
+    config.model.first_conv = 'shifted_sum'
+    assert train.train_and_evaluate(config, workdir)['epochs'] == 2
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 3

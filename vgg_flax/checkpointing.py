@@ -27,13 +27,18 @@ class RunDirError(Exception):
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was launched with."""
+    """The config a run in `workdir` was launched with.
+
+    Fields added to the package since then take their defaults.
+    """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise RunDirError(f'{path} is missing: {workdir} holds no run of vgg_flax.main. Pass the '
                           'workdir that a training run wrote.')
+    config = config_utils.default_config()
     with open(path) as f:
-        return config_utils.from_plain(json.load(f))
+        config.update(config_utils.from_plain(json.load(f)))
+    return config
 
 
 def claim_workdir(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> bool:

@@ -11,9 +11,10 @@ from typing import Any, Sequence
 
 import ml_collections
 
-# Fields that a resumed run may change: they say where data lives, how long to train and how
-# often to log or save, not what is computed at a given step.
+# Fields that a resumed run may change: they say where data lives, how long to train, how often
+# to log or save and how a value is computed, not what is computed at a given step.
 RESUMABLE_CHANGES = (
+    'model.first_conv',
     'data.tfds_data_dir',
     'data.idx_dir',
     'train.num_epochs',
