@@ -12,7 +12,7 @@ from conftest import PNG_MAGIC
 def history(epochs: int) -> list[dict[str, float]]:
     return [{'epoch': e, 'step': 10 * e, 'train_loss': 1 / e, 'train_accuracy': 0.5,
              'test_loss': 1 / e, 'test_accuracy': 0.6, 'examples_per_sec': 100.0,
-             'learning_rate': 0.05} for e in range(1, epochs + 1)]
+             'learning_rate': 0.05, 'epoch_seconds': 1.0} for e in range(1, epochs + 1)]
 
 
 def steps(epochs: int, per_epoch: int = 4) -> list[dict[str, float]]:
@@ -21,8 +21,17 @@ def steps(epochs: int, per_epoch: int = 4) -> list[dict[str, float]]:
              'learning_rate': 0.05} for e in range(epochs) for b in range(1, per_epoch + 1)]
 
 
-def test_run_log_writes_every_file(tmp_path):
-    log = metric_writers.RunLog(str(tmp_path))
+def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard shows: each tag's (step, value) points."""
+    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+    events = event_accumulator.EventAccumulator(str(logdir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()['scalars']}
+
+
+def test_run_log_writes_every_file(tmp_path, capsys):
+    log = metric_writers.RunLog(str(tmp_path), num_epochs=3)
     for epochs in (1, 2, 3):
         for record in steps(epochs)[-4:]:
             log.write_step(record)
@@ -31,25 +40,32 @@ def test_run_log_writes_every_file(tmp_path):
     assert metric_writers.read_history(str(tmp_path)) == history(3)
     assert metric_writers.read_steps(str(tmp_path)) == steps(3)
     assert (tmp_path / metric_writers.CURVES_FILE).read_bytes()[:8] == PNG_MAGIC
-    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
-    events = event_accumulator.EventAccumulator(str(tmp_path / metric_writers.TENSORBOARD_DIR))
-    events.Reload()
-    assert [e.step for e in events.Scalars('test_accuracy')] == [1, 2, 3]
-    assert [e.step for e in events.Scalars('steps/train_loss')] == [r['step'] for r in steps(3)]
+    scalars = tensorboard_scalars(tmp_path / metric_writers.TENSORBOARD_DIR)
+    assert scalars['test_accuracy'] == [(e, pytest.approx(0.6)) for e in (1, 2, 3)]
+    assert scalars['steps/train_loss'] == [(r['step'], pytest.approx(r['train_loss']))
+                                           for r in steps(3)]
+    assert capsys.readouterr().out.splitlines() == [
+        f'epoch {e}/3  loss {1 / e:.4f}  train acc 0.5000  test acc 0.6000  100.0 examples/sec'
+        '  1.0 s' for e in (1, 2, 3)]
 
 
 def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):
-    log = metric_writers.RunLog(str(tmp_path))
+    log = metric_writers.RunLog(str(tmp_path), num_epochs=2)
     for record in steps(2):  # Killed at step 20, with the last checkpoint at step 15.
         log.write_step(record)
     log.write_epoch(history(1))
     log.close()
-    log = metric_writers.RunLog(str(tmp_path))
-    log.resume(history(1), step=15)
+    log = metric_writers.RunLog(str(tmp_path), 2, history(1), step=15)
     log.write_step(steps(2)[-1])
     log.close()
-    assert metric_writers.read_steps(str(tmp_path)) == steps(2)[:6] + steps(2)[-1:]
+    kept = steps(2)[:6] + steps(2)[-1:]
+    assert metric_writers.read_steps(str(tmp_path)) == kept
     assert metric_writers.read_history(str(tmp_path)) == history(1)
+    # TensorBoard shows the same points: those logged after step 15 before the kill are gone.
+    scalars = tensorboard_scalars(tmp_path / metric_writers.TENSORBOARD_DIR)
+    assert scalars['steps/train_loss'] == [(r['step'], pytest.approx(r['train_loss']))
+                                           for r in kept]
+    assert scalars['test_accuracy'] == [(1, pytest.approx(0.6))]
 
 
 def test_the_train_curve_takes_epochs_the_step_log_lacks_from_the_history():
@@ -64,7 +80,7 @@ def test_a_failed_plot_is_not_lost(tmp_path, monkeypatch):
         raise RuntimeError('no fonts')
 
     monkeypatch.setattr(metric_writers, 'plot_curves', broken_plot)
-    log = metric_writers.RunLog(str(tmp_path))
+    log = metric_writers.RunLog(str(tmp_path), num_epochs=1)
     log.write_epoch(history(1))
     with pytest.raises(RuntimeError, match='no fonts'):
         log.close()

@@ -27,17 +27,16 @@ def metrics_of(history):
 def test_steps_lower_the_loss(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
-    lr_fn = train.create_learning_rate_fn(config.train, 10)
-    state = train.create_train_state(config, jax.random.key(0),
-                                     train.create_optimizer(config.train, lr_fn))
-    images, labels = jax.device_put((split.images, split.labels))
-    batches = input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32)[:1]
-    step = jax.jit(lambda s, m: train.train_step(s, m, images, labels, batches,
-                                                 jax.random.key(2), image_size=32))
+    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    data = train.TrainData(
+        *jax.device_put((split.images, split.labels)),
+        input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32)[:1],
+        jax.random.key(2), image_size=32)
+    step = jax.jit(train.train_step)
     losses = []
     for _ in range(15):  # The same batch again and again: its loss must fall.
-        state, sums = step(state, train.zero_sums())
-        losses.append(train.mean_metrics(sums)[0])
+        state = step(state.replace(sums=train.zero_sums()), data)
+        losses.append(train.mean_metrics(state.sums)[0])
     assert int(state.step) == 15
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -45,22 +44,21 @@ def test_steps_lower_the_loss(idx_dir):
 def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
-    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 10))
-    data = (*jax.device_put((split.images, split.labels)),
-            input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32),
-            jax.random.key(2))
+    data = train.TrainData(
+        *jax.device_put((split.images, split.labels)),
+        input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32),
+        jax.random.key(2), image_size=32)
     results = []
     for num_steps, calls in ((1, 3), (3, 1)):
-        state = train.create_train_state(config, jax.random.key(0), tx)
-        sums = train.zero_sums()
-        fn = train.compile_train_step(state, sums, *data, 32, num_steps)
+        state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+        fn = train.compile_train_step(state, data, num_steps)
         for _ in range(calls):
-            state, sums = fn(state, sums, *data)
-        results.append((state, sums))
-    (one_by_one, one_by_one_sums), (looped, looped_sums) = results
+            state = fn(state, data)
+        results.append(state)
+    one_by_one, looped = results
     assert int(looped.step) == int(one_by_one.step) == 3  # Three batches, in the same order...
-    assert int(looped_sums['count']) == 3 * 32
-    np.testing.assert_allclose(looped_sums['loss_sum'], one_by_one_sums['loss_sum'], rtol=1e-5)
+    assert int(looped.sums['count']) == 3 * 32
+    np.testing.assert_allclose(looped.sums['loss_sum'], one_by_one.sums['loss_sum'], rtol=1e-5)
     for a, b in zip(jax.tree.leaves((looped.params, looped.batch_stats)),
                     jax.tree.leaves((one_by_one.params, one_by_one.batch_stats))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # ...to the same parameters.
@@ -382,12 +380,8 @@ def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
     config.model.dtype = 'bfloat16'
     results = train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['test_accuracy'] > 0.5
-    restored_like = train.create_train_state(
-        config, jax.random.key(0),
-        train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 10)))
     state, _ = checkpointing.Checkpointer(str(tmp_path / 'run'), keep=3).restore(
-        20, {'state': restored_like, 'sums': train.zero_sums()})
-    dtypes = {leaf.dtype for leaf in jax.tree.leaves((state['state'].params,
-                                                      state['state'].opt_state))
+        20, train.create_train_state(config, jax.random.key(0)))
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))
               if np.issubdtype(leaf.dtype, np.floating)}
     assert dtypes == {np.dtype(np.float32)}  # bf16 is the compute dtype only.

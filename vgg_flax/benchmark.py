@@ -73,20 +73,20 @@ def spread(values: list[float]) -> dict[str, float]:
             'max': float(np.max(values))}
 
 
-def time_calls(fn: Any, state: Any, sums: Any, data: tuple[jax.Array, ...], calls: int,
-               repeats: int, warmup: int) -> tuple[list[float], Any, Any]:
+def time_calls(fn: Any, state: Any, data: Any, calls: int, repeats: int,
+               warmup: int) -> tuple[list[float], Any]:
     """Seconds of each of `repeats` timings of `calls` calls, after `warmup` untimed calls."""
     for _ in range(warmup):
-        state, sums = fn(state, sums, *data)
+        state = fn(state, data)
     jax.block_until_ready(state)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(calls):
-            state, sums = fn(state, sums, *data)
+            state = fn(state, data)
         jax.block_until_ready(state)
         seconds.append(time.perf_counter() - start)
-    return seconds, state, sums
+    return seconds, state
 
 
 def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
@@ -100,24 +100,24 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
     """
     steps_per_call = config.train.steps_per_call
     mesh = distributed.create_mesh()
-    replicated = distributed.replicated(mesh)
     batch_size = config.train.batch_size
     distributed.check_divisible('train.batch_size', batch_size, mesh)
-    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
-    state, sums = train.create_replicated_state(config, tx, jax.random.key(0), mesh)
-    data = (distributed.put(train_split.images, replicated),
-            distributed.put(train_split.labels, replicated),
-            train.batch_maker(mesh)(jax.random.key(1), 0, len(train_split), batch_size),
-            jax.random.key(2))
+    state = train.create_replicated_state(config, jax.random.key(0), mesh)
+    replicated = distributed.replicated(mesh)
+    data = train.TrainData(
+        distributed.put(train_split.images, replicated),
+        distributed.put(train_split.labels, replicated),
+        train.batch_maker(mesh)(jax.random.key(1), 0, len(train_split), batch_size),
+        jax.random.key(2), config.data.image_size)
 
     def measure(num_steps: int) -> tuple[Any, dict[str, Any]]:
         """The step compiled to run `num_steps` to a call, and its compile time and rates."""
-        nonlocal state, sums
+        nonlocal state
         start = time.perf_counter()
-        fn = train.compile_train_step(state, sums, *data, config.data.image_size, num_steps)
+        fn = train.compile_train_step(state, data, num_steps)
         compile_seconds = time.perf_counter() - start
         calls = math.ceil(steps / num_steps)
-        seconds, state, sums = time_calls(fn, state, sums, data, calls, repeats, warmup)
+        seconds, state = time_calls(fn, state, data, calls, repeats, warmup)
         return fn, {'compile_seconds': compile_seconds,
                     'images_per_sec': spread([calls * num_steps * batch_size / s
                                               for s in seconds])}
@@ -125,13 +125,13 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
     step_fn, result = measure(1)
     if profile_dir:
         def call() -> Any:
-            nonlocal state, sums
-            state, sums = step_fn(state, sums, *data)
+            nonlocal state
+            state = step_fn(state, data)
             return state
 
         result['profile'] = profiling.summarize(
             profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS)
-    flops = train.flops_of(train.lower_train_step(state, sums, *data, config.data.image_size))
+    flops = train.flops_of(train.lower_train_step(state, data))
     result.update(flops_per_step=flops, num_devices=mesh.size,
                   achieved_flops=flops * result['images_per_sec']['median'] / batch_size)
     result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[1]}

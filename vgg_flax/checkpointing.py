@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from vgg_flax import config_utils
+from vgg_flax import config_utils, environment
 
 CONFIG_FILE = 'config.json'
 ENVIRONMENT_FILE = 'environment.json'
@@ -45,8 +45,9 @@ def claim_workdir(workdir: str, config: ml_collections.ConfigDict, write: bool =
     """Makes `workdir` this config's run directory; True when it already held the same run.
 
     Refuses a workdir written by a config that computes something else (another model, data,
-    seed or optimiser), since resuming it would mix two experiments. Only one process of a
-    multi-process job should `write` the config.
+    seed or optimiser), since resuming it would mix two experiments. Writes the config and the
+    environment this launch runs in (`environment.describe`); only one process of a
+    multi-process job should `write` them.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     current = config_utils.to_plain(config)
@@ -63,6 +64,7 @@ def claim_workdir(workdir: str, config: ml_collections.ConfigDict, write: bool =
     if write:
         os.makedirs(workdir, exist_ok=True)
         write_json_atomic(path, current)
+        write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
     return existed
 
 
@@ -76,16 +78,18 @@ def write_json_atomic(path: str, value: Any) -> None:
 
 
 class Checkpointer:
-    """Saves and restores {train state, epoch sums} plus the JSON metrics history.
+    """Saves and restores the train state plus the JSON metrics history.
 
-    Orbax writes each checkpoint to a temporary directory and renames it when complete, so a
-    killed run leaves the previous checkpoint intact.
+    On disk, a step's `arrays` item is {'state': {'step', 'params', 'opt_state', 'batch_stats'},
+    'sums': the epoch's running sums}, which orbax alone can read. Orbax writes each checkpoint to a
+    temporary directory and renames it when complete, so a killed run leaves the previous
+    checkpoint intact.
     """
 
     def __init__(self, workdir: str, keep: int):
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         self._manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -93,28 +97,34 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
-    def save(self, step: int, arrays: Any, history: list[dict[str, Any]]) -> None:
+    def save(self, step: int, state: Any, history: list[dict[str, Any]]) -> None:
         """Saves `step`, unless it is saved already.
 
-        That happens only at the step a run resumed from, after a signal had interrupted that
-        epoch's evaluation: the kept checkpoint has the same state, and its history lacks only
-        that evaluation, which resuming from it runs again.
+        That happens at a stop right after an epoch's checkpoint, and at the step a run resumed
+        from after a stop had interrupted that epoch's evaluation: the kept checkpoint has the
+        same state, and its history lacks only that evaluation, which resuming runs again.
         """
         if step in self._manager.all_steps():
             return
         self._manager.save(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardSave(arrays),
+            arrays=ocp.args.StandardSave(_layout(state)),
             history=ocp.args.JsonSave(history)), force=True)
 
     def restore(self, step: int, like: Any) -> tuple[Any, list[dict[str, Any]]]:
-        """Restores onto the shapes, dtypes and shardings of the arrays in `like`."""
+        """The state saved at `step`, on the shapes, dtypes and shardings of `like`'s arrays."""
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-            like)
+            _layout(like))
         restored = self._manager.restore(step, args=ocp.args.Composite(
             arrays=ocp.args.StandardRestore(abstract),
             history=ocp.args.JsonRestore()))
-        return restored['arrays'], list(restored['history'])
+        arrays = restored['arrays']
+        return like.replace(**arrays['state'], sums=arrays['sums']), list(restored['history'])
+
+    def restore_latest(self, like: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """`restore` of the latest step; `like` and no history when there is none."""
+        latest = self.latest_step()
+        return (like, []) if latest is None else self.restore(latest, like)
 
     def wait(self) -> None:
         """Blocks until asynchronous saves are on disk."""
@@ -122,3 +132,10 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _layout(state: Any) -> dict[str, Any]:
+    """The arrays of a train state as a checkpoint holds them."""
+    return {'state': {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
+                      'batch_stats': state.batch_stats},
+            'sums': state.sums}

@@ -36,13 +36,11 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
         if step not in steps:
             raise checkpointing.RunDirError(f'{workdir} has no checkpoint at step {step}; it has '
                                             f'{", ".join(map(str, sorted(steps)))}.')
-        tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
-        like = {'state': train.create_train_state(config, jax.random.key(0), tx, num_channels),
-                'sums': train.zero_sums()}
-        restored, _ = checkpointer.restore(step, like)
+        like = train.create_train_state(config, jax.random.key(0), num_channels=num_channels)
+        state, _ = checkpointer.restore(step, like)
     finally:
         checkpointer.close()
-    return restored['state'], step
+    return state, step
 
 
 def predict(state: train.TrainState, split: input_pipeline.Split, image_size: int,

@@ -1,8 +1,4 @@
-"""Where a run's metrics go: `metrics.jsonl`, `steps.jsonl`, TensorBoard events, `curves.png`.
-
-The TensorBoard writer is a few lines of TFRecord framing around TensorBoard's own protos, so
-logging never imports TensorFlow (which GPU images often lack).
-"""
+"""Where a run's metrics go: `metrics.jsonl`, `steps.jsonl`, TensorBoard events, `curves.png`."""
 
 from __future__ import annotations
 
@@ -10,9 +6,13 @@ import concurrent.futures
 import json
 import os
 import socket
-import struct
+import sys
 import time
 from typing import Any, Sequence
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer import record_writer
+from tqdm import tqdm
 
 METRICS_FILE = 'metrics.jsonl'
 STEPS_FILE = 'steps.jsonl'
@@ -87,100 +87,94 @@ def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any
     fig.savefig(path)
 
 
-def _crc32c_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-        table.append(crc)
-    return table
+class SummaryWriter:
+    """Scalars into a TensorBoard event file in `logdir`, with TensorBoard's own record writer.
 
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def _masked_crc32c(data: bytes) -> int:
-    """TFRecord's checksum: CRC-32C, rotated and offset."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-class TensorBoardWriter:
-    """Appends scalar summaries to a TensorBoard event file in `logdir`."""
+    Not TensorBoard's `EventFileWriter`: it imports TensorFlow whenever TensorFlow is installed
+    (8 s, and a TFDS install has it), while its `RecordWriter` needs nothing but a file.
+    """
 
     def __init__(self, logdir: str):
-        from tensorboard.compat.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
-        self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
         os.makedirs(logdir, exist_ok=True)
         name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}'
         self._file = open(os.path.join(logdir, name), 'ab')
-        self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+        self._writer = record_writer.RecordWriter(self._file)
+        self._write(event_pb2.Event(file_version='brain.Event:2'))
 
-    def _write(self, event: Any) -> None:
-        data = event.SerializeToString()
-        header = struct.pack('<Q', len(data))
-        self._file.write(header + struct.pack('<I', _masked_crc32c(header)) + data +
-                         struct.pack('<I', _masked_crc32c(data)))
+    def _write(self, event: event_pb2.Event) -> None:
+        event.wall_time = time.time()
+        self._writer.write(event.SerializeToString())
+        self._writer.flush()
 
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        summary = self._summary_pb2.Summary(value=[
-            self._summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
-            for tag, value in values.items()])
-        self._write(self._event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-        self._file.flush()
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        self._write(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+            for tag, value in scalars.items()])))
+
+    def drop_after(self, step: int) -> None:
+        """Makes TensorBoard drop the points logged after `step` (by a run killed after its last
+        checkpoint, which a resumed run logs again), as the step log does: a session restart at
+        `step + 1` purges every earlier event of that step or later."""
+        self._write(event_pb2.Event(step=step + 1, session_log=event_pb2.SessionLog(
+            status=event_pb2.SessionLog.START)))
 
     def close(self) -> None:
-        self._file.close()
+        self._writer.close()
 
 
 class RunLog:
-    """Writes a run's metrics everywhere a researcher looks: jsonl, TensorBoard, plot.
+    """Writes a run's metrics everywhere a researcher looks: jsonl, TensorBoard, plot, console.
 
-    Per epoch, `metrics.jsonl` and TensorBoard scalars by epoch; through each epoch, the step
-    log `steps.jsonl` and TensorBoard scalars under `steps/` by step. The plot is drawn on a
-    background thread, so the next epoch's steps need not wait for it.
+    Per epoch, `metrics.jsonl`, TensorBoard scalars by epoch and a printed line; through each
+    epoch, the step log `steps.jsonl` and TensorBoard scalars under `steps/` by step. The plot
+    is drawn on a background thread, so the next epoch's steps need not wait for it. A run
+    resumed at `step` with epoch `history` drops the step records logged after `step` (before a
+    kill, after the last checkpoint): it logs those steps again. Only an `active` log (that of
+    the chief process of a multi-process job) writes anything.
     """
 
     SCALARS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
                'examples_per_sec', 'learning_rate')
     STEP_SCALARS = ('train_loss', 'train_accuracy', 'examples_per_sec', 'learning_rate')
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, num_epochs: int,
+                 history: Sequence[dict[str, Any]] = (), step: int = 0, active: bool = True):
         self._workdir = workdir
-        self._history: list[dict[str, Any]] = []
-        self._steps: list[dict[str, Any]] = []
-        self._tensorboard = TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR))
+        self._num_epochs = num_epochs
+        self._active = active
+        if not active:
+            return
+        self._history = list(history)
+        self._steps = [record for record in read_steps(workdir) if record['step'] <= step]
+        _write_jsonl(os.path.join(workdir, STEPS_FILE), self._steps)
+        self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+        if step:
+            self._tensorboard.drop_after(step)
         self._plotter = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._plot: concurrent.futures.Future | None = None
-
-    def resume(self, history: Sequence[dict[str, Any]], step: int) -> None:
-        """Makes the files those of a run restored at `step` with this epoch history.
-
-        Step records after `step` (logged before a kill, after the last checkpoint) are dropped:
-        the resumed run logs those steps again.
-        """
-        self._steps = [record for record in read_steps(self._workdir) if record['step'] <= step]
-        _write_jsonl(os.path.join(self._workdir, STEPS_FILE), self._steps)
-        self._history = list(history)
         self._refresh()
 
-    def write_step(self, record: dict[str, Any]) -> None:
-        """Appends a step record: 'step', fractional 'epoch' and `STEP_SCALARS`."""
+    def write_step(self, record: dict[str, Any], print_line: bool = False) -> None:
+        """Appends a step record: 'step', fractional 'epoch' and `STEP_SCALARS`; prints it as
+        a line if `print_line` (where no progress bar shows it: a batch job's log)."""
+        if not self._active:
+            return
         self._steps.append(record)
         with open(os.path.join(self._workdir, STEPS_FILE), 'a') as f:
             f.write(json.dumps(record) + '\n')
-        self._tensorboard.scalars(record['step'], {
+        self._tensorboard.write_scalars(record['step'], {
             f'steps/{key}': record[key] for key in self.STEP_SCALARS})
+        if print_line:
+            print(format_progress(record, self._num_epochs), flush=True)
 
     def write_epoch(self, history: Sequence[dict[str, Any]]) -> None:
-        """Records `history[-1]` (the epoch just finished) and refreshes the files."""
+        """Records `history[-1]` (the epoch just finished), prints it, refreshes the files."""
+        if not self._active:
+            return
         latest = history[-1]
-        self._tensorboard.scalars(latest['epoch'],
-                                  {key: latest[key] for key in self.SCALARS})
+        self._tensorboard.write_scalars(latest['epoch'],
+                                        {key: latest[key] for key in self.SCALARS})
+        tqdm.write(format_epoch(latest, self._num_epochs), file=sys.stdout)
         self._history = list(history)
         self._refresh()
 
@@ -198,8 +192,24 @@ class RunLog:
             self._plot = None
 
     def close(self) -> None:
+        if not self._active:
+            return
         try:
             self._wait_for_plot()
         finally:
             self._plotter.shutdown()
             self._tensorboard.close()
+
+
+def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
+    """One line per epoch, like the lesson's printout."""
+    return (f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
+            f'train acc {record["train_accuracy"]:.4f}  test acc {record["test_accuracy"]:.4f}  '
+            f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s')
+
+
+def format_progress(record: dict[str, Any], num_epochs: int) -> str:
+    """One line of the step log, for a log file where no progress bar is drawn."""
+    return (f'  step {record["step"]}  epoch {record["epoch"]:.2f}/{num_epochs}  '
+            f'loss {record["train_loss"]:.4f}  train acc {record["train_accuracy"]:.4f}  '
+            f'{record["examples_per_sec"]:.1f} examples/sec')

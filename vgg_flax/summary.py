@@ -73,9 +73,8 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     train.validate_config(config)
     model = models.create_model(config.model)
     size = config.data.image_size
-    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
     state = jax.eval_shape(
-        lambda: train.create_train_state(config, jax.random.key(0), tx, CHANNELS))
+        lambda: train.create_train_state(config, jax.random.key(0), num_channels=CHANNELS))
     one_image = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     forward = jax.jit(functools.partial(model.apply, train=False)).lower(
         {'params': state.params, 'batch_stats': state.batch_stats}, one_image)
@@ -84,9 +83,8 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     images = jax.ShapeDtypeStruct((TRAIN_EXAMPLES, *input_pipeline.IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((TRAIN_EXAMPLES,), jnp.int32)
     batches = jax.ShapeDtypeStruct((TRAIN_EXAMPLES // batch_size, batch_size), jnp.int32)
-    sums = jax.eval_shape(train.zero_sums)
-    step = train.compile_train_step(state, sums, images, labels, batches, jax.random.key(0),
-                                    size)
+    step = train.compile_train_step(
+        state, train.TrainData(images, labels, batches, jax.random.key(0), size))
     memory = step.memory_analysis()
     step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
                   memory.alias_size_in_bytes + memory.temp_size_in_bytes)

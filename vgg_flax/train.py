@@ -11,11 +11,11 @@ import functools
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,15 +25,41 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from vgg_flax import (checkpointing, config_utils, distributed, environment, input_pipeline,
-                      metric_writers, models)
+from vgg_flax import (checkpointing, config_utils, distributed, input_pipeline, metric_writers,
+                      models)
 
 LR_SCHEDULES = ('constant', 'cosine', 'step')
 Sums = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
+    """What the train step updates: parameters, optimiser state, BatchNorm statistics and the
+    running sums of the epoch in progress (loss, correct predictions, examples)."""
+
     batch_stats: Any
+    sums: Sums
+
+
+@flax.struct.dataclass
+class TrainData:
+    """What the train step reads, on the devices: the split, the epoch's batches, a key."""
+
+    images: jax.Array  # uint8 (N, 28, 28, C)
+    labels: jax.Array  # int32 (N,)
+    batches: jax.Array  # int32 (steps, batch_size): the epoch's shuffle, split over devices
+    dropout_key: jax.Array
+    image_size: int = flax.struct.field(pytree_node=False)
+
+
+@flax.struct.dataclass
+class EvalData:
+    """What the eval step reads: the split, and every example once in padded, masked batches."""
+
+    images: jax.Array
+    labels: jax.Array
+    batches: jax.Array  # int32 (steps, batch_size)
+    masks: jax.Array  # float32 (steps, batch_size): 0 for the padding of the last batch
+    image_size: int = flax.struct.field(pytree_node=False)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,27 +139,30 @@ def create_optimizer(train_config: ml_collections.ConfigDict,
 
 
 def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
-                       tx: optax.GradientTransformation, num_channels: int = 1) -> TrainState:
-    """Initialises the model for `config.data.image_size` images with `num_channels`."""
+                       steps_per_epoch: int = 1, num_channels: int = 1) -> TrainState:
+    """The initial state for `config.data.image_size` images with `num_channels`.
+
+    `steps_per_epoch` only shapes the learning-rate schedule, so any value gives a state to
+    restore a checkpoint onto or to measure with.
+    """
     model = models.create_model(config.model)
+    tx = create_optimizer(config.train, create_learning_rate_fn(config.train, steps_per_epoch))
     size = config.data.image_size
     dummy = jnp.zeros((1, size, size, num_channels), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(key, dummy)
     state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                              batch_stats=variables.get('batch_stats', {}))
+                              batch_stats=variables.get('batch_stats', {}), sums=zero_sums())
     # An int32 array, not Python's 0, so fresh and restored states compile to the same step.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def create_replicated_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                            key: jax.Array, mesh: jax.sharding.Mesh,
-                            num_channels: int = 1) -> tuple[TrainState, Sums]:
-    """The initial train state and zero epoch sums, replicated over every device of `mesh`."""
-    replicated = distributed.replicated(mesh)
-    state = jax.jit(functools.partial(create_train_state, config, tx=tx,
-                                      num_channels=num_channels),
-                    out_shardings=replicated)(key)
-    return state, jax.device_put(zero_sums(), replicated)
+def create_replicated_state(config: ml_collections.ConfigDict, key: jax.Array,
+                            mesh: jax.sharding.Mesh, steps_per_epoch: int = 1,
+                            num_channels: int = 1) -> TrainState:
+    """`create_train_state`, replicated over every device of `mesh`."""
+    return jax.jit(functools.partial(create_train_state, config, steps_per_epoch=steps_per_epoch,
+                                     num_channels=num_channels),
+                   out_shardings=distributed.replicated(mesh))(key)
 
 
 def load_on_devices(config: ml_collections.ConfigDict, split: str,
@@ -149,6 +178,26 @@ def batch_maker(mesh: jax.sharding.Mesh) -> Any:
     """`input_pipeline.epoch_batches`, compiled, each batch split over the devices of `mesh`."""
     return jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
                    out_shardings=distributed.split_along(mesh, 1))
+
+
+def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+              dropout_key: jax.Array) -> tuple[TrainData, EvalData]:
+    """Both splits on the devices. The train batches are a placeholder until an epoch sets its
+    own (`batch_maker`)."""
+    images, labels = load_on_devices(config, 'train', mesh)
+    test_images, test_labels = load_on_devices(config, 'test', mesh)
+    batch_size, size = config.train.batch_size, config.data.image_size
+    num_steps = input_pipeline.steps_per_epoch(images.shape[0], batch_size)
+    if not num_steps:
+        raise ValueError(f'{images.shape[0]} training examples make no full batch of '
+                         f'config.train.batch_size={batch_size}; lower the batch size or raise '
+                         'config.data.max_train_examples.')
+    split = distributed.split_along(mesh, 1)
+    batches = distributed.put(np.zeros((num_steps, batch_size), np.int32), split)
+    eval_batches, masks = (distributed.put(a, split) for a in input_pipeline.eval_batches(
+        test_images.shape[0], config.train.eval_batch_size))
+    return (TrainData(images, labels, batches, dropout_key, size),
+            EvalData(test_images, test_labels, eval_batches, masks, size))
 
 
 def count_params(params: Any) -> int:
@@ -169,14 +218,12 @@ def _add_to_sums(sums: Sums, losses: jax.Array, logits: jax.Array, labels: jax.A
             'count': sums['count'] + jnp.sum(mask, dtype=jnp.int32)}
 
 
-def train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
-               batches: jax.Array, dropout_key: jax.Array, *,
-               image_size: int) -> tuple[TrainState, Sums]:
-    """One SGD step on batch `state.step % len(batches)` of the epoch's `batches`."""
-    indices = batches[state.step % batches.shape[0]]
-    x = input_pipeline.preprocess(images[indices], image_size)
-    y = labels[indices]
-    key = jax.random.fold_in(dropout_key, state.step)
+def train_step(state: TrainState, data: TrainData) -> TrainState:
+    """One SGD step on batch `state.step % len(data.batches)` of the epoch's batches."""
+    indices = data.batches[state.step % data.batches.shape[0]]
+    x = input_pipeline.preprocess(data.images[indices], data.image_size)
+    y = data.labels[indices]
+    key = jax.random.fold_in(data.dropout_key, state.step)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -186,9 +233,9 @@ def train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Arr
         return losses.mean(), (losses, logits, updates)
 
     grads, (losses, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads,
-                                  batch_stats=updates.get('batch_stats', state.batch_stats))
-    return state, _add_to_sums(sums, losses, logits, y, jnp.ones_like(y, dtype=bool))
+    return state.apply_gradients(
+        grads=grads, batch_stats=updates.get('batch_stats', state.batch_stats),
+        sums=_add_to_sums(state.sums, losses, logits, y, jnp.ones_like(y, dtype=bool)))
 
 
 def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
@@ -199,38 +246,36 @@ def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
                           train=False)
 
 
-def eval_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
-              batches: jax.Array, masks: jax.Array, batch: jax.Array, *,
-              image_size: int) -> Sums:
+def eval_step(state: TrainState, sums: Sums, data: EvalData, batch: jax.Array) -> Sums:
     """Adds evaluation batch `batch` to `sums`; masked-out padding counts for nothing."""
-    indices = batches[batch]
-    logits = predict_step(state, images, indices, image_size=image_size)
-    y = labels[indices]
+    indices = data.batches[batch]
+    logits = predict_step(state, data.images, indices, image_size=data.image_size)
+    y = data.labels[indices]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return _add_to_sums(sums, losses, logits, y, masks[batch].astype(bool))
+    return _add_to_sums(sums, losses, logits, y, data.masks[batch].astype(bool))
 
 
-def lower_train_step(state: TrainState, sums: Sums, images: jax.Array, labels: jax.Array,
-                     batches: jax.Array, dropout_key: jax.Array, image_size: int,
+def lower_train_step(state: TrainState, data: TrainData,
                      num_steps: int = 1) -> jax.stages.Lowered:
     """`train_step` lowered for these (possibly abstract) arguments, ready to compile.
 
     With `num_steps` > 1, one call runs that many steps under a compiled loop: one dispatch for
-    all of them. State and sums are donated: their buffers are reused for the updated values.
+    all of them. The state is donated: its buffers are reused for the updated one.
     """
-    step = functools.partial(train_step, image_size=image_size)
+    def steps(state: TrainState, data: TrainData) -> TrainState:
+        return jax.lax.fori_loop(0, num_steps, lambda _, state: train_step(state, data), state)
 
-    def steps(state: TrainState, sums: Sums, *data: jax.Array) -> tuple[TrainState, Sums]:
-        return jax.lax.fori_loop(0, num_steps, lambda _, carry: step(*carry, *data),
-                                 (state, sums))
-
-    return jax.jit(step if num_steps == 1 else steps, donate_argnums=(0, 1)).lower(
-        state, sums, images, labels, batches, dropout_key)
+    return jax.jit(train_step if num_steps == 1 else steps, donate_argnums=0).lower(state, data)
 
 
-def compile_train_step(*args: Any, **kwargs: Any) -> Any:
-    """`lower_train_step(...)`, compiled ahead of time."""
-    return lower_train_step(*args, **kwargs).compile()
+def compile_train_step(state: TrainState, data: TrainData, num_steps: int = 1) -> Any:
+    """`lower_train_step`, compiled ahead of time."""
+    return lower_train_step(state, data, num_steps).compile()
+
+
+def compile_eval_step(state: TrainState, data: EvalData) -> Any:
+    """`eval_step`, compiled ahead of time; the sums are donated."""
+    return jax.jit(eval_step, donate_argnums=1).lower(state, state.sums, data, 0).compile()
 
 
 def mean_metrics(sums: Sums) -> tuple[float, float]:
@@ -281,6 +326,11 @@ class StopSignals:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    @property
+    def stopped(self) -> bool:
+        """Whether a stop came, as of the last `should_stop`."""
+        return self.signum is not None
+
     def should_stop(self, step: int, num_steps: int = 1) -> bool:
         """Whether to save and stop at training step `step`, reached by a call of `num_steps`.
 
@@ -295,17 +345,55 @@ class StopSignals:
         return self.signum is not None
 
 
-def _check_finite(loss: float, epoch: int, step: int, checkpointer: checkpointing.Checkpointer,
-                  workdir: str) -> None:
+def is_due(count: int, every: int, advanced: int = 1, last: int | None = None) -> bool:
+    """Whether an action done every `every` counts (steps, epochs) falls due now.
+
+    `count` has just advanced by `advanced` (a call of `train.steps_per_call` steps jumps past
+    the multiples in between), or reached `last`, where an action is always due.
+    """
+    return count // every > (count - advanced) // every or count == last
+
+
+def train_record(sums: Sums, step: int, steps_per_epoch: int, since: tuple[int, float],
+                 now: float, batch_size: int, learning_rate_fn: optax.Schedule) -> dict[str, Any]:
+    """The epoch's running train metrics at `step` (fetched from the devices), with the
+    examples/sec since `since`, a (step, time) pair, and the learning rate of the last step."""
+    loss, accuracy = mean_metrics(sums)
+    return {'step': step, 'epoch': step / steps_per_epoch, 'train_loss': loss,
+            'train_accuracy': accuracy,
+            'examples_per_sec': (step - since[0]) * batch_size / (now - since[1]),
+            'learning_rate': float(learning_rate_fn(step - 1))}
+
+
+def check_finite(loss: float, step: int, steps_per_epoch: int,
+                 checkpointer: checkpointing.Checkpointer) -> None:
+    """Raises NonFiniteLossError, naming the checkpoint kept, if the running loss diverged."""
     if math.isfinite(loss):
         return
     checkpointer.wait()
     kept = checkpointer.latest_step()
-    where = (f'the last good checkpoint (step {kept}) is kept in {workdir}' if kept is not None
-             else 'no checkpoint had been saved yet')
     raise NonFiniteLossError(
-        f'the training loss became {loss} in epoch {epoch} (by step {step}); {where}. Lower '
-        'config.train.learning_rate, add warmup (config.train.warmup_epochs) or check the data.')
+        f'the training loss became {loss} in epoch {(step - 1) // steps_per_epoch + 1} (by step '
+        f'{step}); ' + (f'the last good checkpoint (step {kept}) is kept in '
+                        f'{checkpointer.directory}' if kept is not None
+                        else 'no checkpoint had been saved yet') +
+        '. Lower config.train.learning_rate, add warmup (config.train.warmup_epochs) or check '
+        'the data.')
+
+
+def evaluate(eval_fn: Any, state: TrainState, data: EvalData, signals: StopSignals,
+             show_progress: bool) -> dict[str, float] | None:
+    """Test loss and accuracy of `state` and the seconds they took; None if a stop came first."""
+    start = time.perf_counter()
+    sums = jax.device_put(zero_sums(), state.step.sharding)
+    for batch in tqdm(range(data.batches.shape[0]), desc='eval', leave=False,
+                      disable=None if show_progress else True):
+        if signals.should_stop(int(state.step)):
+            return None
+        sums = eval_fn(state, sums, data, batch)
+    loss, accuracy = mean_metrics(sums)
+    return {'test_loss': loss, 'test_accuracy': accuracy,
+            'eval_seconds': time.perf_counter() - start}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -316,197 +404,98 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     validate_config(config)
     mesh = distributed.create_mesh()
-    batch_size = config.train.batch_size
-    distributed.check_divisible('train.batch_size', batch_size, mesh)
-    distributed.check_divisible('train.eval_batch_size', config.train.eval_batch_size, mesh)
+    batch_size, num_epochs = config.train.batch_size, config.train.num_epochs
+    for field in ('batch_size', 'eval_batch_size'):
+        distributed.check_divisible(f'train.{field}', config.train[field], mesh)
     chief = distributed.is_chief()
     resuming = checkpointing.claim_workdir(workdir, config, write=chief)
-    if chief:
-        checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.ENVIRONMENT_FILE),
-                                        environment.describe())
-    images, labels = load_on_devices(config, 'train', mesh)
-    test_images, test_labels = load_on_devices(config, 'test', mesh)
-    num_train = images.shape[0]
-    steps_per_epoch = input_pipeline.steps_per_epoch(num_train, batch_size)
-    if not steps_per_epoch:
-        raise ValueError(f'{num_train} training examples make no full batch of '
-                         f'config.train.batch_size={batch_size}; lower the batch size or raise '
-                         'config.data.max_train_examples.')
-
-    replicated = distributed.replicated(mesh)
     init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
+    train_data, test_data = load_data(config, mesh, dropout_key)
+    make_batches, num_train = batch_maker(mesh), train_data.images.shape[0]
+    steps_per_epoch = train_data.batches.shape[0]
     learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
-    state, sums = create_replicated_state(config, create_optimizer(config.train, learning_rate_fn),
-                                          init_key, mesh, images.shape[-1])
-    history: list[dict[str, Any]] = []
+    state = create_replicated_state(config, init_key, mesh, steps_per_epoch,
+                                    train_data.images.shape[-1])
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        restored, history = checkpointer.restore(latest, {'state': state, 'sums': sums})
-        state, sums = restored['state'], restored['sums']
-        if chief:
-            print(f'Resuming {workdir} from the checkpoint at step {latest} (epoch '
-                  f'{latest // steps_per_epoch}, batch {latest % steps_per_epoch}).', flush=True)
-    elif resuming and chief:
-        print(f'{workdir} has this config but no checkpoint yet; starting from scratch.',
+    state, history = checkpointer.restore_latest(state)
+    step, total_steps = int(state.step), num_epochs * steps_per_epoch
+    if chief and (step or resuming):
+        print(f'Resuming {workdir} from the checkpoint at step {step} (epoch '
+              f'{step // steps_per_epoch}, batch {step % steps_per_epoch}).' if step else
+              f'{workdir} has this config but no checkpoint yet; starting from scratch.',
               flush=True)
-
-    eval_batches, eval_masks = (
-        distributed.put(a, distributed.split_along(mesh, 1))
-        for a in input_pipeline.eval_batches(test_images.shape[0], config.train.eval_batch_size))
-    make_batches = batch_maker(mesh)
-    batches = make_batches(shuffle_key, 0, num_train, batch_size)
-    image_size = config.data.image_size
-    steps_per_call, log_every = config.train.steps_per_call, config.train.log_every_steps
     compile_start = time.perf_counter()
-    # Compiled step functions by the number of steps each call runs; single steps finish an
-    # epoch whose length is not a multiple of `steps_per_call`.
-    train_fns = {num_steps: compile_train_step(state, sums, images, labels, batches, dropout_key,
-                                               image_size, num_steps)
-                 for num_steps in {1, steps_per_call}}
-    eval_fn = jax.jit(functools.partial(eval_step, image_size=image_size),
-                      donate_argnums=(1,)).lower(
-                          state, sums, test_images, test_labels, eval_batches, eval_masks,
-                          0).compile()
+    steps_per_call = config.train.steps_per_call
+    train_fns = {n: compile_train_step(state, train_data, n) for n in {1, steps_per_call}}
+    eval_fn = compile_eval_step(state, test_data)
     compile_seconds = time.perf_counter() - compile_start
 
-    def evaluate(stop: StopSignals) -> tuple[float, float] | None:
-        """Test loss and accuracy, or None if a signal came first."""
-        eval_sums = jax.device_put(zero_sums(), replicated)
-        for batch in tqdm(range(eval_batches.shape[0]), desc='eval', leave=False,
-                          disable=None if chief else True):
-            if stop.should_stop(step):
-                return None
-            eval_sums = eval_fn(state, eval_sums, test_images, test_labels, eval_batches,
-                                eval_masks, batch)
-        return mean_metrics(eval_sums)
-
-    def finish_epoch(record: dict[str, Any], stop: StopSignals) -> None:
-        """Evaluates the epoch that `record` trained, logs it and saves a checkpoint if due.
-
-        If a signal interrupts the evaluation, the checkpoint keeps the unfinished record; the
-        resumed run evaluates that epoch first.
-        """
-        nonlocal sums
-        eval_start = time.perf_counter()
-        evaluation = evaluate(stop)
-        if evaluation is None:
-            checkpointer.save(step, {'state': state, 'sums': sums}, history + [record])
-            raise TrainingInterrupted(stop.signum, step)
-        eval_seconds = time.perf_counter() - eval_start
-        record.update(test_loss=evaluation[0], test_accuracy=evaluation[1],
-                      eval_seconds=eval_seconds,
-                      epoch_seconds=record['train_seconds'] + eval_seconds)
-        history.append(record)
-        if log:
-            log.write_epoch(history)
-            tqdm.write(format_epoch(record, num_epochs), file=sys.stdout)
-        sums = jax.device_put(zero_sums(), replicated)
-        stopping = stop.should_stop(step)
-        epoch = record['epoch']
-        if epoch % config.train.checkpoint_every_epochs == 0 or epoch == num_epochs or stopping:
-            checkpointer.save(step, {'state': state, 'sums': sums}, history)
-        if stopping and epoch < num_epochs:
-            raise TrainingInterrupted(stop.signum, step)
-
-    def log_progress(epoch: int, batch: int, since: tuple[int, float],
-                     bar: tqdm) -> tuple[int, float]:
-        """Checks the epoch's running loss, shows it and adds it to the step log.
-
-        `since` is the batch and time of the last record, for the throughput in between; the
-        same pair for this record is returned. Without a terminal (a batch job's log) the bar
-        is off, so a line is printed instead.
-        """
-        loss, accuracy = mean_metrics(sums)
-        _check_finite(loss, epoch, step, checkpointer, workdir)
-        bar.set_postfix(loss=f'{loss:.4f}', acc=f'{accuracy:.3f}')
-        now = time.perf_counter()
-        if log:
-            record = {'step': step, 'epoch': epoch - 1 + batch / steps_per_epoch,
-                      'train_loss': loss, 'train_accuracy': accuracy,
-                      'examples_per_sec': (batch - since[0]) * batch_size / (now - since[1]),
-                      'learning_rate': float(learning_rate_fn(step - 1))}
-            log.write_step(record)
-            if bar.disable and batch < steps_per_epoch:
-                print(format_progress(record, num_epochs), flush=True)
-        return batch, now
-
-    step = int(state.step)
-    # An epoch whose evaluation a signal interrupted comes back as a record without test metrics.
-    unfinished = history.pop() if history and 'test_accuracy' not in history[-1] else None
-    log = metric_writers.RunLog(workdir) if chief else None
-    if log:
-        log.resume(history, step)
-    num_epochs = config.train.num_epochs
+    # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
+    unevaluated = history.pop() if history and 'test_accuracy' not in history[-1] else None
+    train_data = train_data.replace(batches=make_batches(
+        shuffle_key, step // steps_per_epoch + 1, num_train, batch_size))
+    epoch_begin = logged = (step, time.perf_counter())
+    log = metric_writers.RunLog(workdir, num_epochs, history, step, active=chief)
+    bar = tqdm(total=total_steps, initial=step, unit='step', disable=None if chief else True)
     try:
-        with StopSignals() as stop:
-            if unfinished:
-                finish_epoch(unfinished, stop)
-            for epoch in range(step // steps_per_epoch + 1, num_epochs + 1):
-                epoch_start = time.perf_counter()
-                first_batch = step % steps_per_epoch
-                batches = make_batches(shuffle_key, epoch, num_train, batch_size)
-                bar = tqdm(total=steps_per_epoch, initial=first_batch, unit='step',
-                           desc=f'epoch {epoch}/{num_epochs}', leave=False,
-                           disable=None if chief else True)
-                batch = first_batch  # Batches of this epoch done.
-                logged = (batch, epoch_start)
-                while batch < steps_per_epoch:
+        with StopSignals() as signals:
+            while (step < total_steps or unevaluated) and not signals.stopped:
+                if not unevaluated:  # One call of the step, then, at an epoch's end, its record.
+                    batch = step % steps_per_epoch  # Batches of this epoch done.
                     num_steps = steps_per_call if batch + steps_per_call <= steps_per_epoch else 1
-                    state, sums = train_fns[num_steps](state, sums, images, labels, batches,
-                                                       dropout_key)
-                    batch += num_steps
-                    step += num_steps
+                    state = train_fns[num_steps](state, train_data)
+                    step, batch = step + num_steps, batch + num_steps
                     bar.update(num_steps)
-                    last_batch = batch == steps_per_epoch
-                    if batch // log_every > (batch - num_steps) // log_every or last_batch:
-                        logged = log_progress(epoch, batch, logged, bar)
-                    # Polled after every call, the epoch's last too (every step is polled in a
-                    # multi-host job); a stop there acts as the epoch's evaluation starts.
-                    if stop.should_stop(step, num_steps) and not last_batch:
-                        loss, _ = mean_metrics(sums)
-                        _check_finite(loss, epoch, step, checkpointer, workdir)
-                        checkpointer.save(step, {'state': state, 'sums': sums}, history)
-                        raise TrainingInterrupted(stop.signum, step)
-                train_seconds = time.perf_counter() - epoch_start
-                bar.close()
-                train_loss, train_accuracy = mean_metrics(sums)
-                finish_epoch({
-                    'epoch': epoch, 'step': step,
-                    'train_loss': train_loss, 'train_accuracy': train_accuracy,
-                    'examples_per_sec': (steps_per_epoch - first_batch) * batch_size /
-                                        train_seconds,
-                    'train_seconds': train_seconds,
-                    'learning_rate': float(learning_rate_fn(step - 1)),
-                }, stop)
+                    epoch_done = batch == steps_per_epoch
+                    if is_due(batch, config.train.log_every_steps, num_steps, steps_per_epoch):
+                        now = time.perf_counter()
+                        record = train_record(state.sums, step, steps_per_epoch, logged, now,
+                                              batch_size, learning_rate_fn)
+                        check_finite(record['train_loss'], step, steps_per_epoch, checkpointer)
+                        bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                        acc=f"{record['train_accuracy']:.3f}")
+                        log.write_step(record, print_line=bar.disable and not epoch_done)
+                        logged = (step, now)
+                    # Every call is polled (every step, in a multi-host job); a stop at an
+                    # epoch's last call acts as its evaluation starts.
+                    signals.should_stop(step, num_steps)
+                    if not epoch_done:
+                        continue
+                    unevaluated = {**train_record(state.sums, step, steps_per_epoch, epoch_begin,
+                                                  logged[1], batch_size, learning_rate_fn),
+                                   'epoch': step // steps_per_epoch,
+                                   'train_seconds': logged[1] - epoch_begin[1]}
+                    state = state.replace(sums=jax.device_put(zero_sums(), state.step.sharding))
+                evaluation = evaluate(eval_fn, state, test_data, signals, chief)
+                if evaluation is None:
+                    break
+                history.append({**unevaluated, **evaluation, 'epoch_seconds':
+                                unevaluated['train_seconds'] + evaluation['eval_seconds']})
+                epoch, unevaluated = history[-1]['epoch'], None
+                log.write_epoch(history)
+                if is_due(epoch, config.train.checkpoint_every_epochs, last=num_epochs):
+                    checkpointer.save(step, state, history)
+                signals.should_stop(step)
+                train_data = train_data.replace(batches=make_batches(
+                    shuffle_key, epoch + 1, num_train, batch_size))
+                epoch_begin = logged = (step, time.perf_counter())
+            if signals.stopped and (step < total_steps or unevaluated):
+                check_finite(mean_metrics(state.sums)[0], step, steps_per_epoch, checkpointer)
+                checkpointer.save(step, state, history + ([unevaluated] if unevaluated else []))
+                raise TrainingInterrupted(signals.signum, step)
     finally:
+        bar.close()
         checkpointer.wait()
         checkpointer.close()
-        if log:
-            log.close()
+        log.close()
 
     results = summarize_run(history, num_params=count_params(state.params),
-                            train_flops_per_step=flops_of(lower_train_step(
-                                state, sums, images, labels, batches, dropout_key, image_size)),
+                            train_flops_per_step=flops_of(lower_train_step(state, train_data)),
                             compile_seconds=compile_seconds, batch_size=batch_size)
     if chief:
         checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
                                         results)
     return results
-
-
-def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
-    """One line per epoch, like the lesson's printout."""
-    return (f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
-            f'train acc {record["train_accuracy"]:.4f}  test acc {record["test_accuracy"]:.4f}  '
-            f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s')
-
-
-def format_progress(record: dict[str, Any], num_epochs: int) -> str:
-    """One line of the step log, for a log file where no progress bar is drawn."""
-    return (f'  step {record["step"]}  epoch {record["epoch"]:.2f}/{num_epochs}  '
-            f'loss {record["train_loss"]:.4f}  train acc {record["train_accuracy"]:.4f}  '
-            f'{record["examples_per_sec"]:.1f} examples/sec')
 
 
 def summarize_run(history: list[dict[str, Any]], *, num_params: int,
