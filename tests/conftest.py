@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import pathlib
 import socket
+import sys
+import traceback
+import types
 
 import ml_collections
 import numpy as np
 import pytest
+from absl import app, flags
 
 from vgg_flax import config_utils, environment
 from vgg_flax.input_pipeline import IDX_FILES, write_idx
@@ -105,3 +110,42 @@ def real_data_dir() -> pathlib.Path:
         pytest.skip(f'the real Fashion-MNIST IDX files are not at {REAL_DATA_DIR} (set '
                     'VGG_FLAX_FASHION_MNIST to their directory to run this test)')
     return REAL_DATA_DIR
+
+
+@dataclasses.dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """Runs a CLI in this process as `python -m vgg_flax.<module> ARGS` runs it.
+
+    absl parses the flags (ml_collections reads the --config.* overrides from sys.argv), then
+    the module's `main` runs; an exception that would end the process gives status 1 and its
+    traceback on stderr. $XLA_FLAGS, which a CLI may extend, is restored afterwards.
+    """
+    def run(module: types.ModuleType, *args: str) -> CliRun:
+        argv = [module.__name__, *map(str, args)]
+        monkeypatch.setattr(sys, 'argv', argv)
+        monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', ''))
+        for name in [name for name in flags.FLAGS if name.startswith('config.')]:
+            delattr(flags.FLAGS, name)  # Overrides are defined afresh at each parse.
+        flags.FLAGS.unparse_flags()
+        capsys.readouterr()
+        try:
+            flags.FLAGS(argv)
+            returncode = module.main(argv[:1]) or 0
+        except (flags.Error, app.UsageError) as e:
+            print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
+            returncode = 1
+        except Exception:  # pylint: disable=broad-except  # As an uncaught exception would end it.
+            traceback.print_exc()
+            returncode = 1
+        out, err = capsys.readouterr()
+        return CliRun(returncode, out, err)
+
+    yield run
+    flags.FLAGS.unparse_flags()

@@ -11,18 +11,13 @@ import time
 
 import pytest
 
-from vgg_flax import checkpointing, config_utils, evaluate
+from vgg_flax import checkpointing, config_utils, evaluate, main
 
 from conftest import PNG_MAGIC, ROOT, write_fashion_idx_dir
 
-TINY = ('--config=experiments/quick.py', '--config.model.width_ratio=16',
+TINY = (f'--config={ROOT / "experiments" / "quick.py"}', '--config.model.width_ratio=16',
         '--config.model.use_bn=True', '--config.model.dense_features=(64,64)',
         '--config.train.batch_size=32', '--config.train.momentum=0.9')
-
-
-def run_module(module: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, **kwargs)
 
 
 def train_args(idx_dir, workdir, *extra):
@@ -30,10 +25,9 @@ def train_args(idx_dir, workdir, *extra):
             f'--workdir={workdir}', *extra)
 
 
-def test_main_writes_every_file_of_a_run(idx_dir, tmp_path):
+def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     workdir = tmp_path / 'run'
-    done = run_module('vgg_flax.main', *train_args(idx_dir, workdir,
-                                                   '--config.train.num_epochs=2'))
+    done = run_cli(main, *train_args(idx_dir, workdir, '--config.train.num_epochs=2'))
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith('epoch ')]
     assert len(lines) == 2 and 'examples/sec' in lines[0] and 'test acc' in lines[0]
@@ -62,7 +56,7 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path):
     assert [e.step for e in test_acc] == [1, 2]
     assert test_acc[-1].value == pytest.approx(history[-1]['test_accuracy'])
 
-    done = run_module('vgg_flax.evaluate', f'--workdir={workdir}')
+    done = run_cli(evaluate, f'--workdir={workdir}')
     assert done.returncode == 0, done.stderr
     assert f'checkpoint step 20: test accuracy {results["test_accuracy"]:.4f}' in done.stdout
     assert 'confusion matrix' in done.stdout and 'Ankle boot' in done.stdout
@@ -73,16 +67,15 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path):
     assert len(evaluation['per_class_accuracy']) == 10
     assert (workdir / evaluate.PREDICTIONS_FILE).read_bytes()[:8] == PNG_MAGIC
 
-    done = run_module('vgg_flax.main', *train_args(idx_dir, workdir,
-                                                   '--config.model.width_ratio=8'))
+    done = run_cli(main, *train_args(idx_dir, workdir, '--config.model.width_ratio=8'))
     assert done.returncode == 1
     assert 'model.width_ratio: 16 in the run, 8 now' in done.stderr
 
-    done = run_module('vgg_flax.evaluate', f'--workdir={workdir}', '--step=7')
+    done = run_cli(evaluate, f'--workdir={workdir}', '--step=7')
     assert done.returncode == 1 and 'no checkpoint at step 7; it has 10, 20' in done.stderr
 
 
-def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
+def test_sigterm_saves_and_the_same_command_resumes(tmp_path, run_cli):
     idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=6400)
     workdir = tmp_path / 'run'
     args = train_args(idx_dir, workdir, '--config.train.num_epochs=2')
@@ -97,22 +90,22 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert 'SIGTERM stopped the run at step' in stderr
     assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() is not None
-    done = run_module('vgg_flax.main', *args)
+    done = run_cli(main, *args)
     assert done.returncode == 0, done.stderr
     assert 'Resuming' in done.stdout
     results = json.loads((workdir / 'results.json').read_text())
     assert results['epochs'] == 2 and results['steps'] == 400
 
 
-def test_main_reports_missing_data_before_training(tmp_path):
-    done = run_module('vgg_flax.main', *train_args(tmp_path / 'nowhere', tmp_path / 'run'))
+def test_main_reports_missing_data_before_training(tmp_path, run_cli):
+    done = run_cli(main, *train_args(tmp_path / 'nowhere', tmp_path / 'run'))
     assert done.returncode == 1
     assert 'train-images-idx3-ubyte(.gz) is missing' in done.stderr
 
 
-def test_main_rejects_a_bad_value_before_reading_data(tmp_path):
-    done = run_module('vgg_flax.main', *train_args(tmp_path / 'nowhere', tmp_path / 'run',
-                                                   '--config.train.lr_schedule=linear'))
+def test_main_rejects_a_bad_value_before_reading_data(tmp_path, run_cli):
+    done = run_cli(main, *train_args(tmp_path / 'nowhere', tmp_path / 'run',
+                                     '--config.train.lr_schedule=linear'))
     assert done.returncode == 1
     assert "config.train.lr_schedule='linear' is not supported" in done.stderr
     assert not (tmp_path / 'run').exists()

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 
 from vgg_flax import profiling
-
-from conftest import ROOT
 
 
 def write_trace(path, events):
@@ -61,7 +57,7 @@ def test_on_a_gpu_only_the_device_streams_count(tmp_path):
     assert 'per call' not in profiling.format_summary(summary)
 
 
-def test_a_real_trace_shows_every_call_of_each_op(tmp_path):
+def test_a_real_trace_shows_every_call_of_each_op(tmp_path, run_cli):
     step = jax.jit(lambda x: jnp.tanh(x @ x) + 1)
     x = jnp.ones((64, 64))
     step(x).block_until_ready()
@@ -71,12 +67,8 @@ def test_a_real_trace_shows_every_call_of_each_op(tmp_path):
     assert {op['module'] for op in summary['ops']} == {'jit__lambda'}
     assert 0 < summary['busy_us'] <= summary['span_us']
 
-    done = subprocess.run([sys.executable, '-m', 'vgg_flax.profiling',
-                           f'--trace={tmp_path / "profile"}', '--calls=3'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli(profiling, f'--trace={tmp_path / "profile"}', '--calls=3')
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith('profile: device busy') and '3 calls' in done.stdout
-    done = subprocess.run([sys.executable, '-m', 'vgg_flax.profiling',
-                           f'--trace={tmp_path / "nowhere"}'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = run_cli(profiling, f'--trace={tmp_path / "nowhere"}')
     assert done.returncode == 1 and 'no *trace.json.gz under' in done.stderr

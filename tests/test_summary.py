@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
@@ -40,21 +38,21 @@ def test_summary_rows_and_totals():
     assert result.train_step_bytes > 2 * 4 * expected + summary.TRAIN_EXAMPLES * 784
 
 
-def run_summary(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'vgg_flax.summary', *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def run_summary(run_cli):
+    return lambda *args: run_cli(summary, *args)
 
 
-def test_cli_prints_the_lessons_shapes_and_parameter_count():
-    done = run_summary('--config=experiments/d2l_vgg11.py')
+def test_cli_prints_the_lessons_shapes_and_parameter_count(run_summary):
+    done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}')
     assert done.returncode == 0, done.stderr
     for row in ('block1', '112x112x16', '56x56x32', '28x28x64', '14x14x128', '7x7x128',
                 'parameters: 43,093,322', 'forward FLOPs per image', 'training step at batch 128'):
         assert row in done.stdout
 
 
-def test_cli_override_applies():
-    done = run_summary('--config=experiments/d2l_vgg11.py', '--config.model.width_ratio=1')
+def test_cli_override_applies(run_summary):
+    done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}', '--config.model.width_ratio=1')
     assert done.returncode == 0, done.stderr
     assert '112x112x64' in done.stdout
 
@@ -64,8 +62,8 @@ def test_cli_override_applies():
     ('--config.model.width_ratio=3', 'config.model.width_ratio=3 does not divide'),
     ('--config.data.image_size=16', 'config.data.image_size=16 is too small'),
 ])
-def test_cli_rejects_unknown_fields_and_bad_values(override, message):
-    done = run_summary('--config=experiments/d2l_vgg11.py', override)
+def test_cli_rejects_unknown_fields_and_bad_values(override, message, run_summary):
+    done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}', override)
     assert done.returncode != 0
     assert message in done.stderr
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 
 import pytest
 
@@ -42,10 +40,10 @@ def sweep_file(tmp_path, idx_dir):
     return path
 
 
-def run_sweep(sweep_file, workdir, *args):
-    return subprocess.run([sys.executable, '-m', 'vgg_flax.sweep', f'--config={sweep_file}',
-                           f'--workdir={workdir}', *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+@pytest.fixture
+def run_sweep(run_cli):
+    return lambda sweep_file, workdir, *args: run_cli(
+        sweep, f'--config={sweep_file}', f'--workdir={workdir}', *args)
 
 
 def read_csv(path):
@@ -53,7 +51,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path):
+def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sweep):
     workdir = tmp_path / 'sweep'
     done = run_sweep(sweep_file, workdir, '--list')
     assert done.returncode == 0, done.stderr
@@ -97,7 +95,7 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path):
     assert '2 point(s) not done' in done.stderr
 
 
-def test_index_out_of_range_and_a_file_without_sweep(sweep_file, tmp_path):
+def test_index_out_of_range_and_a_file_without_sweep(sweep_file, tmp_path, run_sweep):
     done = run_sweep(sweep_file, tmp_path / 'sweep', '--index=3')
     assert done.returncode == 1 and '--index=3 is out of range: the sweep has 3 points' in (
         done.stderr)

@@ -28,9 +28,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from vgg_flax import (distributed, environment, input_pipeline, metric_writers, models,
+from vgg_flax import (cli, distributed, environment, input_pipeline, metric_writers, models,
                       profiling, train)
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype. float32
@@ -43,6 +42,19 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 }
 RANDOM_TRAIN, RANDOM_TEST = 60_000, 10_000
 PROFILE_CALLS = 10
+
+_DATA = flags.DEFINE_enum('data', 'random', ['random', 'config'],
+                          "Random bytes shaped like Fashion-MNIST, or the config's data.")
+_STEPS = flags.DEFINE_integer('steps', 30, 'Train steps per timed repeat.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats of the step benchmark.')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
+_LOOP_STEPS = flags.DEFINE_integer('loop_steps', None,
+                                   'Steps per epoch of the loop run (default: a whole epoch of '
+                                   'the training data); 0 skips it.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
+_PROFILE_DIR = flags.DEFINE_string('profile_dir', None,
+                                   f'Trace {PROFILE_CALLS} train steps into this directory and '
+                                   'print where their time goes.')
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
@@ -252,7 +264,7 @@ def format_result(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     environment.start_cli(argv, compilation_cache=False)  # Measure real compiles.
     try:
-        result = run(_CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
+        result = run(cli.CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
                      _LOOP_STEPS.value, _PROFILE_DIR.value)
     except (ValueError, input_pipeline.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
@@ -266,20 +278,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-    # Flags are defined here, not at import, so other CLIs can import this module's functions.
-    _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                              lock_config=True)
-    _DATA = flags.DEFINE_enum('data', 'random', ['random', 'config'],
-                              "Random bytes shaped like Fashion-MNIST, or the config's data.")
-    _STEPS = flags.DEFINE_integer('steps', 30, 'Train steps per timed repeat.')
-    _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats of the step benchmark.')
-    _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-    _LOOP_STEPS = flags.DEFINE_integer('loop_steps', None,
-                                       'Steps per epoch of the loop run (default: a whole epoch '
-                                       'of the training data); 0 skips it.')
-    _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
-    _PROFILE_DIR = flags.DEFINE_string('profile_dir', None,
-                                       f'Trace {PROFILE_CALLS} train steps into this directory '
-                                       'and print where their time goes.')
     flags.mark_flags_as_required(['config'])
     app.run(main)

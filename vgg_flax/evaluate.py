@@ -18,10 +18,18 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_flax import checkpointing, environment, input_pipeline, train
+from vgg_flax import checkpointing, cli, environment, input_pipeline, train
 
 EVALUATION_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.png'
+
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
+_DATA_SOURCE = flags.DEFINE_enum('data_source', None, list(input_pipeline.SOURCES),
+                                 'Override config.data.source of the run.')
+_IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of the run.')
+_TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None,
+                                     'Override config.data.tfds_data_dir of the run.')
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 18, 'Test images shown in predictions.png.')
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
@@ -138,7 +146,7 @@ def main(argv: list[str]) -> int:
     overrides = {'source': _DATA_SOURCE.value, 'idx_dir': _IDX_DIR.value,
                  'tfds_data_dir': _TFDS_DATA_DIR.value}
     try:
-        evaluate_run(_WORKDIR.value, _STEP.value, overrides, _NUM_IMAGES.value)
+        evaluate_run(cli.WORKDIR.value, _STEP.value, overrides, _NUM_IMAGES.value)
     except (ValueError, input_pipeline.DataError, checkpointing.RunDirError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -146,14 +154,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-    # Flags are defined here, not at import, so other CLIs can import this module's functions.
-    _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory written by vgg_flax.main.')
-    _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
-    _DATA_SOURCE = flags.DEFINE_enum('data_source', None, list(input_pipeline.SOURCES),
-                                     'Override config.data.source of the run.')
-    _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of the run.')
-    _TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None,
-                                         'Override config.data.tfds_data_dir of the run.')
-    _NUM_IMAGES = flags.DEFINE_integer('num_images', 18, 'Test images shown in predictions.png.')
     flags.mark_flags_as_required(['workdir'])
     app.run(main)

@@ -9,20 +9,14 @@ from __future__ import annotations
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from vgg_flax import checkpointing, environment, input_pipeline, train
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, metrics, plots.')
-flags.mark_flags_as_required(['config', 'workdir'])
+from vgg_flax import checkpointing, cli, environment, input_pipeline, train
 
 
 def main(argv: list[str]) -> int:
     environment.start_cli(argv)
     try:
-        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        results = train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
     except (ValueError, input_pipeline.DataError, checkpointing.RunDirError,
             train.NonFiniteLossError) as e:
         print(f'error: {e}', file=sys.stderr)
@@ -31,9 +25,10 @@ def main(argv: list[str]) -> int:
         print(e, file=sys.stderr)
         return 128 + e.signum
     print(f'test accuracy {results["test_accuracy"]:.4f} after {results["epochs"]} epochs; '
-          f'results in {_WORKDIR.value}/results.json')
+          f'results in {cli.WORKDIR.value}/results.json')
     return 0
 
 
 if __name__ == '__main__':
+    flags.mark_flags_as_required(['config', 'workdir'])
     app.run(main)

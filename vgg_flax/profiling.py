@@ -21,6 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+from absl import app, flags
+
+_TRACE = flags.DEFINE_string('trace', None, 'A *trace.json.gz, or a directory holding one (the '
+                             'newest is read).')
+_CALLS = flags.DEFINE_integer('calls', None, 'Calls traced, for times per call.')
+_TOP = flags.DEFINE_integer('top', 15, 'Ops listed, most costly first.')
 
 
 def trace_calls(call: Callable[[], Any], calls: int, logdir: str) -> str:
@@ -118,7 +124,7 @@ def format_summary(summary: dict[str, Any], top: int = 15) -> str:
 def main(argv: list[str]) -> int:
     del argv
     try:
-        summary = summarize(latest_trace(_PATH.value), _CALLS.value)
+        summary = summarize(latest_trace(_TRACE.value), _CALLS.value)
     except FileNotFoundError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -127,11 +133,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-    from absl import app, flags  # pylint: disable=g-import-not-at-top
-
-    _PATH = flags.DEFINE_string('trace', None, 'A *trace.json.gz, or a directory holding one '
-                                '(the newest is read).')
-    _CALLS = flags.DEFINE_integer('calls', None, 'Calls traced, for times per call.')
-    _TOP = flags.DEFINE_integer('top', 15, 'Ops listed, most costly first.')
     flags.mark_flags_as_required(['trace'])
     app.run(main)

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from vgg_flax import environment, input_pipeline, models, train
+from vgg_flax import cli, environment, input_pipeline, models, train
 
 # Fashion-MNIST's training split: its size sets what the on-device dataset costs.
 TRAIN_EXAMPLES = 60_000
@@ -118,15 +117,12 @@ def format_summary(config: ml_collections.ConfigDict, summary: Summary) -> str:
 def main(argv: list[str]) -> None:
     environment.start_cli(argv)
     try:
-        summary = summarize(_CONFIG.value)
+        summary = summarize(cli.CONFIG.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from e
-    print(format_summary(_CONFIG.value, summary))
+    print(format_summary(cli.CONFIG.value, summary))
 
 
 if __name__ == '__main__':
-    # Flags are defined here, not at import, so other CLIs can import this module's functions.
-    _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
-                                              lock_config=True)
     flags.mark_flags_as_required(['config'])
     app.run(main)

@@ -23,11 +23,15 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import checkpointing, environment, hyper, summary, train
+from vgg_flax import checkpointing, cli, environment, hyper, summary, train
 
 Point = hyper.Point
 ERROR_FILE = 'error.txt'
 REPORT_FILES = ('results.csv', 'results.md', 'sweep.png')
+
+_LIST = flags.DEFINE_bool('list', False, 'Print the points with their index and status.')
+_INDEX = flags.DEFINE_integer('index', None, 'Run only point N (a job-array task).')
+_REPORT = flags.DEFINE_bool('report', False, 'Only write the report from finished runs.')
 
 
 def point_name(point: Point) -> str:
@@ -229,9 +233,9 @@ def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str)
 def main(argv: list[str]) -> int:
     environment.start_cli(argv)
     config_path = config_flags.get_config_filename(flags.FLAGS['config'])
-    workdir = _WORKDIR.value
+    workdir = cli.WORKDIR.value
     try:
-        runs = plan(_CONFIG.value, load_sweep(config_path), workdir)
+        runs = plan(cli.CONFIG.value, load_sweep(config_path), workdir)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -266,13 +270,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-    # Flags are defined here, not at import, so other CLIs can import this module's functions.
-    _CONFIG = config_flags.DEFINE_config_file('config', None, 'Sweep experiment file.',
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string('workdir', None,
-                                   'Sweep directory; each point in a subdirectory.')
-    _LIST = flags.DEFINE_bool('list', False, 'Print the points with their index and status.')
-    _INDEX = flags.DEFINE_integer('index', None, 'Run only point N (a job-array task).')
-    _REPORT = flags.DEFINE_bool('report', False, 'Only write the report from finished runs.')
     flags.mark_flags_as_required(['config', 'workdir'])
     app.run(main)
