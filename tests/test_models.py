@@ -106,9 +106,16 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
     assert convs and all(e.invars[0].aval.dtype == jnp.bfloat16 for e in convs)
 
 
-def test_default_init_is_xavier_uniform_with_zero_biases():
+@pytest.fixture(scope='module')
+def small_vgg():
+    """A narrow VGG-11 for 32 px images and its initial variables (compiled once: XLA takes
+    about a second per layer to compile the random init on a CPU)."""
     model = models.create_model(model_config(width_ratio=16, dense_features=(64,)))
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+
+
+def test_default_init_is_xavier_uniform_with_zero_biases(small_vgg):
+    _, variables = small_vgg
     kernel = variables['params']['dense1']['kernel']
     limit = (6 / sum(kernel.shape)) ** 0.5
     assert float(jnp.abs(kernel).max()) <= limit
@@ -117,11 +124,11 @@ def test_default_init_is_xavier_uniform_with_zero_biases():
                jax.tree_util.tree_leaves_with_path(variables) if path[-1].key == 'bias')
 
 
-def test_dropout_is_active_only_in_training():
-    model = models.create_model(model_config(width_ratio=16, dense_features=(256,)))
+def test_dropout_is_active_only_in_training(small_vgg):
+    model, variables = small_vgg
     x = jnp.ones((1, 32, 32, 1))
-    variables = model.init(jax.random.key(0), x)
 
+    @functools.partial(jax.jit, static_argnums=1)
     def run(key, train):
         return model.apply(variables, x, train=train, rngs={'dropout': key})
 
@@ -172,22 +179,36 @@ def test_max_pool_2x2_equals_flax_max_pool(size):
     np.testing.assert_allclose(grad, expected_grad)
 
 
-@pytest.mark.parametrize('arch,channels', [('vgg11', 1), ('vgg13', 3)])
-def test_shifted_sum_first_conv_equals_lax_conv(arch, channels):
-    """The same parameter tree, and the same logits and gradients up to float32 rounding."""
-    lax_model, shifted = (models.create_model(model_config(
-        arch=arch, width_ratio=16, dense_features=(32, 32), first_conv=first_conv))
-        for first_conv in ('lax', 'shifted_sum'))
-    x = jax.random.uniform(jax.random.key(1), (3, 32, 32, channels))
-    variables = lax_model.init(jax.random.key(0), x)
-    shifted_variables = shifted.init(jax.random.key(0), x)
-    assert jax.tree.structure(variables) == jax.tree.structure(shifted_variables)
-    jax.tree.map(np.testing.assert_array_equal, variables, shifted_variables)
-    np.testing.assert_allclose(shifted.apply(variables, x), lax_model.apply(variables, x),
-                               atol=1e-6)
-    grads = [jax.grad(lambda v: (model.apply(v, x) ** 2).sum())(variables)
-             for model in (lax_model, shifted)]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6), *grads)
+@pytest.mark.parametrize('channels', [1, 3])
+def test_shifted_sum_conv_equals_flax_conv(channels):
+    """The same parameters, values and gradients as nn.Conv, up to float32 rounding."""
+    conv = nn.Conv(8, (3, 3), padding='SAME')
+    shifted = models.ShiftedSumConv(8, bias_init=nn.initializers.normal(1.0))
+    x = jax.random.uniform(jax.random.key(1), (2, 9, 7, channels))
+    variables = jax.jit(shifted.init)(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+        jnp.shape, jax.eval_shape(conv.init, jax.random.key(0), x))
+
+    @jax.jit
+    def value_and_grads(variables):
+        return [jax.value_and_grad(lambda v: (module.apply(v, x) ** 2).sum())(variables)
+                for module in (conv, shifted)]
+
+    (value, grads), (shifted_value, shifted_grads) = value_and_grads(variables)
+    np.testing.assert_allclose(shifted_value, value, rtol=1e-5)
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+                 shifted_grads, grads)
+
+
+@pytest.mark.parametrize('arch', ['vgg11', 'vgg13'])
+def test_the_first_conv_choice_keeps_the_parameter_tree(arch):
+    """Checkpoints move between `model.first_conv` settings (and the runs from before it)."""
+    trees = [output_and_variables(models.create_model(model_config(arch=arch, first_conv=c)),
+                                  (1, 32, 32, 1))[1] for c in ('lax', 'shifted_sum')]
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), trees[0]) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), trees[1])
+    assert list(trees[0]['params']['block1']) == (['Conv_0'] if arch == 'vgg11' else
+                                                  ['Conv_0', 'Conv_1'])
 
 
 def test_auto_first_conv_is_the_shifted_sum_on_a_gpu_only():

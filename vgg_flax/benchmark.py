@@ -114,7 +114,7 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
     mesh = distributed.create_mesh()
     batch_size = config.train.batch_size
     distributed.check_divisible('train.batch_size', batch_size, mesh)
-    state = train.create_replicated_state(config, jax.random.key(0), mesh)
+    state = train.create_train_state(config, jax.random.key(0), mesh=mesh)
     replicated = distributed.replicated(mesh)
     data = train.TrainData(
         distributed.put(train_split.images, replicated),

@@ -73,7 +73,7 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     model = models.create_model(config.model)
     size = config.data.image_size
     state = jax.eval_shape(
-        lambda: train.create_train_state(config, jax.random.key(0), num_channels=CHANNELS))
+        lambda: train.init_train_state(config, jax.random.key(0), num_channels=CHANNELS))
     one_image = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     forward = jax.jit(functools.partial(model.apply, train=False)).lower(
         {'params': state.params, 'batch_stats': state.batch_stats}, one_image)
