@@ -19,12 +19,12 @@
 #                   agree, and what the flag costs;
 #   sweep           the width-ratio sweep of the recipe, 5 epochs, bfloat16, while time is left.
 #   DATA_DIR=path/to/idx-files bash benchmarks/gpu_session.sh
-# Environment: DATA_DIR (the four Fashion-MNIST IDX files, default .device/data), OUT (summary and
+# Environment: DATA_DIR (the four Fashion-MNIST IDX files; required), OUT (summary and
 # JSON files, default /tmp/gpu), STAGES (the stages to run, space-separated; default all),
 # BUDGET_SECONDS (no stage starts after this many seconds, default 540), EXTRA_FLAGS (appended to
 # every command; e.g. tiny sizes for a CPU smoke run).
 set -uo pipefail
-data=${DATA_DIR:-.device/data}
+data=${DATA_DIR:?set DATA_DIR to the directory of the four Fashion-MNIST IDX files}
 out=${OUT:-/tmp/gpu}
 budget=${BUDGET_SECONDS:-540}
 runs=$(mktemp -d)

@@ -22,9 +22,8 @@ from vgg_flax.input_pipeline import IDX_FILES, write_idx
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / 'experiments').glob('*.py'))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-# The real Fashion-MNIST IDX files; a developer checkout has them beside the project.
-REAL_DATA_DIR = pathlib.Path(os.environ.get(
-    'VGG_FLAX_FASHION_MNIST', ROOT.parent / 'shared' / 'data' / 'fashion-mnist'))
+# The directory of the real Fashion-MNIST IDX files, for the tests that train on them.
+REAL_DATA_DIR = os.environ.get('VGG_FLAX_FASHION_MNIST', '')
 
 
 @pytest.fixture(autouse=True, scope='session')
@@ -106,10 +105,13 @@ def tfds_servers_answer(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def real_data_dir() -> pathlib.Path:
-    if not (REAL_DATA_DIR / 'train-images-idx3-ubyte.gz').is_file():
-        pytest.skip(f'the real Fashion-MNIST IDX files are not at {REAL_DATA_DIR} (set '
-                    'VGG_FLAX_FASHION_MNIST to their directory to run this test)')
-    return REAL_DATA_DIR
+    if not REAL_DATA_DIR:
+        pytest.skip('needs the real Fashion-MNIST: set VGG_FLAX_FASHION_MNIST to the directory '
+                    'of its four IDX files')
+    if not any((pathlib.Path(REAL_DATA_DIR) / f'train-images-idx3-ubyte{suffix}').is_file()
+               for suffix in ('.gz', '')):
+        pytest.fail(f'VGG_FLAX_FASHION_MNIST={REAL_DATA_DIR} holds no train-images-idx3-ubyte(.gz)')
+    return pathlib.Path(REAL_DATA_DIR)
 
 
 @dataclasses.dataclass

@@ -61,7 +61,7 @@ def validate_data_config(data_config: ml_collections.ConfigDict, arch: str) -> N
     if data_config.source == 'idx' and not data_config.idx_dir:
         raise ValueError('config.data.source=idx needs config.data.idx_dir: the directory of '
                          'the four Fashion-MNIST IDX files.')
-    least = models.min_image_size(arch)
+    least = models.min_image_size(len(models.ARCHS[arch]))
     if not isinstance(data_config.image_size, int) or data_config.image_size < least:
         raise ValueError(f'config.data.image_size={data_config.image_size!r} is too small: '
                          f'{arch} halves the image {len(models.ARCHS[arch])} times, so it must '

@@ -134,7 +134,7 @@ class VGG(nn.Module):
         """Maps NHWC images to float32 logits of shape (batch, num_classes)."""
         if x.ndim != 4:
             raise ValueError(f'VGG expects NHWC images, got an input of shape {x.shape}.')
-        least = 2 ** len(self.conv_arch)
+        least = min_image_size(len(self.conv_arch))
         if min(x.shape[1:3]) < least:
             raise ValueError(
                 f'images of {x.shape[1]}x{x.shape[2]} are too small: {len(self.conv_arch)} VGG '
@@ -168,9 +168,9 @@ def conv_arch_for(arch: str, width_ratio: int) -> tuple[tuple[int, int], ...]:
     return tuple((num_convs, features // width_ratio) for num_convs, features in ARCHS[arch])
 
 
-def min_image_size(arch: str) -> int:
+def min_image_size(num_blocks: int) -> int:
     """Each block halves the image, so it must be at least 2**num_blocks pixels wide."""
-    return 2 ** len(ARCHS[arch])
+    return 2 ** num_blocks
 
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
