@@ -79,12 +79,10 @@ def test_four_devices_match_one_and_checkpoints_move_between_them(idx_dir, tmp_p
     train.train_and_evaluate(config, str(tmp_path / 'one'))
     one = metric_writers.read_history(str(tmp_path / 'one'))
 
-    _, shares = run_on_devices(4, idx_dir, tmp_path / 'four', epochs=2)
+    # Epoch 1 on 4 devices, saved; epoch 2 resumed on 2.
+    _, shares = run_on_devices(4, idx_dir, tmp_path / 'moved', epochs=1)
     assert shares == [320, 100]  # One process reads the whole of each split.
-    assert_same_metrics(metric_writers.read_history(str(tmp_path / 'four')), one)
-
-    # Saved on 4 devices after epoch 1, resumed on 2 for epoch 2.
-    run_on_devices(4, idx_dir, tmp_path / 'moved', epochs=1)
+    assert_same_metrics(metric_writers.read_history(str(tmp_path / 'moved')), one[:1])
     out, _ = run_on_devices(2, idx_dir, tmp_path / 'moved', epochs=2)
     assert 'Resuming' in out
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'moved')), one)

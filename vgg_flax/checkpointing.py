@@ -6,9 +6,10 @@ history, so a resumed run continues exactly where the saved one stopped, mid-epo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+from typing import IO, Any, Iterator
 
 import jax
 import ml_collections
@@ -68,13 +69,27 @@ def claim_workdir(workdir: str, config: ml_collections.ConfigDict, write: bool =
     return existed
 
 
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
+    """A file that replaces `path` only once written in full.
+
+    A killed process never leaves half a file, nor do processes that write the same file at
+    once (a sweep's job-array tasks finishing together): each writes a temporary file of its own.
+    """
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, mode, **({} if 'b' in mode else {'newline': ''})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_json_atomic(path: str, value: Any) -> None:
-    """Writes JSON through a temporary file, so a killed process never leaves half a file."""
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
+    with atomic_write(path) as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write('\n')
-    os.replace(tmp, path)
 
 
 class Checkpointer:

@@ -6,8 +6,9 @@ every experiment has the same fields and an override of an unknown field is an e
 
 from __future__ import annotations
 
+import difflib
 import json
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import ml_collections
 
@@ -113,6 +114,17 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
             f'{current_flat.get(key, "<absent>")!r} now'
             for key in keys
             if key not in RESUMABLE_CHANGES and saved_flat.get(key) != current_flat.get(key)]
+
+
+def check_fields_exist(config: ml_collections.ConfigDict, fields: Iterable[str],
+                       who: str) -> None:
+    """Raises ValueError for the first dotted field that `config` lacks, with the close match."""
+    known = flatten(to_plain(config))
+    for field in fields:
+        if field not in known:
+            close = difflib.get_close_matches(field, known, n=1)
+            raise ValueError(f'{who} {field!r}, which is not a config field' +
+                             (f'; did you mean {close[0]!r}?' if close else '.'))
 
 
 def check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:

@@ -14,6 +14,8 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 from tqdm import tqdm
 
+from vgg_flax import checkpointing
+
 METRICS_FILE = 'metrics.jsonl'
 STEPS_FILE = 'steps.jsonl'
 CURVES_FILE = 'curves.png'
@@ -21,10 +23,8 @@ TENSORBOARD_DIR = 'tensorboard'
 
 
 def _write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
-    with open(path + '.tmp', 'w') as f:
-        for record in records:
-            f.write(json.dumps(record) + '\n')
-    os.replace(path + '.tmp', path)
+    with checkpointing.atomic_write(path) as f:
+        f.writelines(json.dumps(record) + '\n' for record in records)
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:

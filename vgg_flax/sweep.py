@@ -17,13 +17,13 @@ import json
 import os
 import sys
 import traceback
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_flax import checkpointing, cli, environment, hyper, summary, train
+from vgg_flax import checkpointing, cli, config_utils, environment, hyper, summary, train
 
 Point = hyper.Point
 ERROR_FILE = 'error.txt'
@@ -45,15 +45,9 @@ def point_name(point: Point) -> str:
 
 def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
     """`base` with the point's fields set; an unknown field is an error."""
+    config_utils.check_fields_exist(base, point, 'the sweep sets')
     config = ml_collections.ConfigDict(base.to_dict())
-    for field, value in point.items():
-        *parents, leaf = field.split('.')
-        node = config
-        for parent in parents:
-            node = node[parent]
-        if leaf not in node:
-            raise ValueError(f'the sweep sets {field!r}, which is not a config field.')
-        node[leaf] = value
+    config.update_from_flattened_dict(point)
     return config
 
 
@@ -162,31 +156,25 @@ def _cell(value: Any) -> str:
 
 
 def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
-    """Writes results.csv, results.md and sweep.png into the sweep's workdir.
-
-    Each file is written under a temporary name and renamed, so job-array tasks that finish
-    together never leave a torn report.
-    """
+    """Writes results.csv, results.md and sweep.png into the sweep's workdir, each atomically."""
     rows = report_rows(runs)
     columns = list(rows[0]) if rows else []
     os.makedirs(workdir, exist_ok=True)
-    tmp = f'.tmp{os.getpid()}'
     csv_path, md_path, png_path = (os.path.join(workdir, name) for name in REPORT_FILES)
-    with open(csv_path + tmp, 'w', newline='') as f:
+    with checkpointing.atomic_write(csv_path) as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: ('' if v is None else v) for k, v in row.items()} for row in rows)
     lines = ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns)]
     lines += ['| ' + ' | '.join(_cell(row[c]) for c in columns) + ' |' for row in rows]
-    with open(md_path + tmp, 'w') as f:
+    with checkpointing.atomic_write(md_path) as f:
         f.write('\n'.join(lines) + '\n')
-    plot_sweep(rows, list(runs[0].point) if runs else [], png_path + tmp)
-    for path in (csv_path, md_path, png_path):
-        os.replace(path + tmp, path)
+    with checkpointing.atomic_write(png_path, 'wb') as f:
+        plot_sweep(rows, list(runs[0].point) if runs else [], f)
     return rows
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str) -> None:
+def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> None:
     """Test accuracy against the swept value and against parameters; throughput beside."""
     import matplotlib.ticker  # pylint: disable=g-import-not-at-top
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -227,7 +215,7 @@ def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], path: str)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format='png')
+    fig.savefig(file, format='png')
 
 
 def main(argv: list[str]) -> int:
