@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
-import time
 import types
 
 import jax
@@ -15,7 +13,7 @@ import pytest
 
 from vgg_flax import checkpointing, input_pipeline, metric_writers, train
 
-from conftest import tiny_config, write_fashion_idx_dir
+from conftest import tiny_config
 
 METRIC_KEYS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'learning_rate')
 
@@ -114,26 +112,36 @@ def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir,
     assert straight['test_accuracy'] == again['test_accuracy'] == resumed['test_accuracy']
 
 
-def test_sigterm_mid_epoch_saves_and_resuming_matches(tmp_path):
-    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=6400, num_test=100)
+def signal_during_call(monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:
+    """Makes the process receive `signum` while the train step runs its `call`-th call."""
+    real_compile, calls = train.compile_train_step, []
+
+    def compile_with_a_signal(*args, **kwargs):
+        fn = real_compile(*args, **kwargs)
+
+        def call_fn(*call_args):
+            calls.append(None)
+            if len(calls) == call:
+                os.kill(os.getpid(), signum)
+            return fn(*call_args)
+
+        return call_fn
+
+    monkeypatch.setattr(train, 'compile_train_step', compile_with_a_signal)
+
+
+def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeypatch):
     config = tiny_config(str(idx_dir))
-    config.train.num_epochs = 2
-    straight = metrics_of(train.train_and_evaluate(config, str(tmp_path / 'straight')) and
-                          metric_writers.read_history(str(tmp_path / 'straight')))
+    train.train_and_evaluate(config, str(tmp_path / 'straight'))
+    straight = metrics_of(metric_writers.read_history(str(tmp_path / 'straight')))
     workdir = str(tmp_path / 'stopped')
-
-    def stop_in_epoch_one():
-        while not os.path.isdir(os.path.join(workdir, metric_writers.TENSORBOARD_DIR)):
-            time.sleep(0.005)
-        time.sleep(0.2)  # Compiled by now: stop inside the first epoch's 200 steps.
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=stop_in_epoch_one, daemon=True).start()
-    with pytest.raises(train.TrainingInterrupted) as stopped:
-        train.train_and_evaluate(config, workdir)
+    with monkeypatch.context() as patch:
+        signal_during_call(patch, 4)
+        with pytest.raises(train.TrainingInterrupted) as stopped:
+            train.train_and_evaluate(config, workdir)
     assert stopped.value.signum == signal.SIGTERM
     saved = checkpointing.Checkpointer(workdir, keep=3).latest_step()
-    assert saved is not None and 0 < saved < 200, saved  # Saved mid-epoch.
+    assert saved == 4  # Saved mid-epoch, after the call the signal came in.
     train.train_and_evaluate(config, workdir)
     assert metrics_of(metric_writers.read_history(workdir)) == straight
 
@@ -153,26 +161,12 @@ def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(idx_dir
         for key in ('train_accuracy', 'test_accuracy'):
             assert looped[key] == pytest.approx(single[key], abs=0.02), key
 
-    real_compile = train.compile_train_step
-    calls = []
-
-    def compile_with_a_signal_in_the_second_call(*args, **kwargs):
-        fn = real_compile(*args, **kwargs)
-
-        def call(*call_args):
-            calls.append(len(calls))
-            if len(calls) == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return fn(*call_args)
-
-        return call
-
-    monkeypatch.setattr(train, 'compile_train_step', compile_with_a_signal_in_the_second_call)
     workdir = str(tmp_path / 'stopped')
-    with pytest.raises(train.TrainingInterrupted):
-        train.train_and_evaluate(config, workdir)
+    with monkeypatch.context() as patch:
+        signal_during_call(patch, 2)
+        with pytest.raises(train.TrainingInterrupted):
+            train.train_and_evaluate(config, workdir)
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 8  # After that call.
-    monkeypatch.setattr(train, 'compile_train_step', real_compile)
     train.train_and_evaluate(config, workdir)  # Steps 9 and 10 one by one, then epoch 2.
     assert metrics_of(metric_writers.read_history(workdir)) == straight
 
