@@ -162,7 +162,8 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
     """`init_train_state`, compiled and run once; replicated over the devices of `mesh`."""
     init = functools.partial(init_train_state, config, steps_per_epoch=steps_per_epoch,
                              num_channels=num_channels)
-    return run_once(init, key, sharding=distributed.replicated(mesh) if mesh is not None else None)
+    sharding = distributed.replicated(mesh) if mesh is not None else None
+    return run_once(init, key, sharding=sharding)
 
 
 def run_once(fn: Any, *args: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
