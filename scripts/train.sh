@@ -12,4 +12,13 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r "$requirements"
 .venv/bin/python -m pip install -q --no-deps -e .
-exec .venv/bin/python -m vgg_flax.main --config=experiments/d2l_vgg11.py --workdir=runs/d2l "$@"
+# The recipe and runs/d2l unless the arguments name a config or a workdir of their own.
+config=--config=experiments/d2l_vgg11.py
+workdir=--workdir=runs/d2l
+for arg in "$@"; do
+  case $arg in
+    --config | --config=*) config= ;;
+    --workdir | --workdir=*) workdir= ;;
+  esac
+done
+exec .venv/bin/python -m vgg_flax.main ${config:+"$config"} ${workdir:+"$workdir"} "$@"

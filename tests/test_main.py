@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith('epoch ')]
     assert len(lines) == 2 and 'examples/sec' in lines[0] and 'test acc' in lines[0]
-    assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'curves.png',
+    assert sorted(os.listdir(workdir)) == ['.lock', 'checkpoints', 'config.json', 'curves.png',
                                            'environment.json', 'metrics.jsonl', 'results.json',
                                            'steps.jsonl', 'tensorboard']
     config = checkpointing.read_config(str(workdir))
@@ -113,5 +114,23 @@ def test_main_rejects_a_bad_value_before_reading_data(tmp_path, run_cli):
 
 def test_config_json_round_trips(tmp_path):
     config = config_utils.default_config()
-    checkpointing.claim_workdir(str(tmp_path), config)
+    checkpointing.write_run_files(str(tmp_path), config)
     assert checkpointing.read_config(str(tmp_path)).to_dict() == config.to_dict()
+
+
+def test_a_second_run_of_a_held_workdir_exits_1_naming_the_holder(idx_dir, tmp_path, run_cli):
+    workdir = tmp_path / 'run'
+    with checkpointing.hold_workdir(str(workdir)):
+        done = run_cli(main, *train_args(idx_dir, workdir))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f'error: {workdir} is in use by another run (host {socket.gethostname()}, pid '
+        f'{os.getpid()}); wait for it to end or stop it, or pass another --workdir.']
+
+
+def test_a_diverged_run_exits_1(idx_dir, tmp_path, run_cli):
+    done = run_cli(main, *train_args(idx_dir, tmp_path / 'run', '--config.train.learning_rate=1e6',
+                                     '--config.data.max_train_examples=32'))
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith('error: the ') and ('became non-finite' in line or 'became nan' in line)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
+import subprocess
+import sys
 import types
 
 import jax
@@ -13,7 +17,7 @@ import pytest
 
 from vgg_flax import checkpointing, input_pipeline, metric_writers, train
 
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 METRIC_KEYS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy', 'learning_rate')
 
@@ -379,3 +383,86 @@ def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
     dtypes = {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))
               if np.issubdtype(leaf.dtype, np.floating)}
     assert dtypes == {np.dtype(np.float32)}  # bf16 is the compute dtype only.
+
+
+def test_a_held_workdir_refuses_a_second_run_and_the_hold_dies_with_its_process(idx_dir,
+                                                                                tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    workdir = tmp_path / 'run'
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time\nfrom vgg_flax import checkpointing\n'
+         'with checkpointing.hold_workdir(sys.argv[1]):\n'
+         '    print("held", flush=True)\n    time.sleep(600)', str(workdir)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'held\n'
+        with pytest.raises(checkpointing.RunDirError, match=re.escape(
+                f'is in use by another run (host {socket.gethostname()}, pid {holder.pid})')):
+            train.train_and_evaluate(config, str(workdir))
+        assert os.listdir(workdir) == [checkpointing.LOCK_FILE]  # The refused run wrote nothing.
+    finally:
+        holder.kill()  # kill -9: the OS drops its lock; none is left behind.
+        holder.wait()
+    assert train.train_and_evaluate(config, str(workdir))['epochs'] == 1
+
+
+@pytest.mark.parametrize('workdir,message', [
+    ('', '--workdir is empty'),
+    ('a_file', 'is a file, not a directory'),
+    ('/proc/vgg_flax_run', 'cannot write to --workdir=/proc/vgg_flax_run'),
+])
+def test_an_unusable_workdir_is_a_clear_error(idx_dir, tmp_path, monkeypatch, workdir, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a_file').write_text('not a directory')
+    with pytest.raises(checkpointing.RunDirError, match=re.escape(message)):
+        train.train_and_evaluate(tiny_config(str(idx_dir)), workdir)
+
+
+@pytest.mark.parametrize('learning_rate,kept', [(1e6, []), (30.0, [1])])
+def test_a_diverged_run_stops_and_never_saves_non_finite_values(idx_dir, tmp_path,
+                                                                learning_rate, kept):
+    config = tiny_config(str(idx_dir))
+    config.data.max_train_examples = 32  # One step an epoch.
+    config.train.num_epochs = 4
+    config.train.learning_rate = learning_rate  # Diverges in epoch 1, or in epoch 2.
+    workdir = str(tmp_path / 'run')
+    with pytest.raises(train.NonFiniteLossError, match='became (non-finite|nan|inf)'):
+        train.train_and_evaluate(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, checkpointing.RESULTS_FILE))
+    with checkpointing.Checkpointer(workdir, keep=3) as checkpointer:
+        assert checkpointer.all_steps() == kept
+        for step in kept:
+            state, history = checkpointer.restore(step, train.create_train_state(
+                config, jax.random.key(0)))
+            assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
+            assert all(np.isfinite(record['test_loss']) for record in history)
+
+
+def test_a_failed_start_leaves_the_workdir_to_the_retry(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    config.train.batch_size = 2048
+    workdir = tmp_path / 'run'
+    with pytest.raises(ValueError, match='lower the batch size'):
+        train.train_and_evaluate(config, str(workdir))
+    assert os.listdir(workdir) == [checkpointing.LOCK_FILE]
+    config.train.batch_size = 32  # The advised retry is this run, not "a different config".
+    assert train.train_and_evaluate(config, str(workdir))['epochs'] == 1
+
+
+def test_a_finished_run_run_again_changes_nothing(idx_dir, tmp_path, capsys):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    workdir = tmp_path / 'run'
+    results = train.train_and_evaluate(config, str(workdir))
+
+    def files():
+        return {str(path): (path.stat().st_mtime_ns, path.stat().st_size)
+                for path in workdir.rglob('*') if path.name != checkpointing.LOCK_FILE}
+
+    before = files()
+    capsys.readouterr()
+    assert train.train_and_evaluate(config, str(workdir)) == results
+    assert files() == before
+    assert 'has finished its 1 epochs already' in capsys.readouterr().out

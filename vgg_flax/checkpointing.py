@@ -7,8 +7,10 @@ history, so a resumed run continues exactly where the saved one stopped, mid-epo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import socket
 from typing import IO, Any, Iterator
 
 import jax
@@ -21,6 +23,7 @@ CONFIG_FILE = 'config.json'
 ENVIRONMENT_FILE = 'environment.json'
 RESULTS_FILE = 'results.json'
 CHECKPOINT_DIR = 'checkpoints'
+LOCK_FILE = '.lock'
 
 
 class RunDirError(Exception):
@@ -42,31 +45,77 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def claim_workdir(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> bool:
-    """Makes `workdir` this config's run directory; True when it already held the same run.
+@contextlib.contextmanager
+def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
+    """Holds `workdir` for this run alone, or refuses it, naming the run that holds it.
 
-    Refuses a workdir written by a config that computes something else (another model, data,
-    seed or optimiser), since resuming it would mix two experiments. Writes the config and the
-    environment this launch runs in (`environment.describe`); only one process of a
-    multi-process job should `write` them.
+    The hold is an OS lock (flock) on `workdir/.lock`, which the OS drops when the process ends,
+    however it ends (kill -9 too), so a dead run never leaves a stale lock. Only one process of a
+    multi-process job takes it (`active`).
+    """
+    if not active:
+        yield
+        return
+    if not workdir:
+        raise RunDirError('--workdir is empty; pass the directory this run should write to.')
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        lock = open(os.path.join(workdir, LOCK_FILE), 'a+')
+    except FileExistsError:
+        raise RunDirError(f'--workdir={workdir} is a file, not a directory; pass a directory '
+                          'path.') from None
+    except OSError as e:
+        raise RunDirError(f'cannot write to --workdir={workdir} ({e.strerror}); pass a '
+                          'directory you can write to.') from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or 'a process that has not written its name yet'
+            raise RunDirError(f'{workdir} is in use by another run ({holder}); wait for it to end '
+                              'or stop it, or pass another --workdir.') from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f'host {socket.gethostname()}, pid {os.getpid()}\n')
+        lock.flush()
+        yield
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether `workdir` holds a run of this config already; refuses another config's run.
+
+    A config that computes something else (another model, data, seed or optimiser) is refused,
+    since resuming it would mix two experiments.
     """
     path = os.path.join(workdir, CONFIG_FILE)
-    current = config_utils.to_plain(config)
-    existed = os.path.isfile(path)
-    if existed:
-        with open(path) as f:
-            saved = json.load(f)
-        conflicts = config_utils.resume_conflicts(saved, current)
-        if conflicts:
-            raise RunDirError(
-                f'{workdir} holds a run of a different config, which cannot be resumed with '
-                'this one:\n  ' + '\n  '.join(conflicts) +
-                '\nUse a new --workdir, or set those fields back to resume that run.')
-    if write:
-        os.makedirs(workdir, exist_ok=True)
-        write_json_atomic(path, current)
-        write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
-    return existed
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        conflicts = config_utils.resume_conflicts(json.load(f), config_utils.to_plain(config))
+    if conflicts:
+        raise RunDirError(
+            f'{workdir} holds a run of a different config, which cannot be resumed with '
+            'this one:\n  ' + '\n  '.join(conflicts) +
+            '\nUse a new --workdir, or set those fields back to resume that run.')
+    return True
+
+
+def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes the run's config and the environment this launch runs in."""
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_utils.to_plain(config))
+    write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
+
+
+def finished_results(workdir: str, num_epochs: int) -> dict[str, Any] | None:
+    """The results of the run in `workdir` if it has trained all `num_epochs` epochs."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    return results if results['epochs'] == num_epochs else None
 
 
 @contextlib.contextmanager
@@ -147,6 +196,16 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+    def __enter__(self) -> 'Checkpointer':
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Waits for the saves in flight, then closes."""
+        try:
+            self.wait()
+        finally:
+            self.close()
 
 
 def _layout(state: Any) -> dict[str, Any]:

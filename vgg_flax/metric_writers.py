@@ -200,6 +200,12 @@ class RunLog:
             self._plotter.shutdown()
             self._tensorboard.close()
 
+    def __enter__(self) -> 'RunLog':
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
 
 def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
     """One line per epoch, like the lesson's printout."""

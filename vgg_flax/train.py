@@ -7,6 +7,7 @@ compiled function; the host only dispatches it. `train_and_evaluate` is the resu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -33,11 +34,13 @@ Sums = dict[str, jax.Array]
 
 
 class TrainState(train_state.TrainState):
-    """What the train step updates: parameters, optimiser state, BatchNorm statistics and the
-    running sums of the epoch in progress (loss, correct predictions, examples)."""
+    """What the train step updates: parameters, optimiser state, BatchNorm statistics, the
+    running sums of the epoch in progress (loss, correct predictions, examples) and how many
+    steps gave a non-finite loss or parameters (checked on the host, never saved)."""
 
     batch_stats: Any
     sums: Sums
+    nonfinite_steps: jax.Array
 
 
 @flax.struct.dataclass
@@ -151,7 +154,8 @@ def init_train_state(config: ml_collections.ConfigDict, key: jax.Array,
     variables = model.init(key, jnp.zeros((1, size, size, num_channels), jnp.float32),
                            train=False)
     state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                              batch_stats=variables.get('batch_stats', {}), sums=zero_sums())
+                              batch_stats=variables.get('batch_stats', {}), sums=zero_sums(),
+                              nonfinite_steps=jnp.zeros((), jnp.int32))
     # An int32 array, not Python's 0, so fresh and restored states compile to the same step.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -244,10 +248,14 @@ def train_step(state: TrainState, data: TrainData) -> TrainState:
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return losses.mean(), (losses, logits, updates)
 
-    grads, (losses, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(
+    (loss, (losses, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    state = state.apply_gradients(
         grads=grads, batch_stats=updates.get('batch_stats', state.batch_stats),
         sums=_add_to_sums(state.sums, losses, logits, y, jnp.ones_like(y, dtype=bool)))
+    # One reduction over the parameters: cheap next to the step, and no fetch to the host.
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(state.params))
+    return state.replace(nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
 
 
 def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
@@ -377,18 +385,22 @@ def train_record(sums: Sums, step: int, steps_per_epoch: int, since: tuple[int, 
             'learning_rate': float(learning_rate_fn(step - 1))}
 
 
-def check_finite(loss: float, step: int, steps_per_epoch: int,
-                 checkpointer: checkpointing.Checkpointer) -> None:
-    """Raises NonFiniteLossError, naming the checkpoint kept, if the running loss diverged."""
-    if math.isfinite(loss):
+def check_finite(state: TrainState, step: int, steps_per_epoch: int,
+                 checkpointer: checkpointing.Checkpointer, test_loss: float = 0.0) -> None:
+    """Raises NonFiniteLossError, naming the checkpoint kept, if training diverged: a step gave
+    a non-finite loss or parameters, or the test loss is not finite."""
+    nonfinite_steps, (loss, _) = int(state.nonfinite_steps), mean_metrics(state.sums)
+    if not nonfinite_steps and math.isfinite(loss) and math.isfinite(test_loss):
         return
     checkpointer.wait()
     kept = checkpointer.latest_step()
+    what = (f'the test loss became {test_loss}' if nonfinite_steps == 0 and math.isfinite(loss)
+            else f'the training loss or parameters became non-finite in {nonfinite_steps} '
+            f'step{"s" if nonfinite_steps != 1 else ""}')
     raise NonFiniteLossError(
-        f'the training loss became {loss} in epoch {(step - 1) // steps_per_epoch + 1} (by step '
-        f'{step}); ' + (f'the last good checkpoint (step {kept}) is kept in '
-                        f'{checkpointer.directory}' if kept is not None
-                        else 'no checkpoint had been saved yet') +
+        f'{what} in epoch {(step - 1) // steps_per_epoch + 1} (by step {step}); ' +
+        (f'the last good checkpoint (step {kept}) is kept in {checkpointer.directory}'
+         if kept is not None else 'no checkpoint had been saved yet') +
         '. Lower config.train.learning_rate, add warmup (config.train.warmup_epochs) or check '
         'the data.')
 
@@ -412,7 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains and evaluates `config` in `workdir`, resuming from its last checkpoint.
 
     Runs data-parallel over every device (of every process); returns the final results, also
-    written to `workdir/results.json`.
+    written to `workdir/results.json`. A run that finished already is left as it is.
     """
     validate_config(config)
     mesh = distributed.create_mesh()
@@ -420,93 +432,98 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for field in ('batch_size', 'eval_batch_size'):
         distributed.check_divisible(f'train.{field}', config.train[field], mesh)
     chief = distributed.is_chief()
-    resuming = checkpointing.claim_workdir(workdir, config, write=chief)
-    init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
-    train_data, test_data = load_data(config, mesh, dropout_key)
-    make_batches, num_train = batch_maker(mesh), train_data.images.shape[0]
-    steps_per_epoch = train_data.batches.shape[0]
-    learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
-    state = create_train_state(config, init_key, steps_per_epoch, train_data.images.shape[-1],
-                               mesh)
-    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    state, history = checkpointer.restore_latest(state)
-    step, total_steps = int(state.step), num_epochs * steps_per_epoch
-    if chief and (step or resuming):
-        print(f'Resuming {workdir} from the checkpoint at step {step} (epoch '
-              f'{step // steps_per_epoch}, batch {step % steps_per_epoch}).' if step else
-              f'{workdir} has this config but no checkpoint yet; starting from scratch.',
-              flush=True)
-    compile_start = time.perf_counter()
-    steps_per_call = config.train.steps_per_call
-    train_fns = {n: compile_train_step(state, train_data, n) for n in {1, steps_per_call}}
-    eval_fn = compile_eval_step(state, test_data)
-    compile_seconds = time.perf_counter() - compile_start
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(checkpointing.hold_workdir(workdir, active=chief))
+        resuming = checkpointing.check_workdir(workdir, config)
+        if finished := checkpointing.finished_results(workdir, num_epochs):
+            print(f'{workdir} has finished its {num_epochs} epochs already; nothing to do.')
+            return finished
+        init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
+        train_data, test_data = load_data(config, mesh, dropout_key)
+        make_batches, num_train = batch_maker(mesh), train_data.images.shape[0]
+        steps_per_epoch = train_data.batches.shape[0]
+        learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
+        state = create_train_state(config, init_key, steps_per_epoch,
+                                   train_data.images.shape[-1], mesh)
+        checkpointer = stack.enter_context(
+            checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints))
+        state, history = checkpointer.restore_latest(state)
+        step, total_steps = int(state.step), num_epochs * steps_per_epoch
+        if chief and (step or resuming):
+            print(f'Resuming {workdir} from the checkpoint at step {step} (epoch '
+                  f'{step // steps_per_epoch}, batch {step % steps_per_epoch}).' if step else
+                  f'{workdir} has this config but no checkpoint yet; starting from scratch.',
+                  flush=True)
+        compile_start = time.perf_counter()
+        steps_per_call = config.train.steps_per_call
+        train_fns = {n: compile_train_step(state, train_data, n) for n in {1, steps_per_call}}
+        eval_fn = compile_eval_step(state, test_data)
+        compile_seconds = time.perf_counter() - compile_start
+        if chief:  # Every check passed: the workdir is this run's.
+            checkpointing.write_run_files(workdir, config)
 
-    # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
-    unevaluated = history.pop() if history and 'test_accuracy' not in history[-1] else None
-    train_data = train_data.replace(batches=make_batches(
-        shuffle_key, step // steps_per_epoch + 1, num_train, batch_size))
-    epoch_begin = logged = (step, time.perf_counter())
-    log = metric_writers.RunLog(workdir, num_epochs, history, step, active=chief)
-    bar = tqdm(total=total_steps, initial=step, unit='step', disable=None if chief else True)
-    try:
-        with StopSignals() as signals:
-            while (step < total_steps or unevaluated) and not signals.stopped:
-                if not unevaluated:  # One call of the step, then, at an epoch's end, its record.
-                    batch = step % steps_per_epoch  # Batches of this epoch done.
-                    num_steps = steps_per_call if batch + steps_per_call <= steps_per_epoch else 1
-                    state = train_fns[num_steps](state, train_data)
-                    step, batch = step + num_steps, batch + num_steps
-                    bar.update(num_steps)
-                    epoch_done = batch == steps_per_epoch
-                    if is_due(batch, config.train.log_every_steps, num_steps, steps_per_epoch):
-                        now = time.perf_counter()
-                        record = train_record(state.sums, step, steps_per_epoch, logged, now,
-                                              batch_size, learning_rate_fn)
-                        check_finite(record['train_loss'], step, steps_per_epoch, checkpointer)
-                        bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                                        acc=f"{record['train_accuracy']:.3f}")
-                        log.write_step(record, print_line=bar.disable and not epoch_done)
-                        logged = (step, now)
-                    # Every call is polled (every step, in a multi-host job); a stop at an
-                    # epoch's last call acts as its evaluation starts.
-                    signals.should_stop(step, num_steps)
-                    if not epoch_done:
-                        continue
-                    unevaluated = {**train_record(state.sums, step, steps_per_epoch, epoch_begin,
-                                                  logged[1], batch_size, learning_rate_fn),
-                                   'epoch': step // steps_per_epoch,
-                                   'train_seconds': logged[1] - epoch_begin[1]}
-                    state = state.replace(sums=jax.device_put(zero_sums(), state.step.sharding))
-                evaluation = evaluate(eval_fn, state, test_data, signals, chief)
-                if evaluation is None:
-                    break
-                history.append({**unevaluated, **evaluation, 'epoch_seconds':
-                                unevaluated['train_seconds'] + evaluation['eval_seconds']})
-                epoch, unevaluated = history[-1]['epoch'], None
-                log.write_epoch(history)
-                if is_due(epoch, config.train.checkpoint_every_epochs, last=num_epochs):
-                    checkpointer.save(step, state, history)
-                signals.should_stop(step)
-                train_data = train_data.replace(batches=make_batches(
-                    shuffle_key, epoch + 1, num_train, batch_size))
-                epoch_begin = logged = (step, time.perf_counter())
-            if signals.stopped and (step < total_steps or unevaluated):
-                check_finite(mean_metrics(state.sums)[0], step, steps_per_epoch, checkpointer)
-                checkpointer.save(step, state, history + ([unevaluated] if unevaluated else []))
-                raise TrainingInterrupted(signals.signum, step)
-    finally:
-        bar.close()
-        checkpointer.wait()
-        checkpointer.close()
-        log.close()
+        # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
+        unevaluated = history.pop() if history and 'test_accuracy' not in history[-1] else None
+        train_data = train_data.replace(batches=make_batches(
+            shuffle_key, step // steps_per_epoch + 1, num_train, batch_size))
+        epoch_begin = logged = (step, time.perf_counter())
+        log = stack.enter_context(
+            metric_writers.RunLog(workdir, num_epochs, history, step, active=chief))
+        bar = stack.enter_context(tqdm(total=total_steps, initial=step, unit='step',
+                                       disable=None if chief else True))
+        signals = stack.enter_context(StopSignals())
+        while (step < total_steps or unevaluated) and not signals.stopped:
+            if not unevaluated:  # One call of the step, then, at an epoch's end, its record.
+                batch = step % steps_per_epoch  # Batches of this epoch done.
+                num_steps = steps_per_call if batch + steps_per_call <= steps_per_epoch else 1
+                state = train_fns[num_steps](state, train_data)
+                step, batch = step + num_steps, batch + num_steps
+                bar.update(num_steps)
+                epoch_done = batch == steps_per_epoch
+                if is_due(batch, config.train.log_every_steps, num_steps, steps_per_epoch):
+                    now = time.perf_counter()
+                    record = train_record(state.sums, step, steps_per_epoch, logged, now,
+                                          batch_size, learning_rate_fn)
+                    check_finite(state, step, steps_per_epoch, checkpointer)
+                    bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                    acc=f"{record['train_accuracy']:.3f}")
+                    log.write_step(record, print_line=bar.disable and not epoch_done)
+                    logged = (step, now)
+                # Every call is polled (every step, in a multi-host job); a stop at an epoch's
+                # last call acts as its evaluation starts.
+                signals.should_stop(step, num_steps)
+                if not epoch_done:
+                    continue
+                unevaluated = {**train_record(state.sums, step, steps_per_epoch, epoch_begin,
+                                              logged[1], batch_size, learning_rate_fn),
+                               'epoch': step // steps_per_epoch,
+                               'train_seconds': logged[1] - epoch_begin[1]}
+                state = state.replace(sums=jax.device_put(zero_sums(), state.step.sharding))
+            evaluation = evaluate(eval_fn, state, test_data, signals, chief)
+            if evaluation is None:
+                break
+            check_finite(state, step, steps_per_epoch, checkpointer, evaluation['test_loss'])
+            history.append({**unevaluated, **evaluation, 'epoch_seconds':
+                            unevaluated['train_seconds'] + evaluation['eval_seconds']})
+            epoch, unevaluated = history[-1]['epoch'], None
+            log.write_epoch(history)
+            if is_due(epoch, config.train.checkpoint_every_epochs, last=num_epochs):
+                checkpointer.save(step, state, history)
+            signals.should_stop(step)
+            train_data = train_data.replace(batches=make_batches(
+                shuffle_key, epoch + 1, num_train, batch_size))
+            epoch_begin = logged = (step, time.perf_counter())
+        if signals.stopped and (step < total_steps or unevaluated):
+            check_finite(state, step, steps_per_epoch, checkpointer)
+            checkpointer.save(step, state, history + ([unevaluated] if unevaluated else []))
+            raise TrainingInterrupted(signals.signum, step)
 
-    results = summarize_run(history, num_params=count_params(state.params),
-                            train_flops_per_step=flops_of(lower_train_step(state, train_data)),
-                            compile_seconds=compile_seconds, batch_size=batch_size)
-    if chief:
-        checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
-                                        results)
+        results = summarize_run(history, num_params=count_params(state.params),
+                                train_flops_per_step=flops_of(lower_train_step(state, train_data)),
+                                compile_seconds=compile_seconds, batch_size=batch_size)
+        if chief:
+            checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
+                                            results)
     return results
 
 
