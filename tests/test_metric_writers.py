@@ -40,10 +40,15 @@ def test_run_log_writes_every_file(tmp_path, capsys):
     assert metric_writers.read_history(str(tmp_path)) == history(3)
     assert metric_writers.read_steps(str(tmp_path)) == steps(3)
     assert (tmp_path / metric_writers.CURVES_FILE).read_bytes()[:8] == PNG_MAGIC
+    # TensorBoard shows every scalar of both jsonl files, at the same steps.
     scalars = tensorboard_scalars(tmp_path / metric_writers.TENSORBOARD_DIR)
-    assert scalars['test_accuracy'] == [(e, pytest.approx(0.6)) for e in (1, 2, 3)]
-    assert scalars['steps/train_loss'] == [(r['step'], pytest.approx(r['train_loss']))
-                                           for r in steps(3)]
+    assert set(scalars) == {*metric_writers.RunLog.SCALARS,
+                            *(f'steps/{key}' for key in metric_writers.RunLog.STEP_SCALARS)}
+    for key in metric_writers.RunLog.SCALARS:
+        assert scalars[key] == [(r['epoch'], pytest.approx(r[key])) for r in history(3)], key
+    for key in metric_writers.RunLog.STEP_SCALARS:
+        assert scalars[f'steps/{key}'] == [(r['step'], pytest.approx(r[key]))
+                                           for r in steps(3)], key
     assert capsys.readouterr().out.splitlines() == [
         f'epoch {e}/3  loss {1 / e:.4f}  train acc 0.5000  test acc 0.6000  100.0 examples/sec'
         '  1.0 s' for e in (1, 2, 3)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -124,13 +125,19 @@ def run_point(run: PointRun) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def point_cost(config_json: str) -> summary.Summary:
+    """A point's parameters, FLOPs and step memory, once per process: it compiles a step."""
+    return summary.summarize(config_utils.from_plain(json.loads(config_json)))
+
+
 def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
     """One row per point: its fields, model cost (from the summary) and run results."""
     rows = []
     for run in runs:
         row: dict[str, Any] = {'index': run.index, **run.point, 'status': run.status()}
         try:
-            cost = summary.summarize(run.config)
+            cost = point_cost(json.dumps(config_utils.to_plain(run.config), sort_keys=True))
             row.update(params=cost.num_params, forward_gflops=cost.forward_flops_per_example / 1e9,
                        step_memory_mib=cost.train_step_bytes / 2**20)
         except ValueError:  # An invalid point: its row says 'failed' and has no cost.

@@ -36,7 +36,7 @@ Sums = dict[str, jax.Array]
 class TrainState(train_state.TrainState):
     """What the train step updates: parameters, optimiser state, BatchNorm statistics, the
     running sums of the epoch in progress (loss, correct predictions, examples) and how many
-    steps gave a non-finite loss or parameters (checked on the host, never saved)."""
+    steps gave a non-finite loss (counted on the device, checked on the host, never saved)."""
 
     batch_stats: Any
     sums: Sums
@@ -253,9 +253,8 @@ def train_step(state: TrainState, data: TrainData) -> TrainState:
     state = state.apply_gradients(
         grads=grads, batch_stats=updates.get('batch_stats', state.batch_stats),
         sums=_add_to_sums(state.sums, losses, logits, y, jnp.ones_like(y, dtype=bool)))
-    # One reduction over the parameters: cheap next to the step, and no fetch to the host.
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(state.params))
-    return state.replace(nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
+    return state.replace(
+        nonfinite_steps=state.nonfinite_steps + (~jnp.isfinite(loss)).astype(jnp.int32))
 
 
 def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
@@ -385,18 +384,25 @@ def train_record(sums: Sums, step: int, steps_per_epoch: int, since: tuple[int, 
             'learning_rate': float(learning_rate_fn(step - 1))}
 
 
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
+
+
 def check_finite(state: TrainState, step: int, steps_per_epoch: int,
                  checkpointer: checkpointing.Checkpointer, test_loss: float = 0.0) -> None:
-    """Raises NonFiniteLossError, naming the checkpoint kept, if training diverged: a step gave
-    a non-finite loss or parameters, or the test loss is not finite."""
+    """Raises NonFiniteLossError, naming the checkpoint kept, if training diverged: a step's
+    loss, the parameters or the test loss are not finite."""
     nonfinite_steps, (loss, _) = int(state.nonfinite_steps), mean_metrics(state.sums)
-    if not nonfinite_steps and math.isfinite(loss) and math.isfinite(test_loss):
+    finite_params = bool(all_finite(state.params))
+    if not nonfinite_steps and finite_params and math.isfinite(loss + test_loss):
         return
     checkpointer.wait()
     kept = checkpointer.latest_step()
-    what = (f'the test loss became {test_loss}' if nonfinite_steps == 0 and math.isfinite(loss)
-            else f'the training loss or parameters became non-finite in {nonfinite_steps} '
-            f'step{"s" if nonfinite_steps != 1 else ""}')
+    what = (f'the training loss became non-finite in {nonfinite_steps} step'
+            f'{"s" if nonfinite_steps != 1 else ""}' if nonfinite_steps else
+            'the parameters became non-finite' if not finite_params else
+            f'the test loss became {test_loss}')
     raise NonFiniteLossError(
         f'{what} in epoch {(step - 1) // steps_per_epoch + 1} (by step {step}); ' +
         (f'the last good checkpoint (step {kept}) is kept in {checkpointer.directory}'
