@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from absl import app, flags
 
-from vgg_flax import config_utils, environment
+from vgg_flax import cli, config_utils, environment
 from vgg_flax.input_pipeline import IDX_FILES, write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -125,9 +125,10 @@ class CliRun:
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     """Runs a CLI in this process as `python -m vgg_flax.<module> ARGS` runs it.
 
-    absl parses the flags (ml_collections reads the --config.* overrides from sys.argv), then
-    the module's `main` runs; an exception that would end the process gives status 1 and its
-    traceback on stderr. $XLA_FLAGS, which a CLI may extend, is restored afterwards.
+    `cli.parse_flags` parses the flags (ml_collections reads the --config.* overrides from
+    sys.argv), then the module's `main` runs; a `sys.exit(message)` gives status 1 and the
+    message on stderr, an exception that would end the process status 1 and its traceback.
+    $XLA_FLAGS, which a CLI may extend, is restored afterwards.
     """
     def run(module: types.ModuleType, *args: str) -> CliRun:
         argv = [module.__name__, *map(str, args)]
@@ -138,9 +139,12 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
         flags.FLAGS.unparse_flags()
         capsys.readouterr()
         try:
-            flags.FLAGS(argv)
-            returncode = module.main(argv[:1]) or 0
-        except (flags.Error, app.UsageError) as e:
+            returncode = module.main(cli.parse_flags(argv)[:1]) or 0
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            returncode = e.code if isinstance(e.code, int) else 1
+        except app.UsageError as e:
             print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
             returncode = 1
         except Exception:  # pylint: disable=broad-except  # As an uncaught exception would end it.

@@ -58,7 +58,7 @@ def test_cli_override_applies(run_summary):
 
 
 @pytest.mark.parametrize('override,message', [
-    ('--config.model.no_such_field=1', 'no_such_field'),
+    ('--config.model.no_such_field=1', '--config.model.no_such_field: the config has no such'),
     ('--config.model.width_ratio=3', 'config.model.width_ratio=3 does not divide'),
     ('--config.data.image_size=16', 'config.data.image_size=16 is too small'),
 ])

@@ -1,12 +1,19 @@
-"""The flags that several command-line tools take: --config and --workdir.
+"""The flags that several command-line tools take (--config, --workdir), and their parsing.
 
 Each tool (`main`, `evaluate`, `sweep`, `summary`, `benchmark`, `profiling`) defines its own flags
 at import and imports these, so any tool's `main` can be imported and called in-process (the
-tests do) without a flag being defined twice. A tool marks which flags it requires as it starts.
+tests do) without a flag being defined twice. A tool marks which flags it requires as it starts,
+and runs as `app.run(main, flags_parser=cli.parse_flags)`.
 """
+
+import importlib.util
+import os
+import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from vgg_flax import config_utils
 
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file: a Python file with get_config() (a sweep also has '
@@ -15,3 +22,49 @@ CONFIG = config_flags.DEFINE_config_file(
 WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory: config, checkpoints, metrics, plots (a sweep: one '
     'subdirectory per point).')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses the command line as absl does; a mistake in --config ends the process (status 1)
+    with one line naming it: a config file that is missing or does not load, or an override of
+    a field the config does not have (with the field it most likely meant)."""
+    try:
+        remaining = flags.FLAGS(argv)
+        if flags.FLAGS['config'].present:
+            CONFIG.value.keys()  # The file loads lazily: a missing one fails here, not in main.
+        return remaining
+    except flags.Error as e:  # absl's own message, as its default parser gives it.
+        sys.exit(f'FATAL Flags parsing error: {e}\n'
+                 'Pass --helpshort or --helpfull to see help on flags.')
+    except (AttributeError, KeyError):  # ml_collections found no such field to override.
+        sys.exit(f'error: {_unknown_override(argv)}')
+    except Exception as e:  # pylint: disable=broad-except  # Whatever the config file raised.
+        path = _config_path(argv)
+        if not os.path.isfile(path):
+            sys.exit(f'error: the config file {path} does not exist; pass the path of an '
+                     'experiment config, e.g. --config=experiments/quick.py.')
+        lines = str(e).strip().splitlines()
+        reason = lines[-1].strip() if lines else type(e).__name__
+        sys.exit(f'error: the config file {path} does not load: {reason}')
+
+
+def _config_path(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith('--config='):
+            return arg.split('=', 1)[1]
+        if arg == '--config' and i + 1 < len(argv):
+            return argv[i + 1]
+    return '?'
+
+
+def _unknown_override(argv: list[str]) -> str:
+    """Which --config.FIELD override names no field of the config file."""
+    spec = importlib.util.spec_from_file_location('config_file', _config_path(argv))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    overrides = [arg.split('=', 1)[0].removeprefix('--config.') for arg in argv
+                 if arg.startswith('--config.')]
+    field, close = config_utils.unknown_field(module.get_config(), overrides) or (
+        ','.join(overrides), None)
+    return (f'--config.{field}: the config has no such field' +
+            (f'; did you mean --config.{close}?' if close else '.'))

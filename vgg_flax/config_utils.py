@@ -116,15 +116,15 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
             if key not in RESUMABLE_CHANGES and saved_flat.get(key) != current_flat.get(key)]
 
 
-def check_fields_exist(config: ml_collections.ConfigDict, fields: Iterable[str],
-                       who: str) -> None:
-    """Raises ValueError for the first dotted field that `config` lacks, with the close match."""
+def unknown_field(config: ml_collections.ConfigDict,
+                  fields: Iterable[str]) -> tuple[str, str | None] | None:
+    """The first dotted field that `config` lacks, and the field it most likely meant."""
     known = flatten(to_plain(config))
     for field in fields:
         if field not in known:
             close = difflib.get_close_matches(field, known, n=1)
-            raise ValueError(f'{who} {field!r}, which is not a config field' +
-                             (f'; did you mean {close[0]!r}?' if close else '.'))
+            return field, close[0] if close else None
+    return None
 
 
 def check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:

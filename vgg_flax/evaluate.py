@@ -155,4 +155,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['workdir'])
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -23,6 +23,8 @@ from typing import Any
 import jax
 from absl import app, flags
 
+from vgg_flax import cli
+
 _TRACE = flags.DEFINE_string('trace', None, 'A *trace.json.gz, or a directory holding one (the '
                              'newest is read).')
 _CALLS = flags.DEFINE_integer('calls', None, 'Calls traced, for times per call.')
@@ -134,4 +136,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['trace'])
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -125,4 +125,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['config'])
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

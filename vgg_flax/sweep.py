@@ -46,7 +46,10 @@ def point_name(point: Point) -> str:
 
 def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
     """`base` with the point's fields set; an unknown field is an error."""
-    config_utils.check_fields_exist(base, point, 'the sweep sets')
+    if unknown := config_utils.unknown_field(base, point):
+        field, close = unknown
+        raise ValueError(f'the sweep sets {field!r}, which is not a config field' +
+                         (f'; did you mean {close!r}?' if close else '.'))
     config = ml_collections.ConfigDict(base.to_dict())
     config.update_from_flattened_dict(point)
     return config
@@ -266,4 +269,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
