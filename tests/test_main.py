@@ -54,7 +54,7 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     events.Reload()
     assert 'test_accuracy' in events.Tags()['scalars']
     test_acc = events.Scalars('test_accuracy')
-    assert [e.step for e in test_acc] == [1, 2]
+    assert [e.step for e in test_acc] == [r['step'] for r in history] == [10, 20]
     assert test_acc[-1].value == pytest.approx(history[-1]['test_accuracy'])
 
     done = run_cli(evaluate, f'--workdir={workdir}')

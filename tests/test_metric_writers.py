@@ -45,7 +45,7 @@ def test_run_log_writes_every_file(tmp_path, capsys):
     assert set(scalars) == {*metric_writers.RunLog.SCALARS,
                             *(f'steps/{key}' for key in metric_writers.RunLog.STEP_SCALARS)}
     for key in metric_writers.RunLog.SCALARS:
-        assert scalars[key] == [(r['epoch'], pytest.approx(r[key])) for r in history(3)], key
+        assert scalars[key] == [(r['step'], pytest.approx(r[key])) for r in history(3)], key
     for key in metric_writers.RunLog.STEP_SCALARS:
         assert scalars[f'steps/{key}'] == [(r['step'], pytest.approx(r[key]))
                                            for r in steps(3)], key
@@ -58,7 +58,8 @@ def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):
     log = metric_writers.RunLog(str(tmp_path), num_epochs=2)
     for record in steps(2):  # Killed at step 20, with the last checkpoint at step 15.
         log.write_step(record)
-    log.write_epoch(history(1))
+        if record['step'] in (10, 20):
+            log.write_epoch(history(record['step'] // 10))
     log.close()
     log = metric_writers.RunLog(str(tmp_path), 2, history(1), step=15)
     log.write_step(steps(2)[-1])
@@ -66,11 +67,12 @@ def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):
     kept = steps(2)[:6] + steps(2)[-1:]
     assert metric_writers.read_steps(str(tmp_path)) == kept
     assert metric_writers.read_history(str(tmp_path)) == history(1)
-    # TensorBoard shows the same points: those logged after step 15 before the kill are gone.
+    # TensorBoard shows the same points: those logged after step 15 before the kill (epoch 2's
+    # too) are gone.
     scalars = tensorboard_scalars(tmp_path / metric_writers.TENSORBOARD_DIR)
     assert scalars['steps/train_loss'] == [(r['step'], pytest.approx(r['train_loss']))
                                            for r in kept]
-    assert scalars['test_accuracy'] == [(1, pytest.approx(0.6))]
+    assert scalars['test_accuracy'] == [(10, pytest.approx(0.6))]
 
 
 def test_the_train_curve_takes_epochs_the_step_log_lacks_from_the_history():

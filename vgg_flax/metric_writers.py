@@ -125,8 +125,10 @@ class SummaryWriter:
 class RunLog:
     """Writes a run's metrics everywhere a researcher looks: jsonl, TensorBoard, plot, console.
 
-    Per epoch, `metrics.jsonl`, TensorBoard scalars by epoch and a printed line; through each
-    epoch, the step log `steps.jsonl` and TensorBoard scalars under `steps/` by step. The plot
+    Per epoch, `metrics.jsonl`, TensorBoard scalars at the epoch's last step and a printed line;
+    through each epoch, the step log `steps.jsonl` and TensorBoard scalars under `steps/`. All
+    TensorBoard points are on the step axis, so a resume's session restart drops every point
+    logged after the checkpoint, the epochs' too. The plot
     is drawn on a background thread, so the next epoch's steps need not wait for it. A run
     resumed at `step` with epoch `history` drops the step records logged after `step` (before a
     kill, after the last checkpoint): it logs those steps again. Only an `active` log (that of
@@ -172,7 +174,7 @@ class RunLog:
         if not self._active:
             return
         latest = history[-1]
-        self._tensorboard.write_scalars(latest['epoch'],
+        self._tensorboard.write_scalars(latest['step'],
                                         {key: latest[key] for key in self.SCALARS})
         tqdm.write(format_epoch(latest, self._num_epochs), file=sys.stdout)
         self._history = list(history)
