@@ -2,20 +2,29 @@
 
 A checkpoint holds the train state, the running sums of the epoch in progress and the metrics
 history, so a resumed run continues exactly where the saved one stopped, mid-epoch included.
+`load_variables` reads a run's model variables without a config, e.g. in a notebook.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import gc
 import json
+import logging
 import os
+import shutil
 import socket
-from typing import IO, Any, Iterator
+import sys
+import tempfile
+import time
+from typing import IO, Any, Callable, Iterator
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from vgg_flax import config_utils, environment
 
@@ -23,11 +32,41 @@ CONFIG_FILE = 'config.json'
 ENVIRONMENT_FILE = 'environment.json'
 RESULTS_FILE = 'results.json'
 CHECKPOINT_DIR = 'checkpoints'
+DAMAGED_DIR = 'checkpoints.damaged'  # Where a run moves the damaged checkpoints it skipped.
 LOCK_FILE = '.lock'
 
 
 class RunDirError(Exception):
-    """The workdir belongs to another run; the message names the differences and the fix."""
+    """The workdir cannot be used as asked; the message names the problem and the fix."""
+
+
+class SaveError(RuntimeError):
+    """A checkpoint could not be written (a full disk, say); `kept_step` is the last one saved."""
+
+    def __init__(self, step: int, kept_step: int | None, reason: str):
+        self.kept_step = kept_step
+        super().__init__(
+            f'saving the checkpoint of step {step} failed ({reason}); the run stopped. ' +
+            (f'The last saved checkpoint is step {kept_step}' if kept_step is not None else
+             'No checkpoint is saved yet') +
+            ': free some disk space (or fix the cause) and run the same command to resume.')
+
+
+def _reason(error: BaseException) -> str:
+    """The gist of an orbax or tensorstore error: the first line of its root cause, shortened."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    lines = str(error).split(' [tensorstore_spec=')[0].strip().splitlines()
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= 200 else f'{line[:80]} ... {line[-110:]}'
+
+
+@functools.cache
+def _quiet_orbax() -> None:
+    """Keeps orbax's logged errors off the console (for the rest of the process): each one
+    reaches the run as an exception, which it says in one line."""
+    logging.getLogger('absl').addFilter(
+        lambda record: record.levelno < logging.ERROR or 'orbax' not in record.pathname)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -144,16 +183,20 @@ def write_json_atomic(path: str, value: Any) -> None:
 class Checkpointer:
     """Saves and restores the train state plus the JSON metrics history.
 
-    On disk, a step's `arrays` item is {'state': {'step', 'params', 'opt_state', 'batch_stats'},
-    'sums': the epoch's running sums}, which orbax alone can read. Orbax writes each checkpoint to a
-    temporary directory and renames it when complete, so a killed run leaves the previous
-    checkpoint intact.
+    On disk, `checkpoints/STEP/arrays` is an orbax PyTree {'state': {'step', 'params',
+    'opt_state', 'batch_stats'}, 'sums': the epoch's running sums}, and `checkpoints/STEP/history`
+    the metrics history as JSON. Orbax writes each checkpoint to a temporary directory and renames
+    it when complete, so a killed run leaves the previous checkpoint intact. Saves run in the
+    background: `check` raises `SaveError` once one has failed, and is cheap enough for every step.
     """
 
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        self._damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
+        _quiet_orbax()
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self._saving: int | None = None  # The step whose save is in flight.
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -162,7 +205,7 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, history: list[dict[str, Any]]) -> None:
-        """Saves `step`, unless it is saved already.
+        """Starts saving `step` in the background, unless it is saved already.
 
         That happens at a stop right after an epoch's checkpoint, and at the step a run resumed
         from after a stop had interrupted that epoch's evaluation: the kept checkpoint has the
@@ -170,9 +213,34 @@ class Checkpointer:
         """
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardSave(_layout(state)),
-            history=ocp.args.JsonSave(history)), force=True)
+        self.wait()
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(_layout(state))) + 2**20
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:  # Said here in one line; a write cut short says it in hundreds.
+            raise SaveError(step, self.latest_step(), f'it needs about {needed / 2**20:,.0f} MiB '
+                            f'and {free / 2**20:,.0f} MiB are free on the disk of {self.directory}')
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                arrays=ocp.args.StandardSave(_layout(state)),
+                history=ocp.args.JsonSave(history)), force=True)
+        except Exception as e:  # pylint: disable=broad-except  # Whatever the storage raised.
+            raise SaveError(step, self.latest_step(), _reason(e)) from e
+        self._saving = step
+
+    def check(self) -> None:
+        """Raises SaveError if the save in flight has failed."""
+        if self._saving is not None and not self._manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Blocks until the save in flight is on disk; raises SaveError if it failed."""
+        step, self._saving = self._saving, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # pylint: disable=broad-except  # Whatever the storage raised.
+            if step is None:
+                raise
+            raise SaveError(step, self.latest_step(), _reason(e)) from e
 
     def restore(self, step: int, like: Any) -> tuple[Any, list[dict[str, Any]]]:
         """The state saved at `step`, on the shapes, dtypes and shardings of `like`'s arrays."""
@@ -185,14 +253,48 @@ class Checkpointer:
         arrays = restored['arrays']
         return like.replace(**arrays['state'], sums=arrays['sums']), list(restored['history'])
 
-    def restore_latest(self, like: Any) -> tuple[Any, list[dict[str, Any]]]:
-        """`restore` of the latest step; `like` and no history when there is none."""
-        latest = self.latest_step()
-        return (like, []) if latest is None else self.restore(latest, like)
+    def restore_latest(self, like: Any,
+                       set_aside_damaged: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+        """`restore` of the newest readable checkpoint; `like` and no history when there is none.
 
-    def wait(self) -> None:
-        """Blocks until asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        A damaged checkpoint (a truncated or missing file) is skipped with a warning that names
+        it. A training run sets it aside in `checkpoints.damaged/` (nothing is deleted), so that
+        it saves that step afresh; `evaluate` leaves it in place. If no checkpoint is readable,
+        RunDirError says so and nothing is moved.
+        """
+        damaged, restored = [], None
+        with _stderr_held_back() as discard:
+            for step in sorted(self.all_steps(), reverse=True):
+                try:
+                    restored = self.restore(step, like)
+                    break
+                except Exception as e:  # pylint: disable=broad-except  # Whatever it raised.
+                    damaged.append((step, _reason(e)))
+            if damaged:
+                discard()
+        if restored is None and damaged:
+            raise RunDirError(
+                f'no checkpoint in {self.directory} is readable (' +
+                '; '.join(f'step {step}: {reason}' for step, reason in damaged) +
+                f'). Move {self.directory} elsewhere to train from scratch, or pass another '
+                '--workdir.')
+        if damaged and set_aside_damaged:
+            self._set_aside([step for step, _ in damaged])
+        for bad, reason in damaged:
+            _warn(f'warning: the checkpoint of step {bad} in {self.directory} is damaged '
+                  f'({reason}); ' + (f'moved it to {self._damaged_directory} and ' if
+                                     set_aside_damaged else '') + f'using step {step}.')
+        return restored or (like, [])
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves damaged step directories out of orbax's sight (process 0 of a job does it)."""
+        if jax.process_index() == 0:
+            os.makedirs(self._damaged_directory, exist_ok=True)
+            for step in steps:
+                os.replace(os.path.join(self.directory, str(step)),
+                           os.path.join(self._damaged_directory, str(step)))
+        multihost_utils.sync_global_devices('checkpoints set aside')
+        self._manager.reload()
 
     def close(self) -> None:
         self._manager.close()
@@ -201,11 +303,66 @@ class Checkpointer:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Waits for the saves in flight, then closes."""
+        """Waits for the save in flight (unless its failure is what ends the run), then closes."""
         try:
-            self.wait()
+            if not isinstance(exc_info[1], SaveError):
+                self.wait()
         finally:
             self.close()
+
+
+def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
+    """The model variables of the checkpoint at `step` (default: the latest) of a run.
+
+    {'params': ..., 'batch_stats': ...} as NumPy arrays, read with plain orbax, needing neither
+    the config nor the train state: `models.VGG(...).apply(variables, images, train=False)`.
+    """
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    with ocp.CheckpointManager(
+            directory, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        steps = list(manager.all_steps())
+        step = max(steps, default=None) if step is None else step
+        if step not in steps:
+            raise RunDirError(f'{directory} has no checkpoint ' +
+                              (f'at step {step}; it has {", ".join(map(str, sorted(steps)))}.'
+                               if step is not None else 'yet; train first.'))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        state = checkpointer.restore(os.path.join(directory, str(step), 'arrays'))['state']
+    return {'params': state['params'], 'batch_stats': state['batch_stats']}
+
+
+@contextlib.contextmanager
+def _stderr_held_back() -> Iterator[Callable[[], None]]:
+    """Holds back what the block writes to stderr, and passes it on unless the block calls the
+    function it is given (to discard it) or raises.
+
+    A restore that fails on a damaged file leaves tensorstore's threads to print a traceback for
+    each read cut short, straight to file descriptor 2 (past `sys.stderr` and its hooks), and
+    asyncio to log each orbax task that failed: dozens of tracebacks for what the run says in one
+    line. Discarding waits a moment for those reads to end, so their echoes are discarded too.
+    """
+    discarded = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield lambda: discarded.append(True)
+        finally:
+            if discarded:
+                time.sleep(0.5)
+                gc.collect()  # Failed tasks are logged as they are collected: here, held back.
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            if not discarded:
+                held.seek(0)
+                os.write(saved, held.read())
+            os.close(saved)
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _layout(state: Any) -> dict[str, Any]:

@@ -34,21 +34,21 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 18, 'Test images shown in predi
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
                   num_channels: int = 1) -> tuple[train.TrainState, int]:
-    """The train state saved at `step` (default: the latest) of the run in `workdir`."""
+    """The train state saved at `step` (default: the latest readable) of the run in `workdir`."""
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
         steps = checkpointer.all_steps()
         if not steps:
             raise checkpointing.RunDirError(f'{workdir} has no checkpoint yet; train first.')
-        step = max(steps) if step is None else step
-        if step not in steps:
+        if step is not None and step not in steps:
             raise checkpointing.RunDirError(f'{workdir} has no checkpoint at step {step}; it has '
                                             f'{", ".join(map(str, sorted(steps)))}.')
         like = train.create_train_state(config, jax.random.key(0), num_channels=num_channels)
-        state, _ = checkpointer.restore(step, like)
+        state, _ = (checkpointer.restore_latest(like, set_aside_damaged=False) if step is None
+                    else checkpointer.restore(step, like))
     finally:
         checkpointer.close()
-    return state, step
+    return state, int(state.step)
 
 
 def predict(state: train.TrainState, split: input_pipeline.Split, image_size: int,

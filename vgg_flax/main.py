@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     try:
         results = train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
     except (ValueError, input_pipeline.DataError, checkpointing.RunDirError,
-            train.NonFiniteLossError) as e:
+            checkpointing.SaveError, train.NonFiniteLossError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     except train.TrainingInterrupted as e:

@@ -193,6 +193,21 @@ class RunLog:
             self._plot.result()
             self._plot = None
 
+    def rewind(self, step: int) -> None:
+        """Drops what was logged after `step`, as a run resumed at `step` would: the log then
+        shows what the checkpoints hold. A file that cannot be rewritten (a full disk) is left
+        as it is; the resume rewrites it."""
+        if not self._active:
+            return
+        self._history = [record for record in self._history if record['step'] <= step]
+        self._steps = [record for record in self._steps if record['step'] <= step]
+        try:
+            write_history(self._workdir, self._history)
+            _write_jsonl(os.path.join(self._workdir, STEPS_FILE), self._steps)
+            self._tensorboard.drop_after(step)
+        except OSError:
+            pass
+
     def close(self) -> None:
         if not self._active:
             return
@@ -206,6 +221,9 @@ class RunLog:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        """Closes; a run stopped by a failed save first rewinds to the last checkpoint saved."""
+        if isinstance(exc_info[1], checkpointing.SaveError):
+            self.rewind(exc_info[1].kept_step or 0)
         self.close()
 
 

@@ -496,8 +496,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     log.write_step(record, print_line=bar.disable and not epoch_done)
                     logged = (step, now)
                 # Every call is polled (every step, in a multi-host job); a stop at an epoch's
-                # last call acts as its evaluation starts.
+                # last call acts as its evaluation starts. A failed save stops the run here.
                 signals.should_stop(step, num_steps)
+                checkpointer.check()
                 if not epoch_done:
                     continue
                 unevaluated = {**train_record(state.sums, step, steps_per_epoch, epoch_begin,
