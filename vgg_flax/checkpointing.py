@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import pathlib
 import shutil
 import socket
 import sys
@@ -23,6 +24,7 @@ from typing import IO, Any, Callable, Iterator
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
@@ -318,17 +320,20 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     the config nor the train state: `models.VGG(...).apply(variables, images, train=False)`.
     """
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    with ocp.CheckpointManager(
-            directory, options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
-        steps = list(manager.all_steps())
-        step = max(steps, default=None) if step is None else step
-        if step not in steps:
-            raise RunDirError(f'{directory} has no checkpoint ' +
-                              (f'at step {step}; it has {", ".join(map(str, sorted(steps)))}.'
-                               if step is not None else 'yet; train first.'))
+    steps = sorted(int(name) for name in (os.listdir(directory) if os.path.isdir(directory)
+                                          else ()) if name.isdigit())
+    step = max(steps, default=None) if step is None else step
+    if step not in steps:
+        raise RunDirError(f'{directory} has no checkpoint ' +
+                          (f'at step {step}; it has {", ".join(map(str, steps))}.'
+                           if step is not None else 'yet; train first.'))
+    path = pathlib.Path(directory, str(step), 'arrays')
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                            ocp.PyTreeCheckpointHandler().metadata(path).tree)
     with ocp.PyTreeCheckpointer() as checkpointer:
-        state = checkpointer.restore(os.path.join(directory, str(step), 'arrays'))['state']
-    return {'params': state['params'], 'batch_stats': state['batch_stats']}
+        state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))[
+            'state']
+    return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
 
 
 @contextlib.contextmanager

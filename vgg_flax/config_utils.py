@@ -107,13 +107,25 @@ def flatten(plain: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The fields, other than `RESUMABLE_CHANGES`, whose values differ between two configs."""
+    """The fields, other than `RESUMABLE_CHANGES`, whose values differ between two configs.
+
+    `train.num_epochs` is one of those only under the cosine schedule, which spans the whole
+    run: changing its length would change the learning rate of every step still to come. (The
+    constant and step schedules and the warmup are defined in epochs from the start, so a longer
+    run just continues them.)
+    """
     saved_flat, current_flat = flatten(saved), flatten(current)
     keys = sorted(set(saved_flat) | set(current_flat))
-    return [f'{key}: {saved_flat.get(key, "<absent>")!r} in the run, '
-            f'{current_flat.get(key, "<absent>")!r} now'
-            for key in keys
-            if key not in RESUMABLE_CHANGES and saved_flat.get(key) != current_flat.get(key)]
+    conflicts = [f'{key}: {saved_flat.get(key, "<absent>")!r} in the run, '
+                 f'{current_flat.get(key, "<absent>")!r} now'
+                 for key in keys
+                 if key not in RESUMABLE_CHANGES and saved_flat.get(key) != current_flat.get(key)]
+    epochs = (saved_flat.get('train.num_epochs'), current_flat.get('train.num_epochs'))
+    if current_flat.get('train.lr_schedule') == 'cosine' and epochs[0] != epochs[1]:
+        conflicts.append(f'train.num_epochs: {epochs[0]!r} in the run, {epochs[1]!r} now (the '
+                         "cosine schedule spans the run's epochs, so every step still to come "
+                         'would change)')
+    return conflicts
 
 
 def unknown_field(config: ml_collections.ConfigDict,
