@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -148,6 +150,34 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeyp
     assert saved == 4  # Saved mid-epoch, after the call the signal came in.
     train.train_and_evaluate(config, workdir)
     assert metrics_of(metric_writers.read_history(workdir)) == straight
+
+
+def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_path, monkeypatch):
+    """A stop waits for the calls queued on the device; there are never more than two."""
+    real_step, real_compile, markers, queued = train.train_step, train.compile_train_step, [], []
+
+    def slow_step(state, data):  # About 2 GFLOP more per step: the host outpaces the device.
+        x = jax.lax.fori_loop(0, 60, lambda _, x: jnp.tanh(x @ x), jnp.full((256, 256), 0.01))
+        state = real_step(state, data)
+        return state.replace(step=state.step + (x[0, 0] > 1e9).astype(state.step.dtype))
+
+    def counting_compile(*args, **kwargs):
+        fn = real_compile(*args, **kwargs)
+
+        def call_fn(*call_args):
+            result = fn(*call_args)
+            markers.append(jnp.copy(result.step))  # Ready once this call has run.
+            queued.append(sum(not marker.is_ready() for marker in markers))
+            return result
+
+        return call_fn
+
+    monkeypatch.setattr(train, 'train_step', slow_step)
+    monkeypatch.setattr(train, 'compile_train_step', counting_compile)
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    assert len(queued) == 10 and max(queued) <= 2, queued
 
 
 def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(idx_dir, tmp_path,

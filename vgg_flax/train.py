@@ -478,11 +478,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         bar = stack.enter_context(tqdm(total=total_steps, initial=step, unit='step',
                                        disable=None if chief else True))
         signals = stack.enter_context(StopSignals())
+        running = None  # A copy of the step counter that the last call returns (not donated).
         while (step < total_steps or unevaluated) and not signals.stopped:
             if not unevaluated:  # One call of the step, then, at an epoch's end, its record.
                 batch = step % steps_per_epoch  # Batches of this epoch done.
                 num_steps = steps_per_call if batch + steps_per_call <= steps_per_epoch else 1
                 state = train_fns[num_steps](state, train_data)
+                # The host waits for the previous call while the device runs this one: never
+                # more than two calls are queued, so a stop waits for those two, not dozens.
+                finished, running = running, jnp.copy(state.step)
+                if finished is not None:
+                    finished.block_until_ready()
                 step, batch = step + num_steps, batch + num_steps
                 bar.update(num_steps)
                 epoch_done = batch == steps_per_epoch
