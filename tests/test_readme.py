@@ -1,0 +1,108 @@
+"""Every command in the README's bash blocks runs as written, at tiny sizes on small IDX files.
+
+The `python -m vgg_flax.X` commands run in this process (`run_cli`); the scripts run as they
+are, in a copy of the repository's layout whose `.venv` and `python3` are this interpreter
+(the scripts' `pip install` is skipped: this environment has the pinned packages already).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, write_fashion_idx_dir
+
+README_DATA_DIR = '/data/fashion-mnist'
+
+
+def readme_commands() -> list[list[str]]:
+    """Each command of the README's bash blocks as its words (continuations joined, comments
+    dropped); the SLURM scripts' `srun` lines without `srun`."""
+    commands = []
+    for block in re.findall(r'```bash\n(.*?)```', (ROOT / 'README.md').read_text(), re.S):
+        for line in block.replace('\\\n', ' ').splitlines():
+            words = shlex.split(line, comments=True)
+            commands.append(words[1:] if words[:1] == ['srun'] else words)
+    return [words for words in commands if words]
+
+
+def tiny(idx_dir: pathlib.Path) -> list[str]:
+    """Overrides that shrink any training command to seconds (they come last, so they win)."""
+    return ['--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
+            '--config.data.image_size=32', '--config.model.width_ratio=16',
+            '--config.model.dense_features=(64,64)', '--config.train.batch_size=32',
+            '--config.train.eval_batch_size=50', '--config.train.num_epochs=1',
+            '--config.data.max_train_examples=32', '--config.data.max_test_examples=50']
+
+
+def executable(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.fixture
+def sandbox(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The repository's layout for the scripts, with this interpreter as .venv's and python3."""
+    root = tmp_path / 'repo'
+    for directory in ('scripts', 'benchmarks'):
+        shutil.copytree(ROOT / directory, root / directory)
+    (root / 'experiments').symlink_to(ROOT / 'experiments')
+    python = f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n'
+    executable(root / '.venv' / 'bin' / 'python', python)
+    executable(tmp_path / 'bin' / 'python3', python)
+    return root
+
+
+def test_the_readme_has_the_commands_this_test_knows():
+    kinds = {' '.join(words[:3]) if words[0] != 'bash' else ' '.join(words[:2])
+             for words in readme_commands()}
+    assert kinds == {
+        'bash scripts/train.sh', 'bash scripts/test.sh', 'python -m vgg_flax.main',
+        'python -m vgg_flax.evaluate', 'python -m vgg_flax.sweep',
+        '.venv/bin/python -m vgg_flax.sweep', '.venv/bin/python -m vgg_flax.main',
+        'python -m vgg_flax.benchmark', 'DATA_DIR=/data/fashion-mnist OUT=gpu_results bash'}
+
+
+def test_every_readme_command_runs(sandbox, tmp_path, monkeypatch, run_cli):
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx')
+    monkeypatch.chdir(sandbox)
+    monkeypatch.setenv('PATH', f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
+    ran = []
+    for words in readme_commands():
+        words = [word.replace(README_DATA_DIR, str(idx_dir))
+                 .replace('$SLURM_ARRAY_TASK_ID', '0') for word in words]
+        if words[:2] == ['bash', 'scripts/test.sh']:
+            continue  # The suite this test is part of.
+        if words[:2] == ['bash', 'scripts/train.sh']:
+            done = subprocess.run([*words, *tiny(idx_dir)], capture_output=True, text=True,
+                                  timeout=600)
+        elif 'bash' in words:  # The GPU script's training stage, on this CPU.
+            position = words.index('bash')
+            env = dict(os.environ, **dict(word.split('=', 1) for word in words[:position]),
+                       STAGES='train_bfloat16', EXTRA_FLAGS=' '.join(tiny(idx_dir)[2:]))
+            done = subprocess.run(words[position:], capture_output=True, text=True, timeout=600,
+                                  env=env)
+            summary = (sandbox / env['OUT'] / 'summary.txt').read_text()
+            assert 'FAILED' not in summary and 'train bfloat16: 1 epochs' in summary, summary
+        else:
+            module_name = words[words.index('-m') + 1]
+            module = importlib.import_module(module_name)
+            extra = [] if module_name == 'vgg_flax.evaluate' else tiny(idx_dir)
+            if module_name == 'vgg_flax.benchmark':
+                extra += ['--steps=2', '--repeats=1', '--warmup=1', '--loop_steps=0']
+            done = run_cli(module, *words[words.index('-m') + 2:], *extra)
+        assert done.returncode == 0, (words, done.stdout[-2000:], done.stderr[-3000:])
+        ran.append(' '.join(words))
+    assert len(ran) == len(readme_commands()) - 1
+    assert (sandbox / 'runs' / 'd2l' / 'results.json').is_file()
+    assert (sandbox / 'runs' / 'ratio' / 'results.md').is_file()
