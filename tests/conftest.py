@@ -11,6 +11,7 @@ import sys
 import traceback
 import types
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -28,7 +29,13 @@ REAL_DATA_DIR = os.environ.get('VGG_FLAX_FASHION_MNIST', '')
 
 @pytest.fixture(autouse=True, scope='session')
 def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """One persistent XLA cache for the session (and its subprocesses): compile each step once."""
+    """One persistent XLA cache for the session (and its subprocesses): compile each step once.
+
+    It also starts this process's backend before any test can, with $XLA_FLAGS as the session
+    found them: a CLI run in-process adds its CPU tuning flags, and the numerics of every later
+    test must not depend on whether one ran first.
+    """
+    jax.devices()
     path = str(tmp_path_factory.mktemp('xla_cache'))
     os.environ['JAX_COMPILATION_CACHE_DIR'] = path
     environment.enable_compilation_cache()
@@ -128,8 +135,11 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     `cli.parse_flags` parses the flags (ml_collections reads the --config.* overrides from
     sys.argv), then the module's `main` runs; a `sys.exit(message)` gives status 1 and the
     message on stderr, an exception that would end the process status 1 and its traceback.
-    $XLA_FLAGS, which a CLI may extend, is restored afterwards.
+    $XLA_FLAGS, which a CLI may extend, and the compilation cache's switch, which a CLI that
+    times compiles turns off, are restored afterwards.
     """
+    cache_enabled = jax.config.jax_enable_compilation_cache
+
     def run(module: types.ModuleType, *args: str) -> CliRun:
         argv = [module.__name__, *map(str, args)]
         monkeypatch.setattr(sys, 'argv', argv)
@@ -155,3 +165,4 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
 
     yield run
     flags.FLAGS.unparse_flags()
+    jax.config.update('jax_enable_compilation_cache', cache_enabled)

@@ -78,9 +78,18 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sw
                    'examples_per_sec', 'wall_seconds'):
         assert rows[0][column] and rows[1][column] and not rows[2][column], column
     assert float(rows[0]['test_accuracy']) > 0.3
-    markdown = (workdir / 'results.md').read_text().splitlines()
+    by_group, by_run = (workdir / 'results.md').read_text().split('Per run:')
+    markdown = by_run.strip().splitlines()
     assert markdown[0].startswith('| index | model.width_ratio | status | params |')
     assert len(markdown) == 5 and '| failed |' in markdown[4]
+    groups = [line for line in by_group.splitlines() if line.startswith('| ')]
+    assert groups[0].startswith('| model.width_ratio | runs | done | not done | test acc |')
+    assert groups[4].startswith('| 3 | 1 | 0 | failed 2 | - |')  # Counted, not averaged.
+    summary = read_csv(workdir / 'summary.csv')
+    assert [(g['model.width_ratio'], g['runs'], g['done']) for g in summary] == [
+        ('8', '1', '1'), ('16', '1', '1'), ('3', '1', '0')]
+    assert summary[0]['test_accuracy_mean'] == rows[0]['test_accuracy']
+    assert summary[0]['test_accuracy_std'] == '' and summary[2]['test_accuracy_mean'] == ''
     assert (workdir / 'sweep.png').read_bytes()[:8] == PNG_MAGIC
 
     # A longer schedule from the shell applies to every point and resumes the finished ones.
@@ -113,6 +122,46 @@ def test_point_config_and_names():
         sweep.point_config(base, {'model.widht_ratio': 8})
 
 
-def test_ratio_sweep_experiment_covers_the_lessons_ratios():
+def test_ratio_sweep_experiment_runs_the_lessons_ratios_with_three_seeds():
     points = sweep.load_sweep(str(ROOT / 'experiments' / 'ratio_sweep.py'))
-    assert points == [{'model.width_ratio': r} for r in (1, 2, 4, 8, 16)]
+    assert points == [{'model.width_ratio': r, 'seed': s} for r in (1, 2, 4, 8, 16)
+                      for s in range(3)]
+
+
+def test_spread_is_mean_std_and_a_students_t_interval():
+    result = sweep.spread([0.8, 0.9, 1.0])
+    assert result['mean'] == pytest.approx(0.9) and result['std'] == pytest.approx(0.1)
+    assert result['ci95'] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-6)
+    assert sweep.spread([0.7]) == {'mean': 0.7, 'std': None, 'ci95': None}
+    assert sweep.spread([]) == {'mean': None, 'std': None, 'ci95': None}
+
+
+def test_groups_average_finished_seeds_only_and_count_the_rest():
+    def row(index, ratio, seed, status, accuracy):
+        return {'index': index, 'model.width_ratio': ratio, 'seed': seed, 'status': status,
+                'test_accuracy': accuracy, 'best_test_accuracy': accuracy,
+                'examples_per_sec': 100.0 * (seed + 1), 'params': 10, 'forward_gflops': 0.1,
+                'step_memory_mib': 5.0}
+    rows = [row(0, 8, 0, 'done', 0.70), row(1, 8, 1, 'done', 0.80), row(2, 8, 2, 'partial', 0.1),
+            row(3, 16, 0, 'done', 0.60), row(4, 16, 1, 'failed', None),
+            row(5, 16, 2, 'missing', None)]
+    eight, sixteen = sweep.group_rows(rows, ['model.width_ratio', 'seed'])
+    assert (eight['runs'], eight['done'], eight['not_done']) == (3, 2, 'partial 2')
+    assert eight['test_accuracy_mean'] == pytest.approx(0.75)
+    assert eight['test_accuracy_std'] == pytest.approx(0.0707107, rel=1e-5)
+    assert eight['test_accuracy_ci95'] == pytest.approx(12.7062 * 0.0707107 / 2 ** 0.5, rel=1e-4)
+    assert eight['examples_per_sec'] == pytest.approx(150.0)
+    assert (sixteen['done'], sixteen['not_done']) == (1, 'failed 4, missing 5')
+    assert sixteen['test_accuracy_mean'] == 0.60 and sixteen['test_accuracy_ci95'] is None
+    assert 'seed' not in eight and eight['params'] == 10
+
+
+def test_seeds_flag_repeats_every_point(sweep_file, tmp_path, run_sweep):
+    done = run_sweep(sweep_file, tmp_path / 'sweep', '--seeds=2', '--config.seed=5', '--list')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split('\n')[:3] == ['  0  missing  model.width_ratio=8,seed=5',
+                                           '  1  missing  model.width_ratio=8,seed=6',
+                                           '  2  missing  model.width_ratio=16,seed=5']
+    ratio_sweep = ROOT / 'experiments' / 'ratio_sweep.py'
+    done = run_sweep(ratio_sweep, tmp_path / 'ratio', '--seeds=2', '--list')
+    assert done.returncode == 1 and 'the sweep sets seed itself' in done.stderr

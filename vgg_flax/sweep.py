@@ -6,6 +6,10 @@
 An experiment file that defines `get_sweep()` next to `get_config()` is a sweep: `get_sweep()`
 returns a list of points, each a dict of dotted config fields to values (see `vgg_flax.hyper`).
 Shell overrides apply to the base config, so to every point; a point's own values win.
+
+Points that differ only in `seed` (an axis of the sweep, or `--seeds=N`) form a group: the
+report gives each group's mean, standard deviation and 95% confidence interval over its finished
+runs, and counts the runs that are not finished instead of averaging them.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import math
 import os
+import statistics
 import sys
 import traceback
 from typing import IO, Any, Sequence
 
 import ml_collections
+import scipy.stats
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -28,11 +35,14 @@ from vgg_flax import checkpointing, cli, config_utils, environment, hyper, summa
 
 Point = hyper.Point
 ERROR_FILE = 'error.txt'
-REPORT_FILES = ('results.csv', 'results.md', 'sweep.png')
+REPORT_FILES = ('results.csv', 'summary.csv', 'results.md', 'sweep.png')
+SPREAD_KEYS = ('test_accuracy', 'best_test_accuracy')  # Reported as mean, std and 95% CI.
 
 _LIST = flags.DEFINE_bool('list', False, 'Print the points with their index and status.')
 _INDEX = flags.DEFINE_integer('index', None, 'Run only point N (a job-array task).')
 _REPORT = flags.DEFINE_bool('report', False, 'Only write the report from finished runs.')
+_SEEDS = flags.DEFINE_integer('seeds', 1, 'Run every point with this many seeds (config.seed, '
+                              'config.seed + 1, ...); the report gives their mean and spread.')
 
 
 def point_name(point: Point) -> str:
@@ -53,6 +63,18 @@ def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collection
     config = ml_collections.ConfigDict(base.to_dict())
     config.update_from_flattened_dict(point)
     return config
+
+
+def with_seeds(points: Sequence[Point], first_seed: int, num_seeds: int) -> list[Point]:
+    """Every point with each of `num_seeds` seeds from `first_seed` on."""
+    if num_seeds < 1:
+        raise ValueError(f'--seeds={num_seeds} must be at least 1.')
+    if num_seeds > 1 and any('seed' in point for point in points):
+        raise ValueError('the sweep sets seed itself; drop --seeds or its seed axis.')
+    if num_seeds == 1:
+        return list(points)
+    return hyper.product(list(points), hyper.axis('seed', range(first_seed,
+                                                                 first_seed + num_seeds)))
 
 
 def load_sweep(config_path: str) -> list[Point]:
@@ -140,7 +162,8 @@ def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
     for run in runs:
         row: dict[str, Any] = {'index': run.index, **run.point, 'status': run.status()}
         try:
-            cost = point_cost(json.dumps(config_utils.to_plain(run.config), sort_keys=True))
+            seedless = {**config_utils.to_plain(run.config), 'seed': 0}  # Seeds cost alike.
+            cost = point_cost(json.dumps(seedless, sort_keys=True))
             row.update(params=cost.num_params, forward_gflops=cost.forward_flops_per_example / 1e9,
                        step_memory_mib=cost.train_step_bytes / 2**20)
         except ValueError:  # An invalid point: its row says 'failed' and has no cost.
@@ -155,8 +178,43 @@ def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
     return rows
 
 
+def spread(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean, sample standard deviation and the half-width of the 95% confidence interval of the
+    mean (Student's t with n - 1 degrees of freedom); None where n is too small for one."""
+    n = len(values)
+    mean = statistics.fmean(values) if n else None
+    std = statistics.stdev(values) if n > 1 else None
+    ci95 = scipy.stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else None
+    return {'mean': mean, 'std': std, 'ci95': ci95}
+
+
+def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per group of runs that differ only in their seed: its fields, its count of runs
+    and of finished ones, the spread of `SPREAD_KEYS` over the finished runs, their mean
+    examples/sec, and the model's cost."""
+    group_fields = [field for field in fields if field != 'seed']
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(point_name({f: row[f] for f in group_fields}), []).append(row)
+    summaries = []
+    for members in groups.values():
+        done = [row for row in members if row['status'] == 'done']
+        summary_row = {field: members[0][field] for field in group_fields}
+        summary_row.update(runs=len(members), done=len(done),
+                           not_done=', '.join(f'{row["status"]} {row["index"]}'
+                                              for row in members if row['status'] != 'done'))
+        for key in SPREAD_KEYS:
+            summary_row.update({f'{key}_{stat}': value for stat, value
+                                in spread([row[key] for row in done]).items()})
+        summary_row['examples_per_sec'] = spread([row['examples_per_sec'] for row in done])['mean']
+        summary_row.update({key: members[0][key] for key in
+                            ('params', 'forward_gflops', 'step_memory_mib')})
+        summaries.append(summary_row)
+    return summaries
+
+
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or value == '':
         return '-'
     if isinstance(value, float):
         return f'{value:.4f}' if abs(value) < 10 else f'{value:,.1f}'
@@ -165,63 +223,102 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
-    """Writes results.csv, results.md and sweep.png into the sweep's workdir, each atomically."""
-    rows = report_rows(runs)
-    columns = list(rows[0]) if rows else []
-    os.makedirs(workdir, exist_ok=True)
-    csv_path, md_path, png_path = (os.path.join(workdir, name) for name in REPORT_FILES)
-    with checkpointing.atomic_write(csv_path) as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    mean, ci95 = row[f'{key}_mean'], row[f'{key}_ci95']
+    return _cell(mean) if ci95 is None else f'{mean:.4f} ± {ci95:.4f}'
+
+
+def _write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    with checkpointing.atomic_write(path) as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows({k: ('' if v is None else v) for k, v in row.items()} for row in rows)
-    lines = ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns)]
-    lines += ['| ' + ' | '.join(_cell(row[c]) for c in columns) + ' |' for row in rows]
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ['| ' + ' | '.join(columns) + ' |', '|' + ' --- |' * len(columns),
+            *('| ' + ' | '.join(row) + ' |' for row in rows)]
+
+
+def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
+    """Writes results.csv (a row per run), summary.csv (a row per group of seeds), results.md
+    (both tables) and sweep.png into the sweep's workdir, each atomically."""
+    rows = report_rows(runs)
+    fields = list(runs[0].point) if runs else []
+    groups = group_rows(rows, fields)
+    os.makedirs(workdir, exist_ok=True)
+    csv_path, summary_path, md_path, png_path = (os.path.join(workdir, name)
+                                                  for name in REPORT_FILES)
+    _write_csv(csv_path, rows)
+    _write_csv(summary_path, groups)
+    group_fields = [field for field in fields if field != 'seed']
+    lines = ['Per group of seeds: mean ± 95% confidence interval (Student\'s t) over the '
+             'finished runs, and standard deviation.', '']
+    lines += _markdown_table(
+        [*group_fields, 'runs', 'done', 'not done', 'test acc', 'std', 'best test acc', 'std',
+         'examples/sec', 'params', 'forward GFLOPs'],
+        [[*(_cell(group[f]) for f in group_fields), _cell(group['runs']), _cell(group['done']),
+          _cell(group['not_done']), _with_interval(group, 'test_accuracy'),
+          _cell(group['test_accuracy_std']), _with_interval(group, 'best_test_accuracy'),
+          _cell(group['best_test_accuracy_std']), _cell(group['examples_per_sec']),
+          _cell(group['params']), _cell(group['forward_gflops'])] for group in groups])
+    lines += ['', 'Per run:', '']
+    columns = list(rows[0]) if rows else []
+    lines += _markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])
     with checkpointing.atomic_write(md_path) as f:
         f.write('\n'.join(lines) + '\n')
     with checkpointing.atomic_write(png_path, 'wb') as f:
-        plot_sweep(rows, list(runs[0].point) if runs else [], f)
+        plot_sweep(groups, group_fields, f)
     return rows
 
 
-def plot_sweep(rows: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> None:
-    """Test accuracy against the swept value and against parameters; throughput beside."""
+def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> None:
+    """Mean test accuracy (error bars: 95% CI over seeds) against the swept value and against
+    parameters; mean throughput beside."""
     import matplotlib.ticker  # pylint: disable=g-import-not-at-top
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-    numeric = len(fields) == 1 and all(isinstance(row[fields[0]], (int, float)) for row in rows)
-    labels = [row[fields[0]] if numeric else point_name({f: row[f] for f in fields})
-              for row in rows]
-    positions = labels if numeric else list(range(len(rows)))
+    numeric = len(fields) == 1 and all(isinstance(g[fields[0]], (int, float)) for g in groups)
+    labels = [g[fields[0]] if numeric else point_name({f: g[f] for f in fields}) for g in groups]
+    positions = labels if numeric else list(range(len(groups)))
     fig = Figure(figsize=(13, 3.8), dpi=110)
     axes = fig.subplots(1, 3)
-    done = [i for i, row in enumerate(rows) if row['test_accuracy'] is not None]
-    series = ((axes[0], positions, 'test_accuracy', fields[0] if numeric else 'point'),
-              (axes[2], positions, 'examples_per_sec', fields[0] if numeric else 'point'))
-    for ax, xs, key, xlabel in series:
-        ax.plot([xs[i] for i in done], [rows[i][key] for i in done], 'o-')
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(key.replace('_', ' '))
-        if numeric and all(x > 0 for x in xs) and max(xs) / min(xs) >= 8:
+    done = [i for i, g in enumerate(groups) if g['done']]
+
+    def accuracy(ax: Any, indices: Sequence[int], xs: Sequence[float]) -> None:
+        ax.errorbar(xs, [groups[i]['test_accuracy_mean'] for i in indices],
+                    yerr=[groups[i]['test_accuracy_ci95'] or 0 for i in indices], fmt='o-',
+                    capsize=3)
+        ax.set_ylabel('test accuracy (mean, 95% CI)')
+
+    accuracy(axes[0], done, [positions[i] for i in done])
+    axes[2].plot([positions[i] for i in done], [groups[i]['examples_per_sec'] for i in done],
+                 'o-')
+    axes[2].set_ylabel('examples per sec')
+    for ax in (axes[0], axes[2]):
+        ax.set_xlabel(fields[0] if numeric else 'point')
+        if numeric and all(x > 0 for x in positions) and max(positions) / min(positions) >= 8:
             ax.set_xscale('log', base=2)
         if numeric:
-            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.set_xticks(positions, [str(x) for x in positions])
         else:
-            ax.set_xticks(xs, [str(x) for x in labels], rotation=30, ha='right', fontsize=7)
-    with_params = [i for i in done if rows[i]['params']]
-    millions = [rows[i]['params'] / 1e6 for i in with_params]
-    axes[1].plot(millions, [rows[i]['test_accuracy'] for i in with_params], 'o-')
+            ax.set_xticks(positions, [str(x) for x in labels], rotation=30, ha='right',
+                          fontsize=7)
+    with_params = [i for i in done if groups[i]['params']]
+    millions = [groups[i]['params'] / 1e6 for i in with_params]
+    accuracy(axes[1], with_params, millions)
     for i, x in zip(with_params, millions):
-        axes[1].annotate(str(labels[i]), (x, rows[i]['test_accuracy']), fontsize=7,
+        axes[1].annotate(str(labels[i]), (x, groups[i]['test_accuracy_mean']), fontsize=7,
                          xytext=(3, 3), textcoords='offset points')
     axes[1].set_xscale('log')
     axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes[1].set_xticks(millions, [f'{x:.3g}' for x in millions], rotation=30, fontsize=7)
     axes[1].set_xlabel('parameters (millions)')
-    axes[1].set_ylabel('test accuracy')
-    missing = [str(labels[i]) for i, row in enumerate(rows) if row['test_accuracy'] is None]
-    if missing:
-        fig.text(0.01, 0.01, 'not finished: ' + ', '.join(missing), fontsize=7, color='red')
+    unfinished = [f'{labels[i]} ({g["runs"] - g["done"]} of {g["runs"]})'
+                  for i, g in enumerate(groups) if g['done'] < g['runs']]
+    if unfinished:
+        fig.text(0.01, 0.01, 'runs not finished: ' + ', '.join(unfinished), fontsize=7,
+                 color='red')
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -233,7 +330,8 @@ def main(argv: list[str]) -> int:
     config_path = config_flags.get_config_filename(flags.FLAGS['config'])
     workdir = cli.WORKDIR.value
     try:
-        runs = plan(cli.CONFIG.value, load_sweep(config_path), workdir)
+        points = with_seeds(load_sweep(config_path), cli.CONFIG.value.seed, _SEEDS.value)
+        runs = plan(cli.CONFIG.value, points, workdir)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
