@@ -129,11 +129,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
     A config that computes something else (another model, data, seed or optimiser) is refused,
     since resuming it would mix two experiments.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
         return False
-    with open(path) as f:
-        conflicts = config_utils.resume_conflicts(json.load(f), config_utils.to_plain(config))
+    # A field added to the package since the run began counts as its default there.
+    conflicts = config_utils.resume_conflicts(config_utils.to_plain(read_config(workdir)),
+                                              config_utils.to_plain(config))
     if conflicts:
         raise RunDirError(
             f'{workdir} holds a run of a different config, which cannot be resumed with '

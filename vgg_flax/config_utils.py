@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
+from vgg_flax import augment
+
 # Fields that a resumed run may change: they say where data lives, how long to train, how often
 # to log or save and how a value is computed, not what is computed at a given step.
 RESUMABLE_CHANGES = (
@@ -72,6 +74,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Steps per compiled call: above 1, they run under one compiled loop, saving a dispatch per
     # step where the step is tiny (small images on a GPU); on a CPU it is slower (see README).
     config.train.steps_per_call = 1
+    config.train.label_smoothing = 0.0  # 0: the lesson's plain cross-entropy.
+
+    # On-device augmentation of the training images (vgg_flax.augment); all off by default.
+    config.augment = augment.default_augment_config()
     return config
 
 

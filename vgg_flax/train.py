@@ -26,8 +26,8 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from vgg_flax import (checkpointing, config_utils, distributed, input_pipeline, metric_writers,
-                      models)
+from vgg_flax import (augment, checkpointing, config_utils, distributed, input_pipeline,
+                      metric_writers, models)
 
 LR_SCHEDULES = ('constant', 'cosine', 'step')
 Sums = dict[str, jax.Array]
@@ -52,6 +52,8 @@ class TrainData:
     batches: jax.Array  # int32 (steps, batch_size): the epoch's shuffle, split over devices
     dropout_key: jax.Array
     image_size: int = flax.struct.field(pytree_node=False)
+    augment: augment.Augment = flax.struct.field(pytree_node=False, default=augment.Augment())
+    label_smoothing: float = flax.struct.field(pytree_node=False, default=0.0)
 
 
 @flax.struct.dataclass
@@ -87,6 +89,10 @@ def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
         value = train_config[field]
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f'config.train.{field}={value!r} must be a finite number >= 0.')
+    if not isinstance(train_config.label_smoothing, (int, float)) or not (
+            0 <= train_config.label_smoothing < 1):
+        raise ValueError(f'config.train.label_smoothing={train_config.label_smoothing!r} must be '
+                         'in [0, 1).')
     if train_config.learning_rate <= 0:
         raise ValueError(f'config.train.learning_rate={train_config.learning_rate!r} must be '
                          '> 0.')
@@ -105,6 +111,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     models.validate_model_config(config.model)
     input_pipeline.validate_data_config(config.data, arch=config.model.arch)
     validate_train_config(config.train)
+    augment.from_config(config.augment)
 
 
 def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
@@ -212,7 +219,8 @@ def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     batches = distributed.put(np.zeros((num_steps, batch_size), np.int32), split)
     eval_batches, masks = (distributed.put(a, split) for a in input_pipeline.eval_batches(
         test_images.shape[0], config.train.eval_batch_size))
-    return (TrainData(images, labels, batches, dropout_key, size),
+    return (TrainData(images, labels, batches, dropout_key, size,
+                      augment.from_config(config.augment), config.train.label_smoothing),
             EvalData(test_images, test_labels, eval_batches, masks, size))
 
 
@@ -237,15 +245,22 @@ def _add_to_sums(sums: Sums, losses: jax.Array, logits: jax.Array, labels: jax.A
 def train_step(state: TrainState, data: TrainData) -> TrainState:
     """One SGD step on batch `state.step % len(data.batches)` of the epoch's batches."""
     indices = data.batches[state.step % data.batches.shape[0]]
-    x = input_pipeline.preprocess(data.images[indices], data.image_size)
-    y = data.labels[indices]
+    images, y = data.images[indices], data.labels[indices]
     key = jax.random.fold_in(data.dropout_key, state.step)
+    if data.augment.active:  # Static: without augmentation the step is the lesson's.
+        images = augment.augment(images, jax.random.fold_in(key, 1), data.augment)
+    x = input_pipeline.preprocess(images, data.image_size)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
             {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
             rngs={'dropout': key}, mutable=['batch_stats'])
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        if data.label_smoothing:
+            targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]),
+                                          data.label_smoothing)
+            losses = optax.softmax_cross_entropy(logits, targets)
+        else:
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return losses.mean(), (losses, logits, updates)
 
     (loss, (losses, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

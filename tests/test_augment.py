@@ -1,0 +1,100 @@
+"""On-device augmentation: deterministic per key, in range, each transform what it says; off by
+default, where the recipe trains exactly as it did before augmentation existed."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from vgg_flax import augment, config_utils, metric_writers, train
+
+from conftest import synthetic_split, tiny_config
+
+
+def batch() -> np.ndarray:
+    images, _ = synthetic_split(64, seed=0)
+    return images[..., None]
+
+
+@pytest.mark.parametrize('spec', [
+    augment.Augment(translate=4), augment.Augment(flip=True), augment.Augment(erase_prob=1.0),
+    augment.Augment(translate=2, flip=True, erase_prob=0.5)])
+def test_each_augmentation_is_deterministic_per_key_and_stays_in_range(spec):
+    images = batch()
+    first = np.asarray(augment.augment(images, jax.random.key(7), spec))
+    again = np.asarray(augment.augment(images, jax.random.key(7), spec))
+    other = np.asarray(augment.augment(images, jax.random.key(8), spec))
+    assert first.shape == images.shape and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other) and not np.array_equal(first, images)
+
+
+def test_translation_moves_each_image_by_at_most_the_padding():
+    image = np.zeros((1, 28, 28, 1), np.uint8)
+    image[0, 14, 14, 0] = 255
+    moved = np.asarray(augment.augment(np.repeat(image, 200, 0), jax.random.key(0),
+                                       augment.Augment(translate=3)))
+    rows, cols = np.nonzero(moved[..., 0].reshape(200, 28, 28))[1:]
+    assert len(rows) == 200  # One bright pixel each, nothing lost or added.
+    assert set(rows - 14) == set(cols - 14) == set(range(-3, 4))
+
+
+def test_flip_mirrors_about_half_the_images_exactly():
+    images = batch()
+    flipped = np.asarray(augment.augment(images, jax.random.key(0), augment.Augment(flip=True)))
+    mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)]
+    kept = [np.array_equal(f, i) for f, i in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 16 <= sum(mirrored) <= 48
+
+
+def test_erasing_replaces_one_rectangle_within_the_area_range():
+    images = np.zeros((300, 28, 28, 1), np.uint8)
+    spec = augment.Augment(erase_prob=0.5, erase_area=(0.1, 0.2))
+    erased = np.asarray(augment.augment(images, jax.random.key(0), spec))[..., 0] > 0
+    counts = [mask.sum() for mask in erased]
+    hit = [count for count in counts if count]
+    assert 100 <= len(hit) <= 200  # About half.
+    for mask in erased[[i for i, count in enumerate(counts) if count]][:20]:
+        rows, cols = np.nonzero(mask)
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert 0.05 * 784 <= box <= 0.3 * 784  # Rounding widens the range a little.
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('translate', 14, 'from 0 to 13'), ('erase_aspect', (0.0, 1.0), 'min <= max'),
+    ('erase_prob', 1.5, 'in [0, 1]'), ('erase_area', (0.5, 0.2), 'min <= max')])
+def test_a_bad_augment_field_is_named(field, value, message):
+    config = config_utils.default_config()
+    config.augment[field] = value
+    with pytest.raises(ValueError, match=re.escape(f'config.augment.{field}=') + '.*' +
+                       re.escape(message)):
+        train.validate_config(config)
+
+
+def test_the_default_config_trains_exactly_as_before_augmentation(idx_dir, tmp_path):
+    """The first epoch of the tiny config, as the step computed it before augmentation and
+    label smoothing existed (pinned to 1e-4: the CPU's instruction set moves the last digits)."""
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    assert not augment.from_config(config.augment).active and not config.train.label_smoothing
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    [record] = metric_writers.read_history(str(tmp_path / 'run'))
+    assert record['train_loss'] == pytest.approx(1.6012300491, rel=1e-4)
+    assert record['test_loss'] == pytest.approx(1.3683935547, rel=1e-4)
+
+
+def test_augmentation_and_label_smoothing_train_deterministically(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    config.train.label_smoothing = 0.1
+    config.augment.update(translate=2, flip=True, erase_prob=0.5)
+    histories = []
+    for name in ('a', 'b'):
+        train.train_and_evaluate(config, str(tmp_path / name))
+        histories.append([{k: r[k] for k in ('train_loss', 'test_loss', 'test_accuracy')}
+                          for r in metric_writers.read_history(str(tmp_path / name))])
+    assert histories[0] == histories[1]
+    assert histories[0][0]['train_loss'] != pytest.approx(1.6012300491, rel=1e-2)

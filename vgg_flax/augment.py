@@ -1,0 +1,103 @@
+"""Data augmentation inside the compiled train step: random translation, horizontal flip and
+random erasing, on the device, on the gathered uint8 28x28 batch before it is resized.
+
+The key is folded from the run's dropout key and the step, so a run stays deterministic and a
+resume exact. Everything is off by default (`config.augment`), and then the step does not call
+this module at all: the lesson's recipe trains exactly as without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """`config.augment` as a hashable value, static in the compiled step."""
+
+    translate: int = 0  # Pad by this many pixels (of the 28x28 source) and crop at random.
+    flip: bool = False  # Mirror left-right with probability 1/2.
+    erase_prob: float = 0.0  # Random erasing (Zhong et al. 2017): probability per image,
+    erase_area: tuple[float, float] = (0.02, 0.4)  # erased fraction of the image,
+    erase_aspect: tuple[float, float] = (0.3, 3.3)  # height/width (drawn log-uniformly).
+
+    @property
+    def active(self) -> bool:
+        return bool(self.translate or self.flip or self.erase_prob)
+
+
+def default_augment_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dataclasses.asdict(Augment()))
+
+
+def from_config(augment_config: ml_collections.ConfigDict) -> Augment:
+    """`config.augment`, checked: ValueError names a bad field and what it must be."""
+    values = augment_config.to_dict()
+    translate, erase_prob = values['translate'], values['erase_prob']
+    if isinstance(translate, bool) or not isinstance(translate, int) or not 0 <= translate < 14:
+        raise ValueError(f'config.augment.translate={translate!r} must be an integer from 0 to '
+                         '13 (pixels of the 28x28 image).')
+    if not isinstance(values['flip'], bool):
+        raise ValueError(f'config.augment.flip={values["flip"]!r} must be True or False.')
+    if not isinstance(erase_prob, (int, float)) or not 0 <= erase_prob <= 1:
+        raise ValueError(f'config.augment.erase_prob={erase_prob!r} must be in [0, 1].')
+    for field, low, high in (('erase_area', 0, 1), ('erase_aspect', 0, math.inf)):
+        pair = tuple(values[field])
+        if len(pair) != 2 or not low < pair[0] <= pair[1] <= high:
+            raise ValueError(f'config.augment.{field}={pair!r} must be (min, max) with '
+                             f'{low} < min <= max <= {high}.')
+    return Augment(translate, values['flip'], float(erase_prob),
+                   tuple(map(float, values['erase_area'])),
+                   tuple(map(float, values['erase_aspect'])))
+
+
+def augment(images: jax.Array, key: jax.Array, spec: Augment) -> jax.Array:
+    """`images` (uint8, (B, H, W, C)) augmented per image as `spec` says; same shape and dtype."""
+    translate_key, flip_key, erase_key = jax.random.split(key, 3)
+    if spec.translate:
+        images = _translate(images, translate_key, spec.translate)
+    if spec.flip:
+        flip = jax.random.bernoulli(flip_key, 0.5, (images.shape[0], 1, 1, 1))
+        images = jnp.where(flip, images[:, :, ::-1], images)
+    if spec.erase_prob:
+        images = _erase(images, erase_key, spec)
+    return images
+
+
+def _translate(images: jax.Array, key: jax.Array, pixels: int) -> jax.Array:
+    """Each image shifted by up to `pixels` in each direction, the uncovered border black."""
+    batch, height, width, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * pixels + 1)
+
+    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0),
+                                     (height, width, image.shape[-1]))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
+def _erase(images: jax.Array, key: jax.Array, spec: Augment) -> jax.Array:
+    """With probability `spec.erase_prob`, a rectangle of each image set to uniform noise."""
+    batch, height, width, _ = images.shape
+    keys = jax.random.split(key, 6)
+    apply = jax.random.bernoulli(keys[0], spec.erase_prob, (batch,))
+    area = jax.random.uniform(keys[1], (batch,), minval=spec.erase_area[0],
+                              maxval=spec.erase_area[1]) * height * width
+    log_aspect = jax.random.uniform(keys[2], (batch,), minval=math.log(spec.erase_aspect[0]),
+                                    maxval=math.log(spec.erase_aspect[1]))
+    h = jnp.clip(jnp.round(jnp.sqrt(area * jnp.exp(log_aspect))), 1, height).astype(jnp.int32)
+    w = jnp.clip(jnp.round(jnp.sqrt(area / jnp.exp(log_aspect))), 1, width).astype(jnp.int32)
+    top = (jax.random.uniform(keys[3], (batch,)) * (height - h + 1)).astype(jnp.int32)
+    left = (jax.random.uniform(keys[4], (batch,)) * (width - w + 1)).astype(jnp.int32)
+    rows, cols = jnp.arange(height), jnp.arange(width)
+    inside = (((rows[None, :] >= top[:, None]) & (rows[None, :] < (top + h)[:, None]))[:, :, None]
+              & ((cols[None, :] >= left[:, None]) & (cols[None, :] < (left + w)[:, None]))[:, None]
+              & apply[:, None, None])
+    noise = jax.random.randint(keys[5], images.shape, 0, 256).astype(images.dtype)
+    return jnp.where(inside[..., None], noise, images)
