@@ -1,5 +1,6 @@
 """On-device augmentation: deterministic per key, in range, each transform what it says; off by
-default, where the recipe trains exactly as it did before augmentation existed."""
+default, where the recipe trains exactly as it did before augmentation existed. Test-time
+augmentation averages the logits of an image and its mirror."""
 
 from __future__ import annotations
 
@@ -98,3 +99,14 @@ def test_augmentation_and_label_smoothing_train_deterministically(idx_dir, tmp_p
                           for r in metric_writers.read_history(str(tmp_path / name))])
     assert histories[0] == histories[1]
     assert histories[0][0]['train_loss'] != pytest.approx(1.6012300491, rel=1e-2)
+
+
+def test_test_time_augmentation_averages_the_logits_of_the_image_and_its_mirror():
+    config = tiny_config()
+    state = train.create_train_state(config, jax.random.key(0))
+    images, indices = jax.numpy.asarray(batch()), jax.numpy.arange(8)
+    plain = train.predict_step(state, images, indices, image_size=32)
+    mirrored = train.predict_step(state, images[:, :, ::-1], indices, image_size=32)
+    both = train.predict_step(state, images, indices, image_size=32, tta=True)
+    np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain, mirrored)

@@ -76,6 +76,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.train.steps_per_call = 1
     config.train.label_smoothing = 0.0  # 0: the lesson's plain cross-entropy.
 
+    config.eval = ml_collections.ConfigDict()
+    # Test-time augmentation: the mean of the logits of each test image and its mirror image.
+    config.eval.tta = False
+
     # On-device augmentation of the training images (vgg_flax.augment); all off by default.
     config.augment = augment.default_augment_config()
     return config

@@ -52,10 +52,10 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
 
 
 def predict(state: train.TrainState, split: input_pipeline.Split, image_size: int,
-            batch_size: int) -> np.ndarray:
-    """Predicted class of every example of `split`."""
+            batch_size: int, tta: bool = False) -> np.ndarray:
+    """Predicted class of every example of `split` (with `tta`, from it and its mirror)."""
     images = jax.device_put(split.images)
-    predict_fn = jax.jit(functools.partial(train.predict_step, image_size=image_size))
+    predict_fn = jax.jit(functools.partial(train.predict_step, image_size=image_size, tta=tta))
     indices, mask = input_pipeline.eval_batches(len(split), batch_size)
     predictions = [np.asarray(predict_fn(state, images, batch).argmax(-1)) for batch in indices]
     return np.concatenate(predictions)[mask.reshape(-1) > 0]
@@ -122,7 +122,7 @@ def evaluate_run(workdir: str, step: int | None = None,
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
     predictions = predict(state, test_split, config.data.image_size,
-                          config.train.eval_batch_size)
+                          config.train.eval_batch_size, config.eval.tta)
     num_classes = config.model.num_classes
     matrix = confusion_matrix(test_split.labels, predictions, num_classes)
     names = class_names(num_classes)

@@ -65,6 +65,7 @@ class EvalData:
     batches: jax.Array  # int32 (steps, batch_size)
     masks: jax.Array  # float32 (steps, batch_size): 0 for the padding of the last batch
     image_size: int = flax.struct.field(pytree_node=False)
+    tta: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -221,7 +222,7 @@ def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
         test_images.shape[0], config.train.eval_batch_size))
     return (TrainData(images, labels, batches, dropout_key, size,
                       augment.from_config(config.augment), config.train.label_smoothing),
-            EvalData(test_images, test_labels, eval_batches, masks, size))
+            EvalData(test_images, test_labels, eval_batches, masks, size, config.eval.tta))
 
 
 def count_params(params: Any) -> int:
@@ -273,17 +274,21 @@ def train_step(state: TrainState, data: TrainData) -> TrainState:
 
 
 def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
-                 image_size: int) -> jax.Array:
-    """Logits of the examples at `indices` of the on-device `images`, in inference mode."""
+                 image_size: int, tta: bool = False) -> jax.Array:
+    """Logits of the examples at `indices` of the on-device `images`, in inference mode; with
+    `tta`, the mean of the logits of each image and its mirror image."""
     x = input_pipeline.preprocess(images[indices], image_size)
-    return state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, x,
-                          train=False)
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    logits = state.apply_fn(variables, x, train=False)
+    if tta:
+        logits = (logits + state.apply_fn(variables, x[:, :, ::-1], train=False)) / 2
+    return logits
 
 
 def eval_step(state: TrainState, sums: Sums, data: EvalData, batch: jax.Array) -> Sums:
     """Adds evaluation batch `batch` to `sums`; masked-out padding counts for nothing."""
     indices = data.batches[batch]
-    logits = predict_step(state, data.images, indices, image_size=data.image_size)
+    logits = predict_step(state, data.images, indices, image_size=data.image_size, tta=data.tta)
     y = data.labels[indices]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return _add_to_sums(sums, losses, logits, y, data.masks[batch].astype(bool))
