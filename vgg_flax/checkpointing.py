@@ -216,14 +216,15 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return
         self.wait()
-        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(_layout(state))) + 2**20
+        arrays = _layout(state)
+        needed = sum(leaf.nbytes for leaf in jax.tree.leaves(arrays)) + 2**20
         free = shutil.disk_usage(self.directory).free
         if free < needed:  # Said here in one line; a write cut short says it in hundreds.
             raise SaveError(step, self.latest_step(), f'it needs about {needed / 2**20:,.0f} MiB '
                             f'and {free / 2**20:,.0f} MiB are free on the disk of {self.directory}')
         try:
             self._manager.save(step, args=ocp.args.Composite(
-                arrays=ocp.args.StandardSave(_layout(state)),
+                arrays=ocp.args.StandardSave(arrays),
                 history=ocp.args.JsonSave(history)), force=True)
         except Exception as e:  # pylint: disable=broad-except  # Whatever the storage raised.
             raise SaveError(step, self.latest_step(), _reason(e)) from e
@@ -313,6 +314,15 @@ class Checkpointer:
             self.close()
 
 
+def check_step(workdir: str, step: int | None, steps: list[int]) -> None:
+    """Raises RunDirError unless `steps` has a checkpoint, and `step` among them if one is asked."""
+    if not steps:
+        raise RunDirError(f'{workdir} has no checkpoint yet; train first.')
+    if step is not None and step not in steps:
+        raise RunDirError(f'{workdir} has no checkpoint at step {step}; it has '
+                          f'{", ".join(map(str, sorted(steps)))}.')
+
+
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     """The model variables of the checkpoint at `step` (default: the latest) of a run.
 
@@ -320,14 +330,10 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     the config nor the train state: `models.VGG(...).apply(variables, images, train=False)`.
     """
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    steps = sorted(int(name) for name in (os.listdir(directory) if os.path.isdir(directory)
-                                          else ()) if name.isdigit())
-    step = max(steps, default=None) if step is None else step
-    if step not in steps:
-        raise RunDirError(f'{directory} has no checkpoint ' +
-                          (f'at step {step}; it has {", ".join(map(str, steps))}.'
-                           if step is not None else 'yet; train first.'))
-    path = pathlib.Path(directory, str(step), 'arrays')
+    steps = [int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else ())
+             if name.isdigit()]
+    check_step(workdir, step, steps)
+    path = pathlib.Path(directory, str(max(steps) if step is None else step), 'arrays')
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                             ocp.PyTreeCheckpointHandler().metadata(path).tree)
     with ocp.PyTreeCheckpointer() as checkpointer:

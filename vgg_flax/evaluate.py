@@ -37,12 +37,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
     """The train state saved at `step` (default: the latest readable) of the run in `workdir`."""
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
-        steps = checkpointer.all_steps()
-        if not steps:
-            raise checkpointing.RunDirError(f'{workdir} has no checkpoint yet; train first.')
-        if step is not None and step not in steps:
-            raise checkpointing.RunDirError(f'{workdir} has no checkpoint at step {step}; it has '
-                                            f'{", ".join(map(str, sorted(steps)))}.')
+        checkpointing.check_step(workdir, step, checkpointer.all_steps())
         like = train.create_train_state(config, jax.random.key(0), num_channels=num_channels)
         state, _ = (checkpointer.restore_latest(like, set_aside_damaged=False) if step is None
                     else checkpointer.restore(step, like))
