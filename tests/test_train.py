@@ -14,9 +14,10 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from vgg_flax import checkpointing, input_pipeline, metric_writers, train
+from vgg_flax import checkpointing, evaluate, input_pipeline, metric_writers, train
 
 from conftest import ROOT, tiny_config
 
@@ -115,6 +116,60 @@ def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir,
                  for name in ('straight', 'resumed')]
     assert step_logs[0] == step_logs[1] and len(step_logs[0]) == 3
     assert straight['test_accuracy'] == again['test_accuracy'] == resumed['test_accuracy']
+
+
+def test_the_moving_average_ramps_its_decay_up_from_the_first_update():
+    ema, value = {'w': jnp.zeros(3)}, {'w': jnp.ones(3)}
+    for updates, rate in ((1, 2 / 11), (100, 0.9)):
+        np.testing.assert_allclose(train.update_ema(ema, value, 0.9, jnp.asarray(updates))['w'],
+                                   1 - rate, rtol=1e-6)
+
+
+def test_a_moving_average_run_evaluates_it_saves_it_and_resumes_exactly(idx_dir, tmp_path):
+    """Evaluation, `evaluate` and `load_variables` use the average, checkpoints hold it (with
+    the BatchNorm statistics), and a run resumed between epochs matches an uninterrupted one."""
+    config = tiny_config(str(idx_dir))
+    config.train.ema_decay = 0.9
+    straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+    config.train.num_epochs = 2
+    resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+    assert resumed['test_accuracy'] == straight['test_accuracy']
+    histories = [metrics_of(metric_writers.read_history(str(tmp_path / name)))
+                 for name in ('straight', 'resumed')]
+    assert histories[0] == histories[1]
+
+    state, _ = evaluate.restore_state(config, str(tmp_path / 'straight'))
+    assert set(state.ema) == {'params', 'batch_stats'}
+    variables = checkpointing.load_variables(str(tmp_path / 'straight'))
+    for saved, average in ((variables, state.ema), (variables['batch_stats'],
+                                                    state.ema['batch_stats'])):
+        for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(average)):
+            np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.ema['params']),
+                                                        jax.tree.leaves(state.params)))
+    split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
+    predictions = evaluate.predict(state, split, 32, config.train.eval_batch_size)
+    assert np.mean(predictions == split.labels) == histories[0][-1]['test_accuracy']
+    images, indices = jnp.asarray(split.images), jnp.arange(8)
+    logits = train.predict_step(state, images, indices, image_size=32)
+    np.testing.assert_array_equal(logits, train.predict_step(
+        state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'], ema=None),
+        images, indices, image_size=32))
+    assert not np.allclose(logits, train.predict_step(state.replace(ema=None), images, indices,
+                                                      image_size=32))
+
+
+def test_without_a_moving_average_the_checkpoint_layout_is_unchanged(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    state, _ = evaluate.restore_state(config, str(tmp_path / 'run'))
+    assert state.ema is None
+    saved = ocp.PyTreeCheckpointHandler().metadata(tmp_path / 'run' / 'checkpoints' / '10' /
+                                                   'arrays').tree
+    assert set(saved['state']) == {'step', 'params', 'opt_state', 'batch_stats'}
 
 
 def signal_during_call(monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:
@@ -344,6 +399,8 @@ def test_learning_rate_schedules():
     ('lr_schedule', 'linear', "config.train.lr_schedule='linear' is not supported"),
     ('num_epochs', -1, 'config.train.num_epochs=-1 must be a positive integer'),
     ('steps_per_call', 0, 'config.train.steps_per_call=0 must be a positive integer'),
+    ('ema_decay', 1.0, 'config.train.ema_decay=1.0 must be in [0, 1)'),
+    ('label_smoothing', -0.1, 'config.train.label_smoothing=-0.1 must be in [0, 1)'),
 ])
 def test_invalid_train_config(field, value, message):
     config = tiny_config('unread')

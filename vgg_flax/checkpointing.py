@@ -186,7 +186,8 @@ class Checkpointer:
     """Saves and restores the train state plus the JSON metrics history.
 
     On disk, `checkpoints/STEP/arrays` is an orbax PyTree {'state': {'step', 'params',
-    'opt_state', 'batch_stats'}, 'sums': the epoch's running sums}, and `checkpoints/STEP/history`
+    'opt_state', 'batch_stats', and 'ema' where the run keeps a moving average of the weights},
+    'sums': the epoch's running sums}, and `checkpoints/STEP/history`
     the metrics history as JSON. Orbax writes each checkpoint to a temporary directory and renames
     it when complete, so a killed run leaves the previous checkpoint intact. Saves run in the
     background: `check` raises `SaveError` once one has failed, and is cheap enough for every step.
@@ -324,7 +325,8 @@ def check_step(workdir: str, step: int | None, steps: list[int]) -> None:
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
-    """The model variables of the checkpoint at `step` (default: the latest) of a run.
+    """The model variables of the checkpoint at `step` (default: the latest) of a run: those
+    its evaluation used, the moving average of the weights where the run kept one.
 
     {'params': ..., 'batch_stats': ...} as NumPy arrays, read with plain orbax, needing neither
     the config nor the train state: `models.VGG(...).apply(variables, images, train=False)`.
@@ -339,7 +341,8 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     with ocp.PyTreeCheckpointer() as checkpointer:
         state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))[
             'state']
-    return {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
+    variables = state.get('ema') or state
+    return {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
 
 
 @contextlib.contextmanager
@@ -378,6 +381,8 @@ def _warn(message: str) -> None:
 
 def _layout(state: Any) -> dict[str, Any]:
     """The arrays of a train state as a checkpoint holds them."""
-    return {'state': {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
-                      'batch_stats': state.batch_stats},
-            'sums': state.sums}
+    arrays = {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
+              'batch_stats': state.batch_stats}
+    if state.ema is not None:
+        arrays['ema'] = state.ema
+    return {'state': arrays, 'sums': state.sums}

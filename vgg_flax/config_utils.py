@@ -75,6 +75,9 @@ def default_config() -> ml_collections.ConfigDict:
     # step where the step is tiny (small images on a GPU); on a CPU it is slower (see README).
     config.train.steps_per_call = 1
     config.train.label_smoothing = 0.0  # 0: the lesson's plain cross-entropy.
+    # Decay of an exponential moving average of the weights (and BatchNorm statistics) that
+    # evaluation and checkpoints use; 0: none, evaluation uses the weights as trained.
+    config.train.ema_decay = 0.0
 
     config.eval = ml_collections.ConfigDict()
     # Test-time augmentation: the mean of the logits of each test image and its mirror image.

@@ -36,11 +36,22 @@ Sums = dict[str, jax.Array]
 class TrainState(train_state.TrainState):
     """What the train step updates: parameters, optimiser state, BatchNorm statistics, the
     running sums of the epoch in progress (loss, correct predictions, examples) and how many
-    steps gave a non-finite loss (counted on the device, checked on the host, never saved)."""
+    steps gave a non-finite loss (counted on the device, checked on the host, never saved).
+
+    `ema` is None, or with `config.train.ema_decay` the exponential moving average of the
+    model's variables ({'params', 'batch_stats'}), which evaluation then uses.
+    """
 
     batch_stats: Any
     sums: Sums
     nonfinite_steps: jax.Array
+    ema: Any = None
+
+    def eval_variables(self) -> dict[str, Any]:
+        """The variables to predict with: the moving average where there is one."""
+        if self.ema is not None:
+            return self.ema
+        return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 @flax.struct.dataclass
@@ -54,6 +65,7 @@ class TrainData:
     image_size: int = flax.struct.field(pytree_node=False)
     augment: augment.Augment = flax.struct.field(pytree_node=False, default=augment.Augment())
     label_smoothing: float = flax.struct.field(pytree_node=False, default=0.0)
+    ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
 
 @flax.struct.dataclass
@@ -90,10 +102,10 @@ def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
         value = train_config[field]
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ValueError(f'config.train.{field}={value!r} must be a finite number >= 0.')
-    if not isinstance(train_config.label_smoothing, (int, float)) or not (
-            0 <= train_config.label_smoothing < 1):
-        raise ValueError(f'config.train.label_smoothing={train_config.label_smoothing!r} must be '
-                         'in [0, 1).')
+    for field in ('label_smoothing', 'ema_decay'):
+        value = train_config[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f'config.train.{field}={value!r} must be in [0, 1).')
     if train_config.learning_rate <= 0:
         raise ValueError(f'config.train.learning_rate={train_config.learning_rate!r} must be '
                          '> 0.')
@@ -161,9 +173,12 @@ def init_train_state(config: ml_collections.ConfigDict, key: jax.Array,
     size = config.data.image_size
     variables = model.init(key, jnp.zeros((1, size, size, num_channels), jnp.float32),
                            train=False)
+    batch_stats = variables.get('batch_stats', {})
+    ema = ({'params': variables['params'], 'batch_stats': batch_stats}
+           if config.train.ema_decay else None)
     state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                              batch_stats=variables.get('batch_stats', {}), sums=zero_sums(),
-                              nonfinite_steps=jnp.zeros((), jnp.int32))
+                              batch_stats=batch_stats, sums=zero_sums(),
+                              nonfinite_steps=jnp.zeros((), jnp.int32), ema=ema)
     # An int32 array, not Python's 0, so fresh and restored states compile to the same step.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
@@ -221,7 +236,8 @@ def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     eval_batches, masks = (distributed.put(a, split) for a in input_pipeline.eval_batches(
         test_images.shape[0], config.train.eval_batch_size))
     return (TrainData(images, labels, batches, dropout_key, size,
-                      augment.from_config(config.augment), config.train.label_smoothing),
+                      augment.from_config(config.augment), config.train.label_smoothing,
+                      config.train.ema_decay),
             EvalData(test_images, test_labels, eval_batches, masks, size, config.eval.tta))
 
 
@@ -269,16 +285,32 @@ def train_step(state: TrainState, data: TrainData) -> TrainState:
     state = state.apply_gradients(
         grads=grads, batch_stats=updates.get('batch_stats', state.batch_stats),
         sums=_add_to_sums(state.sums, losses, logits, y, jnp.ones_like(y, dtype=bool)))
+    if state.ema is not None:
+        state = state.replace(ema=update_ema(state.ema, {
+            'params': state.params, 'batch_stats': state.batch_stats}, data.ema_decay,
+            state.step))
     return state.replace(
         nonfinite_steps=state.nonfinite_steps + (~jnp.isfinite(loss)).astype(jnp.int32))
 
 
+def update_ema(ema: Any, variables: Any, decay: float, updates: jax.Array) -> Any:
+    """The moving average after its `updates`-th update with `variables`.
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)), as TensorFlow's
+    ExponentialMovingAverage does with `num_updates`: early on, the average would otherwise
+    hold the random initialisation for thousands of steps.
+    """
+    rate = jnp.minimum(decay, (1.0 + updates) / (10.0 + updates))
+    return jax.tree.map(lambda average, value: rate * average + (1 - rate) * value, ema,
+                        variables)
+
+
 def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
                  image_size: int, tta: bool = False) -> jax.Array:
-    """Logits of the examples at `indices` of the on-device `images`, in inference mode; with
-    `tta`, the mean of the logits of each image and its mirror image."""
+    """Logits of the examples at `indices` of the on-device `images`, in inference mode (with
+    the moving average of the weights where the state has one); with `tta`, the mean of the logits of each image and its mirror image."""
     x = input_pipeline.preprocess(images[indices], image_size)
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    variables = state.eval_variables()
     logits = state.apply_fn(variables, x, train=False)
     if tta:
         logits = (logits + state.apply_fn(variables, x[:, :, ::-1], train=False)) / 2
