@@ -12,3 +12,11 @@ def test_product_and_chain():
                       {'model.arch': 'vgg16', 'model.width_ratio': 8}]
     both = hyper.chain(hyper.axis('seed', [0]), hyper.axis('train.learning_rate', [0.1]))
     assert both == [{'seed': 0}, {'train.learning_rate': 0.1}]
+
+
+def test_cumulative_points_carry_every_earlier_step_and_their_name():
+    points = hyper.cumulative(('base', {}), ('bn', {'model.use_bn': True, 'train.lr': 0.1}),
+                              ('slower', {'train.lr': 0.05}))
+    assert points == [{'name': 'base'},
+                      {'name': 'bn', 'model.use_bn': True, 'train.lr': 0.1},
+                      {'name': 'slower', 'model.use_bn': True, 'train.lr': 0.05}]

@@ -6,9 +6,9 @@ import csv
 
 import pytest
 
-from vgg_flax import config_utils, sweep
+from vgg_flax import config_utils, hyper, sweep
 
-from conftest import PNG_MAGIC, ROOT
+from conftest import PNG_MAGIC, ROOT, tiny_config
 
 SWEEP_FILE = '''
 from vgg_flax import config_utils, hyper
@@ -120,6 +120,35 @@ def test_point_config_and_names():
         'model.width_ratio=8,model.dense_features=64-32')
     with pytest.raises(ValueError, match="the sweep sets 'model.widht_ratio'"):
         sweep.point_config(base, {'model.widht_ratio': 8})
+
+
+def test_named_points_are_named_by_their_name_and_seed_and_set_their_fields():
+    point = hyper.named('bn', {'model.use_bn': True, 'seed': 2})
+    assert sweep.point_name(point) == 'bn,seed=2'
+    config = sweep.point_config(tiny_config(), point)
+    assert config.model.use_bn and config.seed == 2
+
+
+def test_reports_of_named_and_of_chained_points_keep_their_points_apart(tmp_path):
+    """Points need not set the same fields: a named ablation with seeds groups by name, and a
+    chain's report has a column per field any point sets ('-' where one keeps the base's)."""
+    base = tiny_config(str(tmp_path / 'unread'))
+    ablation = sweep.with_seeds(hyper.cumulative(('plain', {}), (
+        'small-head', {'model.dense_features': (16, 16)})), 0, 2)
+    rows = sweep.write_report(sweep.plan(base, ablation, str(tmp_path / 'a')), str(tmp_path / 'a'))
+    assert [(row['name'], row['seed']) for row in rows] == [
+        ('plain', 0), ('plain', 1), ('small-head', 0), ('small-head', 1)]
+    groups = read_csv(tmp_path / 'a' / 'summary.csv')
+    assert [(group['name'], group['runs']) for group in groups] == [('plain', '2'),
+                                                                     ('small-head', '2')]
+    assert int(groups[0]['params']) > int(groups[1]['params'])
+
+    chained = hyper.chain(hyper.axis('model.width_ratio', [8]), hyper.axis('model.use_bn', [False]))
+    sweep.write_report(sweep.plan(base, chained, str(tmp_path / 'c')), str(tmp_path / 'c'))
+    assert [(row['model.width_ratio'], row['model.use_bn']) for row in read_csv(
+        tmp_path / 'c' / 'results.csv')] == [('8', ''), ('', 'False')]
+    assert len(read_csv(tmp_path / 'c' / 'summary.csv')) == 2
+    assert '| 8 | - | 1 | 0 | missing 0 |' in (tmp_path / 'c' / 'results.md').read_text()
 
 
 def test_ratio_sweep_experiment_runs_the_lessons_ratios_with_three_seeds():

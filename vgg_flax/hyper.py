@@ -2,6 +2,8 @@
 
 An experiment's `get_sweep()` returns such a list, for example
 `product(axis('model.arch', ['vgg11', 'vgg16']), axis('model.width_ratio', [4, 8]))`.
+A point may carry a name (`named`, `cumulative`): the sweep then names its directory and its
+report row by it instead of by its fields, which suits points that each change many fields.
 This module has no flags, so experiment files can import it from any CLI.
 """
 
@@ -11,6 +13,7 @@ import itertools
 from typing import Any, Iterable
 
 Point = dict[str, Any]
+NAME = 'name'  # The key of a point's name; not a config field.
 
 
 def axis(field: str, values: Iterable[Any]) -> list[Point]:
@@ -27,3 +30,18 @@ def product(*axes: list[Point]) -> list[Point]:
 def chain(*sweeps: list[Point]) -> list[Point]:
     """The points of several sweeps, one after another."""
     return [point for sweep in sweeps for point in sweep]
+
+
+def named(name: str, point: Point) -> Point:
+    """`point` under the name `name`."""
+    return {NAME: name, **point}
+
+
+def cumulative(*steps: tuple[str, Point]) -> list[Point]:
+    """An ablation: one named point per step, each with its own fields and every earlier step's
+    (a later step's value of a field wins)."""
+    points, fields = [], {}
+    for name, point in steps:
+        fields = {**fields, **point}
+        points.append(named(name, fields))
+    return points

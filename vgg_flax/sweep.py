@@ -45,23 +45,33 @@ _SEEDS = flags.DEFINE_integer('seeds', 1, 'Run every point with this many seeds 
                               'config.seed + 1, ...); the report gives their mean and spread.')
 
 
+def shown_fields(point: Point) -> Point:
+    """What names the point in its directory and report row: its fields, or for a named point
+    its name (and its seed)."""
+    if hyper.NAME not in point:
+        return point
+    return {key: point[key] for key in (hyper.NAME, 'seed') if key in point}
+
+
 def point_name(point: Point) -> str:
-    """The point's directory name: its overrides, 'model.width_ratio=4,train.seed=1'."""
+    """The point's directory name: 'model.width_ratio=4,seed=1', or 'NAME,seed=1'."""
     def text(value: Any) -> str:
         if isinstance(value, (tuple, list)):
             return '-'.join(map(text, value))
         return str(value)
-    return ','.join(f'{field}={text(value)}' for field, value in point.items()) or 'base'
+    return ','.join(str(value) if field == hyper.NAME else f'{field}={text(value)}'
+                    for field, value in shown_fields(point).items()) or 'base'
 
 
 def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
     """`base` with the point's fields set; an unknown field is an error."""
-    if unknown := config_utils.unknown_field(base, point):
+    fields = {field: value for field, value in point.items() if field != hyper.NAME}
+    if unknown := config_utils.unknown_field(base, fields):
         field, close = unknown
         raise ValueError(f'the sweep sets {field!r}, which is not a config field' +
                          (f'; did you mean {close!r}?' if close else '.'))
     config = ml_collections.ConfigDict(base.to_dict())
-    config.update_from_flattened_dict(point)
+    config.update_from_flattened_dict(fields)
     return config
 
 
@@ -86,6 +96,10 @@ def load_sweep(config_path: str) -> list[Point]:
         raise ValueError(f'{config_path} has no get_sweep(): it is a single experiment; run it '
                          'with python -m vgg_flax.main.')
     points = list(module.get_sweep())
+    if bad := [p[hyper.NAME] for p in points if hyper.NAME in p and (
+            not isinstance(p[hyper.NAME], str) or not p[hyper.NAME].strip('.') or
+            '/' in p[hyper.NAME])]:
+        raise ValueError(f'{config_path}: point names must be usable as directory names: {bad}')
     names = [point_name(p) for p in points]
     if len(set(names)) != len(names):
         raise ValueError(f'{config_path}: get_sweep() repeats points: {names}')
@@ -156,11 +170,19 @@ def point_cost(config_json: str) -> summary.Summary:
     return summary.summarize(config_utils.from_plain(json.loads(config_json)))
 
 
+def report_fields(runs: Sequence[PointRun]) -> list[str]:
+    """The columns that tell the points apart: every field any point shows, in order."""
+    return list(dict.fromkeys(field for run in runs for field in shown_fields(run.point)))
+
+
 def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
-    """One row per point: its fields, model cost (from the summary) and run results."""
-    rows = []
+    """One row per point: its fields (None where a point keeps the base config's value),
+    model cost (from the summary) and run results."""
+    rows, fields = [], report_fields(runs)
     for run in runs:
-        row: dict[str, Any] = {'index': run.index, **run.point, 'status': run.status()}
+        shown = shown_fields(run.point)
+        row: dict[str, Any] = {'index': run.index, **{f: shown.get(f) for f in fields},
+                               'status': run.status()}
         try:
             seedless = {**config_utils.to_plain(run.config), 'seed': 0}  # Seeds cost alike.
             cost = point_cost(json.dumps(seedless, sort_keys=True))
@@ -195,7 +217,7 @@ def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[di
     group_fields = [field for field in fields if field != 'seed']
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(point_name({f: row[f] for f in group_fields}), []).append(row)
+        groups.setdefault(point_name(_set_fields(row, group_fields)), []).append(row)
     summaries = []
     for members in groups.values():
         done = [row for row in members if row['status'] == 'done']
@@ -211,6 +233,11 @@ def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[di
                             ('params', 'forward_gflops', 'step_memory_mib')})
         summaries.append(summary_row)
     return summaries
+
+
+def _set_fields(row: dict[str, Any], fields: Sequence[str]) -> Point:
+    """The fields that `row`'s point sets (None: it keeps the base config's value)."""
+    return {field: row[field] for field in fields if row[field] is not None}
 
 
 def _cell(value: Any) -> str:
@@ -243,8 +270,7 @@ def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> li
 def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
     """Writes results.csv (a row per run), summary.csv (a row per group of seeds), results.md
     (both tables) and sweep.png into the sweep's workdir, each atomically."""
-    rows = report_rows(runs)
-    fields = list(runs[0].point) if runs else []
+    rows, fields = report_rows(runs), report_fields(runs)
     groups = group_rows(rows, fields)
     os.makedirs(workdir, exist_ok=True)
     csv_path, summary_path, md_path, png_path = (os.path.join(workdir, name)
@@ -279,7 +305,7 @@ def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
     numeric = len(fields) == 1 and all(isinstance(g[fields[0]], (int, float)) for g in groups)
-    labels = [g[fields[0]] if numeric else point_name({f: g[f] for f in fields}) for g in groups]
+    labels = [g[fields[0]] if numeric else point_name(_set_fields(g, fields)) for g in groups]
     positions = labels if numeric else list(range(len(groups)))
     fig = Figure(figsize=(13, 3.8), dpi=110)
     axes = fig.subplots(1, 3)
