@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vgg_flax import models, train
+from vgg_flax import config_utils, models, sweep, train
 
 from conftest import EXPERIMENTS, load_experiment
 
@@ -49,3 +49,22 @@ def test_quick_is_smaller_than_the_recipe():
     assert quick.model.arch == 'vgg11'
     assert quick.data.image_size < 224
     assert quick.model.width_ratio > 4
+
+
+def experiment(stem):
+    return load_experiment(next(p for p in EXPERIMENTS if p.stem == stem))
+
+
+def test_the_ablations_last_point_is_the_best_recipe_at_its_budget():
+    """The ablation adds the best recipe's parts one by one: its last point is that recipe, but
+    for the width ratio and the epochs that fit its hour, so the two cannot drift apart."""
+    ablation = next(p for p in EXPERIMENTS if p.stem == 'ablation')
+    last = sweep.point_config(experiment('ablation'), sweep.load_sweep(str(ablation))[-1])
+    differ = {key for key, value in config_utils.flatten(config_utils.to_plain(last)).items()
+              if value != config_utils.flatten(config_utils.to_plain(experiment('best_32px')))[key]}
+    assert differ == {'model.width_ratio', 'train.num_epochs'}
+    first = sweep.point_config(experiment('ablation'), sweep.load_sweep(str(ablation))[0])
+    lesson = experiment('d2l_vgg11')
+    assert config_utils.to_plain(first.train) == {**config_utils.to_plain(lesson.train),
+                                                  'num_epochs': 10, 'log_every_steps': 200}
+    assert not first.model.use_bn and not first.eval.tta
