@@ -9,6 +9,9 @@
 #                   compile time; then whether the speed and accuracy targets are met;
 #   relaunch        the same config again in a new workdir: compile time with a warm cache, and
 #                   whether its first epoch repeats the first launch's bit for bit;
+#   population      quick.py's step for one seed and for a population of 8 (`config.num_seeds`,
+#                   one vmapped step): images/s of all members against one member's;
+#   best_224        best_32px.py's recipe at 224 px in bfloat16, one run: accuracy and time;
 #   train_float32   the recipe for 5 epochs in float32 (bfloat16's accuracy beside float32's);
 #   float32         the float32 benchmark (step only);
 #   batch512        the bfloat16 step at batch 512: whether batch 128 leaves the GPU waiting on
@@ -34,7 +37,7 @@ mkdir -p "$out"
 summary="$out/summary.txt"
 read -r -a extra <<< "${EXTRA_FLAGS:-}"
 d2l=experiments/d2l_vgg11.py
-recipe=("--config=$d2l" --config.data.source=idx "--config.data.idx_dir=$data")
+data_flags=(--config.data.source=idx "--config.data.idx_dir=$data")
 
 {
   nvidia-smi -L 2>/dev/null
@@ -89,12 +92,14 @@ print(f"benchmark {name}: " + ', '.join(parts))
 PY
 }
 
-train() {  # NAME FLAG...: a training run in a new workdir, then its line of the summary.
+train() {  # NAME FLAG...: a training run (of $TRAIN_CONFIG, default the lesson's recipe) in a
+  # new workdir, then its line of the summary.
   local name=$1
   shift
   echo "== train $name"
   local start=$EPOCHREALTIME
-  python3 -m vgg_flax.main "${recipe[@]}" "--workdir=$runs/$name" "$@" "${extra[@]}" \
+  python3 -m vgg_flax.main "--config=${TRAIN_CONFIG:-$d2l}" "${data_flags[@]}" \
+    "--workdir=$runs/$name" "$@" "${extra[@]}" \
     || { failed "train $name"; return; }
   python3 - "$name" "$runs/$name" "$EPOCHREALTIME" "$start" <<'PY' | tee -a "$summary"
 import json, sys
@@ -156,6 +161,12 @@ if due relaunch; then
   train relaunch --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null
   same_first_epoch "relaunch vs first launch (warm cache)" "$runs/bfloat16" "$runs/relaunch"
 fi
+if due population; then
+  benchmark quick_seed "experiments/quick.py" --loop_steps=0
+  benchmark quick_population_8 "experiments/quick.py" --config.num_seeds=8 --loop_steps=0
+fi
+due best_224 && TRAIN_CONFIG=experiments/best_32px.py train best_224 \
+  --config.data.image_size=224 --config.model.dtype=bfloat16
 due train_float32 && train float32 --config.model.dtype=float32
 due float32 && benchmark float32 "$d2l" --config.model.dtype=float32 --loop_steps=0
 due batch512 && benchmark bfloat16_batch512 "$d2l" --config.model.dtype=bfloat16 \
@@ -175,9 +186,8 @@ if due deterministic; then
 fi
 
 if due sweep; then
-  sweep=(python3 -m vgg_flax.sweep --config=experiments/ratio_sweep.py --config.data.source=idx
-         "--config.data.idx_dir=$data" --config.model.dtype=bfloat16 "--workdir=$runs/ratio"
-         "${extra[@]}")
+  sweep=(python3 -m vgg_flax.sweep --config=experiments/ratio_sweep.py "${data_flags[@]}"
+         --config.model.dtype=bfloat16 "--workdir=$runs/ratio" "${extra[@]}")
   points=$("${sweep[@]}" --list | grep -c '^ *[0-9]')
   for ((index = 0; index < points; index++)); do
     if ((SECONDS > budget)); then

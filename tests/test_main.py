@@ -83,9 +83,9 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, run_cli):
     process = subprocess.Popen([sys.executable, '-m', 'vgg_flax.main', *args], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not (workdir / 'tensorboard').is_dir() and time.time() < deadline:
+    steps_log = workdir / 'steps.jsonl'  # Its first line is written with the handlers set.
+    while not (steps_log.is_file() and steps_log.read_text()) and time.time() < deadline:
         time.sleep(0.01)
-    time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal.SIGTERM, stderr

@@ -194,3 +194,28 @@ def test_seeds_flag_repeats_every_point(sweep_file, tmp_path, run_sweep):
     ratio_sweep = ROOT / 'experiments' / 'ratio_sweep.py'
     done = run_sweep(ratio_sweep, tmp_path / 'ratio', '--seeds=2', '--list')
     assert done.returncode == 1 and 'the sweep sets seed itself' in done.stderr
+
+
+def test_a_population_sweep_reports_what_separate_runs_report(sweep_file, tmp_path, run_sweep):
+    """--population trains each point's seeds as one population; the report keeps a row per
+    seed, with the numbers the separate runs give (to float noise), and a failing point fails
+    for all its seeds."""
+    reports = {}
+    for mode in ('separate', 'population'):
+        flags = ['--seeds=2'] + (['--population'] if mode == 'population' else [])
+        done = run_sweep(sweep_file, tmp_path / mode, *flags)
+        assert done.returncode == 1 and 'failed: model.width_ratio=3,seed=0' in done.stderr, (
+            done.stderr)
+        reports[mode] = read_csv(tmp_path / mode / 'results.csv')
+    assert (tmp_path / 'population' / 'model.width_ratio=8,seeds=0-1' / 'results.json').is_file()
+    assert not (tmp_path / 'population' / 'model.width_ratio=8,seed=0').exists()
+    separate, population = reports['separate'], reports['population']
+    assert [(r['model.width_ratio'], r['seed'], r['status']) for r in population] == [
+        (r['model.width_ratio'], r['seed'], r['status']) for r in separate] == [
+        ('8', '0', 'done'), ('8', '1', 'done'), ('16', '0', 'done'), ('16', '1', 'done'),
+        ('3', '0', 'failed'), ('3', '1', 'failed')]
+    for a, b in zip(separate[:4], population[:4]):
+        assert float(a['test_accuracy']) == pytest.approx(float(b['test_accuracy']), abs=0.03)
+        assert a['params'] == b['params']
+    done = run_sweep(sweep_file, tmp_path / 'population', '--population', '--index=0')
+    assert done.returncode == 1 and 'drop --index' in done.stderr

@@ -114,13 +114,15 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
     mesh = distributed.create_mesh()
     batch_size = config.train.batch_size
     distributed.check_divisible('train.batch_size', batch_size, mesh)
-    state = train.create_train_state(config, jax.random.key(0), mesh=mesh)
+    init_key, dropout_key, shuffle_key = train.run_keys(config)
+    state = train.create_train_state(config, init_key, mesh=mesh)
     replicated = distributed.replicated(mesh)
-    data = train.TrainData(
-        distributed.put(train_split.images, replicated),
+    data = train.make_train_data(
+        config, distributed.put(train_split.images, replicated),
         distributed.put(train_split.labels, replicated),
-        train.batch_maker(mesh)(jax.random.key(1), 0, len(train_split), batch_size),
-        jax.random.key(2), config.data.image_size)
+        train.batch_maker(mesh, config.num_seeds > 1)(shuffle_key, 0, len(train_split),
+                                                      batch_size), dropout_key)
+    examples_per_step = batch_size * config.num_seeds  # Of every member of a population.
 
     def measure(num_steps: int) -> tuple[Any, dict[str, Any]]:
         """The step compiled to run `num_steps` to a call, and its compile time and rates."""
@@ -131,7 +133,7 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
         calls = math.ceil(steps / num_steps)
         seconds, state = time_calls(fn, state, data, calls, repeats, warmup)
         return fn, {'compile_seconds': compile_seconds,
-                    'images_per_sec': spread([calls * num_steps * batch_size / s
+                    'images_per_sec': spread([calls * num_steps * examples_per_step / s
                                               for s in seconds])}
 
     step_fn, result = measure(1)
@@ -145,7 +147,7 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
             profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS)
     flops = train.flops_of(train.lower_train_step(state, data))
     result.update(flops_per_step=flops, num_devices=mesh.size,
-                  achieved_flops=flops * result['images_per_sec']['median'] / batch_size)
+                  achieved_flops=flops * result['images_per_sec']['median'] / examples_per_step)
     result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[1]}
                                if steps_per_call > 1 else None)
     return result
@@ -201,7 +203,8 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
                    'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data,
                    'first_conv': models.resolve_first_conv(config.model.first_conv,
                                                            jax.default_backend()),
-                   'steps_per_call': config.train.steps_per_call},
+                   'steps_per_call': config.train.steps_per_call,
+                   'num_seeds': config.num_seeds},
         'step': step,
         'loop': loop,
         'loop_vs_step': (loop['images_per_sec'] / step['images_per_sec']['median']
@@ -218,8 +221,11 @@ def format_result(result: dict[str, Any]) -> str:
     compiled_loop = step['compiled_loop']
     rate = step['images_per_sec']
     memory = result['peak_memory_bytes']
+    population = (f"a population of {c['num_seeds']} (images/sec of all members), "
+                  if c['num_seeds'] > 1 else '')
     lines = [
         f"{c['arch']} ratio {c['width_ratio']}, {c['image_size']} px, batch {c['batch_size']}, "
+        f"{population}"
         f"{c['dtype']}{', BN' if c['use_bn'] else ''}, first conv {c['first_conv']}, "
         f"{c['data']} data, on "
         f"{step['num_devices']} x {result['environment']['device_kind']}",
@@ -244,7 +250,7 @@ def format_result(result: dict[str, Any]) -> str:
         (f"; {compiled_loop['compile_seconds']:.1f} s ({compiled_loop['steps_per_call']} steps "
          "per call)" if compiled_loop else '') +
         (f"; {loop['compile_seconds']:.1f} s (loop: train + eval step)" if loop else ''),
-        f"FLOPs per image    {step['flops_per_step'] / c['batch_size'] / 1e9:>10.3f} G "
+        f"FLOPs per image    {step['flops_per_step'] / c['batch_size'] / c['num_seeds'] / 1e9:>10.3f} G "
         "(train step, XLA cost analysis)",
         'peak memory        ' + (f'{memory / 2**30:>10.2f} GiB' if memory is not None else
                                  '       n/a (this backend reports none)'),

@@ -330,6 +330,7 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
 
     {'params': ..., 'batch_stats': ...} as NumPy arrays, read with plain orbax, needing neither
     the config nor the train state: `models.VGG(...).apply(variables, images, train=False)`.
+    A population's arrays have the member axis in front (`jax.vmap` the apply over it).
     """
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     steps = [int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else ())

@@ -17,6 +17,7 @@ from vgg_flax import augment
 # Fields that a resumed run may change: they say where data lives, how long to train, how often
 # to log or save and how a value is computed, not what is computed at a given step.
 RESUMABLE_CHANGES = (
+    'members_over_devices',
     'model.first_conv',
     'data.tfds_data_dir',
     'data.idx_dir',
@@ -33,6 +34,12 @@ def default_config() -> ml_collections.ConfigDict:
     """D2L's VGG-11 recipe: width ratio 4, Fashion-MNIST at 224 px, SGD lr 0.05, 5 epochs."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Above 1, a population: this many copies of the model, with seeds seed, seed + 1, ..., as
+    # one vmapped step on the shared data (vgg_flax.train); its results give their mean and std.
+    config.num_seeds = 1
+    # A population's members spread over the devices, each device training whole members (no
+    # gradient all-reduce), instead of every batch split over the devices.
+    config.members_over_devices = False
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = 'vgg11'  # vgg11, vgg13, vgg16 or vgg19 (VGG paper's A, B, D, E).

@@ -3,7 +3,9 @@
   python -m vgg_flax.evaluate --workdir=runs/d2l [--step=N] [--idx_dir=DIR]
 
 Prints the numbers, and writes `evaluation.json` and `predictions.png` (test images with their
-true and predicted class names, as the lesson's `predict` shows them) into the workdir.
+true and predicted class names, as the lesson's `predict` shows them) into the workdir. For a
+population (`config.num_seeds` > 1) the numbers are those of its ensemble (the mean of the
+members' logits), and each member's accuracy is listed beside.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -38,7 +41,8 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
         checkpointing.check_step(workdir, step, checkpointer.all_steps())
-        like = train.create_train_state(config, jax.random.key(0), num_channels=num_channels)
+        like = train.create_train_state(config, train.run_keys(config)[0],
+                                          num_channels=num_channels)
         state, _ = (checkpointer.restore_latest(like, set_aside_damaged=False) if step is None
                     else checkpointer.restore(step, like))
     finally:
@@ -48,12 +52,26 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
 
 def predict(state: train.TrainState, split: input_pipeline.Split, image_size: int,
             batch_size: int, tta: bool = False) -> np.ndarray:
-    """Predicted class of every example of `split` (with `tta`, from it and its mirror)."""
+    """Predicted class of every example of `split` (with `tta`, from it and its mirror).
+
+    For a population, shape (members + 1, examples): each member's predictions, then those of
+    the ensemble, the mean of the members' logits.
+    """
     images = jax.device_put(split.images)
-    predict_fn = jax.jit(functools.partial(train.predict_step, image_size=image_size, tta=tta))
+    predict_one = functools.partial(train.predict_step, image_size=image_size, tta=tta)
+
+    @jax.jit
+    def predict_fn(state: train.TrainState, images: jax.Array,
+                   indices: jax.Array) -> jax.Array:
+        if not train.is_population(state):
+            return predict_one(state, images, indices)
+        logits = jax.vmap(predict_one, in_axes=(train.population_axes(state), None, None))(
+            state, images, indices)
+        return jnp.concatenate([logits, logits.mean(axis=0, keepdims=True)])
+
     indices, mask = input_pipeline.eval_batches(len(split), batch_size)
     predictions = [np.asarray(predict_fn(state, images, batch).argmax(-1)) for batch in indices]
-    return np.concatenate(predictions)[mask.reshape(-1) > 0]
+    return np.concatenate(predictions, axis=-1)[..., mask.reshape(-1) > 0]
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
@@ -118,9 +136,16 @@ def evaluate_run(workdir: str, step: int | None = None,
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
     predictions = predict(state, test_split, config.data.image_size,
                           config.train.eval_batch_size, config.eval.tta)
+    members = [float(np.mean(p == test_split.labels)) for p in predictions[:-1]
+               ] if predictions.ndim == 2 else []
+    predictions = predictions[-1] if members else predictions
     num_classes = config.model.num_classes
     matrix = confusion_matrix(test_split.labels, predictions, num_classes)
     names = class_names(num_classes)
+    if members:
+        print(f'a population of {len(members)}: test accuracy of each member ' +
+              ', '.join(f'{a:.4f}' for a in members) + f' (mean {np.mean(members):.4f}); '
+              'below, their ensemble (the mean of their logits)\n')
     print(format_report(matrix, names, step))
     shown = min(num_images, len(test_split))
     plot_predictions(test_split.images[:shown], test_split.labels[:shown], predictions[:shown],
@@ -131,6 +156,7 @@ def evaluate_run(workdir: str, step: int | None = None,
         'num_examples': int(matrix.sum()),
         'per_class_accuracy': dict(zip(names, map(float, per_class_accuracy(matrix)))),
         'confusion_matrix': matrix.tolist(),
+        **({'members_test_accuracy': members} if members else {}),
     }
     checkpointing.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
     return evaluation

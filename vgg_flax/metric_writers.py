@@ -63,7 +63,8 @@ def train_curve(history: Sequence[dict[str, Any]],
 
 def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
                 path: str) -> None:
-    """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson.
+    """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson;
+    for a population, the members' mean with their range as a band.
 
     Uses matplotlib's object API, not pyplot, so it can run on a background thread.
     """
@@ -73,11 +74,15 @@ def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any
     epochs = [record['epoch'] for record in history]
     fig = Figure(figsize=(5, 3.5), dpi=120)
     ax = fig.subplots()
-    ax.plot([r['epoch'] for r in train], [r['train_loss'] for r in train], '.-',
-            label='train loss')
-    ax.plot([r['epoch'] for r in train], [r['train_accuracy'] for r in train], '.--',
-            label='train acc')
-    ax.plot(epochs, [r['test_accuracy'] for r in history], '^-.', label='test acc')
+    for records, key, style, label in ((train, 'train_loss', '.-', 'train loss'),
+                                       (train, 'train_accuracy', '.--', 'train acc'),
+                                       (history, 'test_accuracy', '^-.', 'test acc')):
+        xs = [r['epoch'] for r in records]
+        line, = ax.plot(xs, [r[key] for r in records], style, label=label)
+        if all('members' in r for r in records):  # A population: its mean, its range shaded.
+            values = [[m[key] for m in r['members']] for r in records]
+            ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel('epoch')
     ax.set_xlim(0, max(epochs) + 0.1)
     ax.set_xticks(range(max(epochs) + 1) if max(epochs) <= 20 else ax.get_xticks())
@@ -164,8 +169,8 @@ class RunLog:
         self._steps.append(record)
         with open(os.path.join(self._workdir, STEPS_FILE), 'a') as f:
             f.write(json.dumps(record) + '\n')
-        self._tensorboard.write_scalars(record['step'], {
-            f'steps/{key}': record[key] for key in self.STEP_SCALARS})
+        self._tensorboard.write_scalars(record['step'], scalars(record, self.STEP_SCALARS,
+                                                                'steps/'))
         if print_line:
             print(format_progress(record, self._num_epochs), flush=True)
 
@@ -174,8 +179,7 @@ class RunLog:
         if not self._active:
             return
         latest = history[-1]
-        self._tensorboard.write_scalars(latest['step'],
-                                        {key: latest[key] for key in self.SCALARS})
+        self._tensorboard.write_scalars(latest['step'], scalars(latest, self.SCALARS))
         tqdm.write(format_epoch(latest, self._num_epochs), file=sys.stdout)
         self._history = list(history)
         self._refresh()
@@ -227,10 +231,23 @@ class RunLog:
         self.close()
 
 
+def scalars(record: dict[str, Any], keys: Sequence[str], prefix: str = '') -> dict[str, float]:
+    """TensorBoard's scalars of a record: `keys` (a population's means), and each member's
+    values under 'members/I/'."""
+    values = {f'{prefix}{key}': record[key] for key in keys}
+    for i, member in enumerate(record.get('members', ())):
+        values.update({f'{prefix}members/{i}/{key}': member[key] for key in keys if key in member})
+    return values
+
+
 def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
-    """One line per epoch, like the lesson's printout."""
+    """One line per epoch, like the lesson's printout (a population's means, and the range of
+    its members' test accuracy)."""
+    members = [member['test_accuracy'] for member in record.get('members', ())]
     return (f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
             f'train acc {record["train_accuracy"]:.4f}  test acc {record["test_accuracy"]:.4f}  '
+            + (f'({len(members)} members: {min(members):.4f}-{max(members):.4f})  '
+               if members else '') +
             f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s')
 
 

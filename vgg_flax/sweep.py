@@ -9,7 +9,9 @@ Shell overrides apply to the base config, so to every point; a point's own value
 
 Points that differ only in `seed` (an axis of the sweep, or `--seeds=N`) form a group: the
 report gives each group's mean, standard deviation and 95% confidence interval over its finished
-runs, and counts the runs that are not finished instead of averaging them.
+runs, and counts the runs that are not finished instead of averaging them. With `--population`,
+a group whose seeds are consecutive trains as one population (`config.num_seeds`, one vmapped
+program) in one directory; the report is the same, a row per member.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ _INDEX = flags.DEFINE_integer('index', None, 'Run only point N (a job-array task
 _REPORT = flags.DEFINE_bool('report', False, 'Only write the report from finished runs.')
 _SEEDS = flags.DEFINE_integer('seeds', 1, 'Run every point with this many seeds (config.seed, '
                               'config.seed + 1, ...); the report gives their mean and spread.')
+_POPULATION = flags.DEFINE_bool('population', False,
+                                'Train the points that differ only in consecutive seeds as one '
+                                'population each (config.num_seeds): one program, one directory.')
 
 
 def shown_fields(point: Point) -> Point:
@@ -108,10 +113,13 @@ def load_sweep(config_path: str) -> list[Point]:
 
 @dataclasses.dataclass
 class PointRun:
+    """A point of the sweep: its own run, or member `member` of a population run in `workdir`."""
+
     index: int
     point: Point
     config: ml_collections.ConfigDict
     workdir: str
+    member: int | None = None
 
     @property
     def name(self) -> str:
@@ -122,7 +130,12 @@ class PointRun:
         if not os.path.isfile(path):
             return None
         with open(path) as f:
-            return json.load(f)
+            results = json.load(f)
+        if self.member is None:
+            return results
+        members = results.pop('members')
+        return {**results, **members[self.member],
+                'examples_per_sec': results['examples_per_sec'] / len(members)}
 
     def status(self) -> str:
         results = self.results()
@@ -135,10 +148,28 @@ class PointRun:
         return 'missing'
 
 
-def plan(base: ml_collections.ConfigDict, points: Sequence[Point],
-         workdir: str) -> list[PointRun]:
-    return [PointRun(i, point, point_config(base, point), os.path.join(workdir, point_name(point)))
+def plan(base: ml_collections.ConfigDict, points: Sequence[Point], workdir: str,
+         population: bool = False) -> list[PointRun]:
+    """A run per point; with `population`, the points of a group with consecutive seeds are
+    the members of one population run, in `<the group's name>,seeds=FIRST-LAST`."""
+    runs = [PointRun(i, point, point_config(base, point), os.path.join(workdir, point_name(point)))
             for i, point in enumerate(points)]
+    if not population:
+        return runs
+    groups: dict[str, list[PointRun]] = {}
+    for run in runs:
+        seedless = {field: value for field, value in run.point.items() if field != 'seed'}
+        groups.setdefault(point_name(seedless), []).append(run)
+    for name, members in groups.items():
+        seeds = [run.config.seed for run in members]
+        if len(members) < 2 or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+            continue
+        config = ml_collections.ConfigDict(members[0].config.to_dict())
+        config.num_seeds = len(members)
+        directory = os.path.join(workdir, f'{name},seeds={seeds[0]}-{seeds[-1]}')
+        for i, run in enumerate(members):
+            run.config, run.workdir, run.member = config, directory, i
+    return runs
 
 
 def run_point(run: PointRun) -> bool:
@@ -184,7 +215,8 @@ def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {'index': run.index, **{f: shown.get(f) for f in fields},
                                'status': run.status()}
         try:
-            seedless = {**config_utils.to_plain(run.config), 'seed': 0}  # Seeds cost alike.
+            # Seeds cost alike, and a population member costs what a single run does.
+            seedless = {**config_utils.to_plain(run.config), 'seed': 0, 'num_seeds': 1}
             cost = point_cost(json.dumps(seedless, sort_keys=True))
             row.update(params=cost.num_params, forward_gflops=cost.forward_flops_per_example / 1e9,
                        step_memory_mib=cost.train_step_bytes / 2**20)
@@ -357,7 +389,10 @@ def main(argv: list[str]) -> int:
     workdir = cli.WORKDIR.value
     try:
         points = with_seeds(load_sweep(config_path), cli.CONFIG.value.seed, _SEEDS.value)
-        runs = plan(cli.CONFIG.value, points, workdir)
+        if _POPULATION.value and _INDEX.value is not None:
+            raise ValueError('--population trains the members of a population together; drop '
+                             '--index (a job-array task) or --population.')
+        runs = plan(cli.CONFIG.value, points, workdir, _POPULATION.value)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -372,11 +407,15 @@ def main(argv: list[str]) -> int:
     failed = []
     if not _REPORT.value:
         selected = runs if _INDEX.value is None else [runs[_INDEX.value]]
+        succeeded: dict[str, bool] = {}
         try:
-            failed = [run for run in selected if not run_point(run)]
+            for run in selected:
+                if run.workdir not in succeeded:  # A population trains once, for all members.
+                    succeeded[run.workdir] = run_point(run)
         except train.TrainingInterrupted as e:
             print(e, file=sys.stderr)
             return 128 + e.signum
+        failed = [run for run in selected if not succeeded[run.workdir]]
     rows = write_report(runs, workdir)
     with open(os.path.join(workdir, 'results.md')) as f:
         print(f.read(), end='')

@@ -3,6 +3,10 @@
 `train_step` gathers its batch from the on-device dataset by the step number, preprocesses it,
 runs forward and backward and updates the parameters and the epoch's running sums, all in one
 compiled function; the host only dispatches it. `train_and_evaluate` is the resumable loop.
+
+With `config.num_seeds` = N > 1 a run is a population: N copies of the model, member i with
+seed `config.seed + i` (its own initialisation, dropout and shuffle), trained by one `jax.vmap`
+of the same step over a train state stacked along a leading axis, on the one shared dataset.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ class TrainState(train_state.TrainState):
 
     `ema` is None, or with `config.train.ema_decay` the exponential moving average of the
     model's variables ({'params', 'batch_stats'}), which evaluation then uses.
+
+    A population's state has a leading member axis on every array but `step`, which the
+    members share.
     """
 
     batch_stats: Any
@@ -60,8 +67,10 @@ class TrainData:
 
     images: jax.Array  # uint8 (N, 28, 28, C)
     labels: jax.Array  # int32 (N,)
-    batches: jax.Array  # int32 (steps, batch_size): the epoch's shuffle, split over devices
-    dropout_key: jax.Array
+    # int32 (steps, batch_size), or (members, steps, batch_size) for a population: the epoch's
+    # shuffle, each batch split over the devices.
+    batches: jax.Array
+    dropout_key: jax.Array  # One key, or one per member.
     image_size: int = flax.struct.field(pytree_node=False)
     augment: augment.Augment = flax.struct.field(pytree_node=False, default=augment.Augment())
     label_smoothing: float = flax.struct.field(pytree_node=False, default=0.0)
@@ -121,6 +130,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every section, so a bad value fails before data is read or code compiled."""
     if isinstance(config.seed, bool) or not isinstance(config.seed, int):
         raise ValueError(f'config.seed={config.seed!r} must be an integer.')
+    config_utils.check_positive_int('num_seeds', config.num_seeds)
+    if config.members_over_devices not in (False, True) or (
+            config.members_over_devices and config.num_seeds == 1):
+        raise ValueError(f'config.members_over_devices={config.members_over_devices!r} must be '
+                         'False, or True for a population (config.num_seeds > 1).')
     models.validate_model_config(config.model)
     input_pipeline.validate_data_config(config.data, arch=config.model.arch)
     validate_train_config(config.train)
@@ -183,14 +197,50 @@ def init_train_state(config: ml_collections.ConfigDict, key: jax.Array,
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
+def init_population(config: ml_collections.ConfigDict, keys: jax.Array,
+                    steps_per_epoch: int = 1, num_channels: int = 1) -> TrainState:
+    """`init_train_state` of each of `keys`, stacked along a leading axis; one shared step."""
+    states = jax.vmap(lambda key: init_train_state(config, key, steps_per_epoch,
+                                                   num_channels))(keys)
+    return states.replace(step=states.step[0])
+
+
+def run_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The keys for initialisation, dropout and shuffling from `config.seed`; for a population,
+    each stacked over its members' seeds, so member i gets the keys of seed `config.seed + i`."""
+    if config.num_seeds == 1:
+        return tuple(jax.random.split(jax.random.key(config.seed), 3))
+    keys = jnp.stack([jax.random.split(jax.random.key(config.seed + i), 3)
+                      for i in range(config.num_seeds)])
+    return keys[:, 0], keys[:, 1], keys[:, 2]
+
+
 def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
                        steps_per_epoch: int = 1, num_channels: int = 1,
                        mesh: jax.sharding.Mesh | None = None) -> TrainState:
-    """`init_train_state`, compiled and run once; replicated over the devices of `mesh`."""
-    init = functools.partial(init_train_state, config, steps_per_epoch=steps_per_epoch,
-                             num_channels=num_channels)
-    sharding = distributed.replicated(mesh) if mesh is not None else None
+    """`init_train_state` (or with one key per member, `init_population`), compiled and run
+    once; replicated over the devices of `mesh`, or with `config.members_over_devices` each
+    member on one of them."""
+    init = functools.partial(init_population if key.ndim else init_train_state, config,
+                             steps_per_epoch=steps_per_epoch, num_channels=num_channels)
+    sharding = None
+    if mesh is not None:
+        sharding = distributed.replicated(mesh)
+        if config.members_over_devices and key.ndim:
+            split = distributed.split_along(mesh, 0)
+            sharding = jax.tree.map(lambda _: split, jax.eval_shape(init, key)).replace(
+                step=sharding)
     return run_once(init, key, sharding=sharding)
+
+
+def is_population(state: TrainState) -> bool:
+    """Whether `state` stacks the members of a population (`config.num_seeds` > 1)."""
+    return state.nonfinite_steps.ndim == 1
+
+
+def population_axes(state: TrainState) -> TrainState:
+    """`jax.vmap`'s axes for a population's state: every array's first but the shared step's."""
+    return jax.tree.map(lambda _: 0, state).replace(step=None)
 
 
 def run_once(fn: Any, *args: Any, sharding: jax.sharding.Sharding | None = None) -> Any:
@@ -213,10 +263,26 @@ def load_on_devices(config: ml_collections.ConfigDict, split: str,
             distributed.replicate_from_processes(share.labels, mesh))
 
 
-def batch_maker(mesh: jax.sharding.Mesh) -> Any:
-    """`input_pipeline.epoch_batches`, compiled, each batch split over the devices of `mesh`."""
-    return jax.jit(input_pipeline.epoch_batches, static_argnums=(2, 3),
-                   out_shardings=distributed.split_along(mesh, 1))
+def batches_sharding(mesh: jax.sharding.Mesh, population: bool = False,
+                     members_over_devices: bool = False) -> jax.sharding.NamedSharding:
+    """Where an epoch's batches go: each batch split over the devices, or with
+    `members_over_devices` each member's batches on the device that trains it."""
+    return distributed.split_along(mesh, 0 if members_over_devices else 2 if population else 1)
+
+
+def batch_maker(mesh: jax.sharding.Mesh, population: bool = False,
+                members_over_devices: bool = False) -> Any:
+    """`input_pipeline.epoch_batches`, compiled, each batch split over the devices of `mesh`;
+    for a `population`, the batches of each of its shuffle keys (`batches_sharding` places
+    them)."""
+    def batches(key: jax.Array, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
+        if population:
+            return jax.vmap(lambda key: input_pipeline.epoch_batches(
+                key, epoch, num_examples, batch_size))(key)
+        return input_pipeline.epoch_batches(key, epoch, num_examples, batch_size)
+
+    return jax.jit(batches, static_argnums=(2, 3), out_shardings=batches_sharding(
+        mesh, population, members_over_devices))
 
 
 def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -225,30 +291,48 @@ def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     own (`batch_maker`)."""
     images, labels = load_on_devices(config, 'train', mesh)
     test_images, test_labels = load_on_devices(config, 'test', mesh)
-    batch_size, size = config.train.batch_size, config.data.image_size
+    batch_size = config.train.batch_size
     num_steps = input_pipeline.steps_per_epoch(images.shape[0], batch_size)
     if not num_steps:
         raise ValueError(f'{images.shape[0]} training examples make no full batch of '
                          f'config.train.batch_size={batch_size}; lower the batch size or raise '
                          'config.data.max_train_examples.')
-    split = distributed.split_along(mesh, 1)
-    batches = distributed.put(np.zeros((num_steps, batch_size), np.int32), split)
+    members = (config.num_seeds,) if config.num_seeds > 1 else ()
+    batches = distributed.put(np.zeros((*members, num_steps, batch_size), np.int32),
+                              batches_sharding(mesh, bool(members), config.members_over_devices))
+    # Members over devices: each device evaluates its members on every test example.
+    split = (distributed.replicated(mesh) if config.members_over_devices else
+             distributed.split_along(mesh, 1))
     eval_batches, masks = (distributed.put(a, split) for a in input_pipeline.eval_batches(
         test_images.shape[0], config.train.eval_batch_size))
-    return (TrainData(images, labels, batches, dropout_key, size,
-                      augment.from_config(config.augment), config.train.label_smoothing,
-                      config.train.ema_decay),
-            EvalData(test_images, test_labels, eval_batches, masks, size, config.eval.tta))
+    return (make_train_data(config, images, labels, batches, dropout_key),
+            EvalData(test_images, test_labels, eval_batches, masks, config.data.image_size,
+                     config.eval.tta))
+
+
+def make_train_data(config: ml_collections.ConfigDict, images: jax.Array, labels: jax.Array,
+                    batches: jax.Array, dropout_key: jax.Array) -> TrainData:
+    """The train step's data, with what `config` fixes at compile time."""
+    return TrainData(images, labels, batches, dropout_key, config.data.image_size,
+                     augment.from_config(config.augment), config.train.label_smoothing,
+                     config.train.ema_decay)
 
 
 def count_params(params: Any) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
-def zero_sums() -> Sums:
-    """Running sums of an epoch: summed loss, correct predictions and examples."""
-    return {'loss_sum': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.int32),
-            'count': jnp.zeros((), jnp.int32)}
+def zero_sums(shape: tuple[int, ...] = ()) -> Sums:
+    """Running sums of an epoch: summed loss, correct predictions and examples (for a
+    population, each of shape (members,))."""
+    return {'loss_sum': jnp.zeros(shape, jnp.float32), 'correct': jnp.zeros(shape, jnp.int32),
+            'count': jnp.zeros(shape, jnp.int32)}
+
+
+def zero_sums_like(state: TrainState) -> Sums:
+    """`zero_sums` for `state` (a single run's or a population's), placed as its members are."""
+    return jax.device_put(zero_sums(state.nonfinite_steps.shape),
+                          state.nonfinite_steps.sharding)
 
 
 def _add_to_sums(sums: Sums, losses: jax.Array, logits: jax.Array, labels: jax.Array,
@@ -333,10 +417,16 @@ def lower_train_step(state: TrainState, data: TrainData,
     With `num_steps` > 1, one call runs that many steps under a compiled loop: one dispatch for
     all of them. The state is donated: its buffers are reused for the updated one.
     """
-    def steps(state: TrainState, data: TrainData) -> TrainState:
-        return jax.lax.fori_loop(0, num_steps, lambda _, state: train_step(state, data), state)
+    step_fn = train_step
+    if is_population(state):
+        axes = population_axes(state)
+        step_fn = jax.vmap(train_step, out_axes=axes, in_axes=(axes, data.replace(
+            images=None, labels=None, batches=0, dropout_key=0)))
 
-    return jax.jit(train_step if num_steps == 1 else steps, donate_argnums=0).lower(state, data)
+    def steps(state: TrainState, data: TrainData) -> TrainState:
+        return jax.lax.fori_loop(0, num_steps, lambda _, state: step_fn(state, data), state)
+
+    return jax.jit(step_fn if num_steps == 1 else steps, donate_argnums=0).lower(state, data)
 
 
 def compile_train_step(state: TrainState, data: TrainData, num_steps: int = 1) -> Any:
@@ -345,15 +435,43 @@ def compile_train_step(state: TrainState, data: TrainData, num_steps: int = 1) -
 
 
 def compile_eval_step(state: TrainState, data: EvalData) -> Any:
-    """`eval_step`, compiled ahead of time; the sums are donated."""
-    return jax.jit(eval_step, donate_argnums=1).lower(state, state.sums, data, 0).compile()
+    """`eval_step` (each member's, for a population), compiled ahead of time; the sums are
+    donated."""
+    step_fn = eval_step
+    if is_population(state):
+        step_fn = jax.vmap(eval_step, in_axes=(population_axes(state), 0, None, None))
+    return jax.jit(step_fn, donate_argnums=1).lower(state, state.sums, data, 0).compile()
 
 
-def mean_metrics(sums: Sums) -> tuple[float, float]:
-    """(mean loss, accuracy) from running sums fetched to the host."""
+def mean_metrics(sums: Sums) -> tuple[np.ndarray, np.ndarray]:
+    """(mean loss, accuracy) from running sums fetched to the host; for a population, arrays
+    of one value per member."""
     sums = jax.device_get(sums)
-    count = max(int(sums['count']), 1)
-    return float(sums['loss_sum']) / count, int(sums['correct']) / count
+    count = np.maximum(sums['count'], 1)
+    return sums['loss_sum'] / count, sums['correct'] / count
+
+
+def to_record(values: dict[str, Any]) -> dict[str, Any]:
+    """Host values as a JSON record. A population's per-member arrays become their mean under
+    the same key, and 'members' lists each member's values."""
+    record, members = {}, {}
+    for key, value in values.items():
+        value = np.asarray(value)
+        if value.ndim:
+            members[key] = value.tolist()
+            value = value.mean()
+        record[key] = value.item()
+    if members:
+        record['members'] = [dict(zip(members, values)) for values in zip(*members.values())]
+    return record
+
+
+def merge_records(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """The keys of both records; each member's values of both where they have members."""
+    merged = {**first, **second}
+    if 'members' in first and 'members' in second:
+        merged['members'] = [{**a, **b} for a, b in zip(first['members'], second['members'])]
+    return merged
 
 
 def flops_of(lowered: jax.stages.Lowered) -> float:
@@ -426,14 +544,15 @@ def is_due(count: int, every: int, advanced: int = 1, last: int | None = None) -
 
 
 def train_record(sums: Sums, step: int, steps_per_epoch: int, since: tuple[int, float],
-                 now: float, batch_size: int, learning_rate_fn: optax.Schedule) -> dict[str, Any]:
+                 now: float, examples_per_step: int,
+                 learning_rate_fn: optax.Schedule) -> dict[str, Any]:
     """The epoch's running train metrics at `step` (fetched from the devices), with the
     examples/sec since `since`, a (step, time) pair, and the learning rate of the last step."""
     loss, accuracy = mean_metrics(sums)
-    return {'step': step, 'epoch': step / steps_per_epoch, 'train_loss': loss,
-            'train_accuracy': accuracy,
-            'examples_per_sec': (step - since[0]) * batch_size / (now - since[1]),
-            'learning_rate': float(learning_rate_fn(step - 1))}
+    return to_record({'step': step, 'epoch': step / steps_per_epoch, 'train_loss': loss,
+                      'train_accuracy': accuracy,
+                      'examples_per_sec': (step - since[0]) * examples_per_step / (now - since[1]),
+                      'learning_rate': float(learning_rate_fn(step - 1))})
 
 
 @jax.jit
@@ -445,9 +564,10 @@ def check_finite(state: TrainState, step: int, steps_per_epoch: int,
                  checkpointer: checkpointing.Checkpointer, test_loss: float = 0.0) -> None:
     """Raises NonFiniteLossError, naming the checkpoint kept, if training diverged: a step's
     loss, the parameters or the test loss are not finite."""
-    nonfinite_steps, (loss, _) = int(state.nonfinite_steps), mean_metrics(state.sums)
+    nonfinite_steps = int(np.sum(jax.device_get(state.nonfinite_steps)))
+    loss, _ = mean_metrics(state.sums)
     finite_params = bool(all_finite(state.params))
-    if not nonfinite_steps and finite_params and math.isfinite(loss + test_loss):
+    if not nonfinite_steps and finite_params and np.all(np.isfinite(loss + test_loss)):
         return
     checkpointer.wait()
     kept = checkpointer.latest_step()
@@ -465,17 +585,28 @@ def check_finite(state: TrainState, step: int, steps_per_epoch: int,
 
 def evaluate(eval_fn: Any, state: TrainState, data: EvalData, signals: StopSignals,
              show_progress: bool) -> dict[str, float] | None:
-    """Test loss and accuracy of `state` and the seconds they took; None if a stop came first."""
+    """Test loss and accuracy of `state` (a record: with each member's, for a population) and the
+    seconds they took; None if a stop came first."""
     start = time.perf_counter()
-    sums = jax.device_put(zero_sums(), state.step.sharding)
+    sums = zero_sums_like(state)
     for batch in tqdm(range(data.batches.shape[0]), desc='eval', leave=False,
                       disable=None if show_progress else True):
         if signals.should_stop(int(state.step)):
             return None
         sums = eval_fn(state, sums, data, batch)
     loss, accuracy = mean_metrics(sums)
-    return {'test_loss': loss, 'test_accuracy': accuracy,
-            'eval_seconds': time.perf_counter() - start}
+    return to_record({'test_loss': loss, 'test_accuracy': accuracy,
+                      'eval_seconds': time.perf_counter() - start})
+
+
+def check_fits_devices(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """Raises ValueError unless what is split over the devices splits evenly: the batches, or
+    with `config.members_over_devices` the population's members."""
+    split = ({'num_seeds': config.num_seeds} if config.members_over_devices else
+             {f'train.{field}': config.train[field] for field in ('batch_size',
+                                                                 'eval_batch_size')})
+    for field, value in split.items():
+        distributed.check_divisible(field, value, mesh)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -487,8 +618,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config)
     mesh = distributed.create_mesh()
     batch_size, num_epochs = config.train.batch_size, config.train.num_epochs
-    for field in ('batch_size', 'eval_batch_size'):
-        distributed.check_divisible(f'train.{field}', config.train[field], mesh)
+    check_fits_devices(config, mesh)
     chief = distributed.is_chief()
     with contextlib.ExitStack() as stack:
         stack.enter_context(checkpointing.hold_workdir(workdir, active=chief))
@@ -496,10 +626,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if finished := checkpointing.finished_results(workdir, num_epochs):
             print(f'{workdir} has finished its {num_epochs} epochs already; nothing to do.')
             return finished
-        init_key, dropout_key, shuffle_key = jax.random.split(jax.random.key(config.seed), 3)
+        init_key, dropout_key, shuffle_key = run_keys(config)
         train_data, test_data = load_data(config, mesh, dropout_key)
-        make_batches, num_train = batch_maker(mesh), train_data.images.shape[0]
-        steps_per_epoch = train_data.batches.shape[0]
+        make_batches = batch_maker(mesh, config.num_seeds > 1, config.members_over_devices)
+        num_train, steps_per_epoch = train_data.images.shape[0], train_data.batches.shape[-2]
+        examples_per_step = batch_size * config.num_seeds  # Of all members together.
         learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
         state = create_train_state(config, init_key, steps_per_epoch,
                                    train_data.images.shape[-1], mesh)
@@ -547,7 +678,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if is_due(batch, config.train.log_every_steps, num_steps, steps_per_epoch):
                     now = time.perf_counter()
                     record = train_record(state.sums, step, steps_per_epoch, logged, now,
-                                          batch_size, learning_rate_fn)
+                                          examples_per_step, learning_rate_fn)
                     check_finite(state, step, steps_per_epoch, checkpointer)
                     bar.set_postfix(loss=f"{record['train_loss']:.4f}",
                                     acc=f"{record['train_accuracy']:.3f}")
@@ -560,15 +691,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if not epoch_done:
                     continue
                 unevaluated = {**train_record(state.sums, step, steps_per_epoch, epoch_begin,
-                                              logged[1], batch_size, learning_rate_fn),
+                                              logged[1], examples_per_step, learning_rate_fn),
                                'epoch': step // steps_per_epoch,
                                'train_seconds': logged[1] - epoch_begin[1]}
-                state = state.replace(sums=jax.device_put(zero_sums(), state.step.sharding))
+                state = state.replace(sums=zero_sums_like(state))
             evaluation = evaluate(eval_fn, state, test_data, signals, chief)
             if evaluation is None:
                 break
             check_finite(state, step, steps_per_epoch, checkpointer, evaluation['test_loss'])
-            history.append({**unevaluated, **evaluation, 'epoch_seconds':
+            history.append({**merge_records(unevaluated, evaluation), 'epoch_seconds':
                             unevaluated['train_seconds'] + evaluation['eval_seconds']})
             epoch, unevaluated = history[-1]['epoch'], None
             log.write_epoch(history)
@@ -583,33 +714,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointer.save(step, state, history + ([unevaluated] if unevaluated else []))
             raise TrainingInterrupted(signals.signum, step)
 
-        results = summarize_run(history, num_params=count_params(state.params),
+        num_params = count_params(state.params) // config.num_seeds  # One member's.
+        results = summarize_run(history, num_params=num_params,
                                 train_flops_per_step=flops_of(lower_train_step(state, train_data)),
-                                compile_seconds=compile_seconds, batch_size=batch_size)
+                                compile_seconds=compile_seconds,
+                                examples_per_step=examples_per_step)
         if chief:
             checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
                                             results)
     return results
 
 
-def summarize_run(history: list[dict[str, Any]], *, num_params: int,
-                  train_flops_per_step: float, compile_seconds: float,
-                  batch_size: int) -> dict[str, Any]:
-    """The numbers a sweep table or a paper needs from one finished run."""
+def model_results(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final and the best test metrics of one model's history."""
     final = history[-1]
     best = max(history, key=lambda record: record['test_accuracy'])
+    return {key: final[key] for key in ('test_accuracy', 'test_loss', 'train_accuracy',
+                                        'train_loss')} | {
+        'best_test_accuracy': best['test_accuracy'], 'best_epoch': best['epoch']}
+
+
+def summarize_run(history: list[dict[str, Any]], *, num_params: int,
+                  train_flops_per_step: float, compile_seconds: float,
+                  examples_per_step: int) -> dict[str, Any]:
+    """The numbers a sweep table or a paper needs from one finished run.
+
+    For a population, the model's numbers are the means over its members, with their standard
+    deviations (`<key>_std`), and 'members' lists each member's; examples/sec counts every
+    member's examples.
+    """
+    final = history[-1]
+    results = model_results(history)
+    if 'members' in final:
+        members = [model_results([{**record, **record['members'][i]} for record in history])
+                   for i in range(len(final['members']))]
+        for key in list(results):
+            values = [member[key] for member in members]
+            results[key], results[f'{key}_std'] = float(np.mean(values)), float(np.std(values,
+                                                                                       ddof=1))
+        results['members'] = members
     devices = jax.devices()
     return {
         'epochs': final['epoch'],
         'steps': final['step'],
-        'test_accuracy': final['test_accuracy'],
-        'test_loss': final['test_loss'],
-        'train_accuracy': final['train_accuracy'],
-        'train_loss': final['train_loss'],
-        'best_test_accuracy': best['test_accuracy'],
-        'best_epoch': best['epoch'],
+        **results,
         'num_params': num_params,
-        'train_flops_per_example': train_flops_per_step / batch_size,
+        'train_flops_per_example': train_flops_per_step / examples_per_step,
         'examples_per_sec': float(np.median([r['examples_per_sec'] for r in history])),
         'train_seconds': sum(r['train_seconds'] for r in history),
         'wall_seconds': sum(r['epoch_seconds'] for r in history),
