@@ -1,8 +1,9 @@
 """Every command in the README's bash blocks runs as written, at tiny sizes on small IDX files.
 
 The `python -m vgg_flax.X` commands run in this process (`run_cli`), a whole sweep's command on
-its last point only; the scripts run as they are, in a copy of the repository's layout whose `.venv` and `python3` are this interpreter
-(the scripts' `pip install` is skipped: this environment has the pinned packages already).
+its last point only; the scripts run as they are, in a copy of the repository's layout whose
+`.venv` and `python3` are this interpreter (the scripts' `pip install` is skipped: this
+environment has the pinned packages already).
 """
 
 from __future__ import annotations

@@ -113,15 +113,15 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
     steps_per_call = config.train.steps_per_call
     mesh = distributed.create_mesh()
     batch_size = config.train.batch_size
-    distributed.check_divisible('train.batch_size', batch_size, mesh)
+    train.check_fits_devices(config, mesh)
     init_key, dropout_key, shuffle_key = train.run_keys(config)
     state = train.create_train_state(config, init_key, mesh=mesh)
     replicated = distributed.replicated(mesh)
     data = train.make_train_data(
         config, distributed.put(train_split.images, replicated),
         distributed.put(train_split.labels, replicated),
-        train.batch_maker(mesh, config.num_seeds > 1)(shuffle_key, 0, len(train_split),
-                                                      batch_size), dropout_key)
+        train.batch_maker(mesh, config.num_seeds > 1, config.members_over_devices)(
+            shuffle_key, 0, len(train_split), batch_size), dropout_key)
     examples_per_step = batch_size * config.num_seeds  # Of every member of a population.
 
     def measure(num_steps: int) -> tuple[Any, dict[str, Any]]:
@@ -221,6 +221,7 @@ def format_result(result: dict[str, Any]) -> str:
     compiled_loop = step['compiled_loop']
     rate = step['images_per_sec']
     memory = result['peak_memory_bytes']
+    examples_per_step = c['batch_size'] * c['num_seeds']
     population = (f"a population of {c['num_seeds']} (images/sec of all members), "
                   if c['num_seeds'] > 1 else '')
     lines = [
@@ -250,7 +251,7 @@ def format_result(result: dict[str, Any]) -> str:
         (f"; {compiled_loop['compile_seconds']:.1f} s ({compiled_loop['steps_per_call']} steps "
          "per call)" if compiled_loop else '') +
         (f"; {loop['compile_seconds']:.1f} s (loop: train + eval step)" if loop else ''),
-        f"FLOPs per image    {step['flops_per_step'] / c['batch_size'] / c['num_seeds'] / 1e9:>10.3f} G "
+        f"FLOPs per image    {step['flops_per_step'] / examples_per_step / 1e9:>10.3f} G "
         "(train step, XLA cost analysis)",
         'peak memory        ' + (f'{memory / 2**30:>10.2f} GiB' if memory is not None else
                                  '       n/a (this backend reports none)'),

@@ -392,7 +392,8 @@ def update_ema(ema: Any, variables: Any, decay: float, updates: jax.Array) -> An
 def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
                  image_size: int, tta: bool = False) -> jax.Array:
     """Logits of the examples at `indices` of the on-device `images`, in inference mode (with
-    the moving average of the weights where the state has one); with `tta`, the mean of the logits of each image and its mirror image."""
+    the moving average of the weights where the state has one); with `tta`, the mean of the
+    logits of each image and its mirror image."""
     x = input_pipeline.preprocess(images[indices], image_size)
     variables = state.eval_variables()
     logits = state.apply_fn(variables, x, train=False)
