@@ -136,9 +136,10 @@ def evaluate_run(workdir: str, step: int | None = None,
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
     predictions = predict(state, test_split, config.data.image_size,
                           config.train.eval_batch_size, config.eval.tta)
-    members = [float(np.mean(p == test_split.labels)) for p in predictions[:-1]
-               ] if predictions.ndim == 2 else []
-    predictions = predictions[-1] if members else predictions
+    members = []
+    if train.is_population(state):  # Each member's predictions, then the ensemble's.
+        members = [float(np.mean(p == test_split.labels)) for p in predictions[:-1]]
+        predictions = predictions[-1]
     num_classes = config.model.num_classes
     matrix = confusion_matrix(test_split.labels, predictions, num_classes)
     names = class_names(num_classes)
