@@ -29,14 +29,17 @@ REAL_DATA_DIR = os.environ.get('VGG_FLAX_FASHION_MNIST', '')
 
 @pytest.fixture(autouse=True, scope='session')
 def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """One persistent XLA cache for the session (and its subprocesses): compile each step once.
+    """One persistent XLA cache for the session (its pytest-xdist workers and their subprocesses
+    share it): compile each program once.
 
     It also starts this process's backend before any test can, with $XLA_FLAGS as the session
     found them: a CLI run in-process adds its CPU tuning flags, and the numerics of every later
     test must not depend on whether one ran first.
     """
     jax.devices()
-    path = str(tmp_path_factory.mktemp('xla_cache'))
+    base = tmp_path_factory.getbasetemp()
+    # A worker's base directory lies in the session's, which the workers share.
+    path = str((base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base) / 'xla_cache')
     os.environ['JAX_COMPILATION_CACHE_DIR'] = path
     environment.enable_compilation_cache()
 
