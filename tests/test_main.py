@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from vgg_flax import checkpointing, config_utils, evaluate, main
 
@@ -49,7 +50,6 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     assert (workdir / 'curves.png').read_bytes()[:8] == PNG_MAGIC
     assert checkpointing.Checkpointer(str(workdir), keep=3).all_steps() == [10, 20]
     # TensorBoard reads the event file written without TensorFlow.
-    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
     events = event_accumulator.EventAccumulator(str(workdir / 'tensorboard'))
     events.Reload()
     assert 'test_accuracy' in events.Tags()['scalars']

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from vgg_flax import metric_writers
 
@@ -23,7 +24,6 @@ def steps(epochs: int, per_epoch: int = 4) -> list[dict[str, float]]:
 
 def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
     """What TensorBoard shows: each tag's (step, value) points."""
-    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
     events = event_accumulator.EventAccumulator(str(logdir))
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)]

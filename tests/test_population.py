@@ -103,7 +103,7 @@ def logged_past(workdir, step: int) -> bool:
 def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path):
     """kill -9 in the second epoch, then the same command: the members' metrics equal those of
     an uninterrupted run (both run as the CLI, whose CPU tuning flags change the last digits)."""
-    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=1600)
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=800)
     overrides = [f'--config.{key}={value}' for key, value in (  # tiny_config's fields.
         ('num_seeds', 4), ('model.width_ratio', 16), ('model.use_bn', True),
         ('model.dense_features', '(64,64)'), ('model.dropout_rate', 0.1),
@@ -124,10 +124,10 @@ def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path):
     assert straight.wait(timeout=600) == 0, straight.stderr.read()
     workdir = tmp_path / 'killed'
     process, deadline = start(workdir), time.time() + 600
-    while not ((workdir / 'checkpoints' / '50').is_dir() and logged_past(workdir, 60)):
+    while not ((workdir / 'checkpoints' / '25').is_dir() and logged_past(workdir, 25)):
         assert process.poll() is None and time.time() < deadline, process.stderr.read()
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)  # Mid-epoch 2 (of 50 steps each), after epoch 1's save.
+    process.send_signal(signal.SIGKILL)  # Mid-epoch 2 (of 25 steps each), after epoch 1's save.
     process.wait()
     assert not (workdir / 'results.json').exists()
     assert len(members(workdir)) == 1
@@ -151,7 +151,8 @@ config.num_seeds, config.members_over_devices, config.train.num_epochs = 4, {spr
 mesh = distributed.create_mesh()
 init_key, dropout_key, _ = train.run_keys(config)
 data, _ = train.load_data(config, mesh, dropout_key)
-state = train.create_train_state(config, init_key, mesh=mesh)
+state = train.create_train_state(config, init_key, data.batches.shape[-2],
+                                 data.images.shape[-1], mesh)  # As the run's.
 compiled = train.lower_train_step(state, data).compile().as_text()
 results = train.train_and_evaluate(config, {workdir!r})
 print(json.dumps({{'devices': jax.device_count(), 'all_reduce': 'all-reduce' in compiled,

@@ -52,7 +52,8 @@ def test_cli_prints_the_lessons_shapes_and_parameter_count(run_summary):
 
 
 def test_cli_override_applies(run_summary):
-    done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}', '--config.model.width_ratio=1')
+    done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}',
+                       '--config.model.width_ratio=1')
     assert done.returncode == 0, done.stderr
     assert '112x112x64' in done.stdout
 

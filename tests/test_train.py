@@ -172,13 +172,22 @@ def test_without_a_moving_average_the_checkpoint_layout_is_unchanged(idx_dir, tm
     assert set(saved['state']) == {'step', 'params', 'opt_state', 'batch_stats'}
 
 
+def wrap_train_steps(monkeypatch, wrap) -> None:
+    """Makes train_and_evaluate call `wrap(fn)` in place of each compiled train step `fn`."""
+    real_compile = train.compile_steps
+
+    def compile_steps(*args, **kwargs):
+        compiled = real_compile(*args, **kwargs)
+        return compiled._replace(train={n: wrap(fn) for n, fn in compiled.train.items()})
+
+    monkeypatch.setattr(train, 'compile_steps', compile_steps)
+
+
 def signal_during_call(monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:
     """Makes the process receive `signum` while the train step runs its `call`-th call."""
-    real_compile, calls = train.compile_train_step, []
+    calls = []
 
-    def compile_with_a_signal(*args, **kwargs):
-        fn = real_compile(*args, **kwargs)
-
+    def with_a_signal(fn):
         def call_fn(*call_args):
             calls.append(None)
             if len(calls) == call:
@@ -187,7 +196,7 @@ def signal_during_call(monkeypatch, call: int, signum: int = signal.SIGTERM) -> 
 
         return call_fn
 
-    monkeypatch.setattr(train, 'compile_train_step', compile_with_a_signal)
+    wrap_train_steps(monkeypatch, with_a_signal)
 
 
 def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeypatch):
@@ -208,16 +217,14 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeyp
 
 def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_path, monkeypatch):
     """A stop waits for the calls queued on the device; there are never more than two."""
-    real_step, real_compile, markers, queued = train.train_step, train.compile_train_step, [], []
+    real_step, markers, queued = train.train_step, [], []
 
     def slow_step(state, data):  # About 2 GFLOP more per step: the host outpaces the device.
         x = jax.lax.fori_loop(0, 60, lambda _, x: jnp.tanh(x @ x), jnp.full((256, 256), 0.01))
         state = real_step(state, data)
         return state.replace(step=state.step + (x[0, 0] > 1e9).astype(state.step.dtype))
 
-    def counting_compile(*args, **kwargs):
-        fn = real_compile(*args, **kwargs)
-
+    def counting(fn):
         def call_fn(*call_args):
             result = fn(*call_args)
             markers.append(jnp.copy(result.step))  # Ready once this call has run.
@@ -227,7 +234,7 @@ def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_pat
         return call_fn
 
     monkeypatch.setattr(train, 'train_step', slow_step)
-    monkeypatch.setattr(train, 'compile_train_step', counting_compile)
+    wrap_train_steps(monkeypatch, counting)
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
     train.train_and_evaluate(config, str(tmp_path / 'run'))

@@ -124,19 +124,21 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
             shuffle_key, 0, len(train_split), batch_size), dropout_key)
     examples_per_step = batch_size * config.num_seeds  # Of every member of a population.
 
-    def measure(num_steps: int) -> tuple[Any, dict[str, Any]]:
-        """The step compiled to run `num_steps` to a call, and its compile time and rates."""
+    def measure(num_steps: int) -> tuple[jax.stages.Lowered, Any, dict[str, Any]]:
+        """The step lowered and compiled to run `num_steps` to a call, and its compile time and
+        rates."""
         nonlocal state
         start = time.perf_counter()
-        fn = train.compile_train_step(state, data, num_steps)
+        lowered = train.lower_train_step(state, data, num_steps)
+        fn = lowered.compile()
         compile_seconds = time.perf_counter() - start
         calls = math.ceil(steps / num_steps)
         seconds, state = time_calls(fn, state, data, calls, repeats, warmup)
-        return fn, {'compile_seconds': compile_seconds,
-                    'images_per_sec': spread([calls * num_steps * examples_per_step / s
-                                              for s in seconds])}
+        return lowered, fn, {'compile_seconds': compile_seconds,
+                             'images_per_sec': spread([calls * num_steps * examples_per_step / s
+                                                       for s in seconds])}
 
-    step_fn, result = measure(1)
+    lowered, step_fn, result = measure(1)
     if profile_dir:
         def call() -> Any:
             nonlocal state
@@ -145,10 +147,10 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
 
         result['profile'] = profiling.summarize(
             profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS)
-    flops = train.flops_of(train.lower_train_step(state, data))
+    flops = train.flops_of(lowered)
     result.update(flops_per_step=flops, num_devices=mesh.size,
                   achieved_flops=flops * result['images_per_sec']['median'] / examples_per_step)
-    result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[1]}
+    result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[2]}
                                if steps_per_call > 1 else None)
     return result
 

@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -600,6 +600,43 @@ def evaluate(eval_fn: Any, state: TrainState, data: EvalData, signals: StopSigna
                       'eval_seconds': time.perf_counter() - start})
 
 
+def resume_message(workdir: str, step: int, steps_per_epoch: int) -> str:
+    if not step:
+        return f'{workdir} has this config but no checkpoint yet; starting from scratch.'
+    return (f'Resuming {workdir} from the checkpoint at step {step} (epoch '
+            f'{step // steps_per_epoch}, batch {step % steps_per_epoch}).')
+
+
+class CompiledSteps(NamedTuple):
+    train: dict[int, Any]  # The train step for a call of that many steps.
+    eval: Any
+    train_flops_per_step: float
+    seconds: float  # Lowering and compiling them took.
+
+
+def compile_steps(state: TrainState, train_data: TrainData, test_data: EvalData,
+                  steps_per_call: int) -> CompiledSteps:
+    """The train step compiled for calls of 1 and of `steps_per_call` steps and the eval step,
+    each lowered once (a lowering costs about as much as a compile from the cache)."""
+    start = time.perf_counter()
+    lowered = {n: lower_train_step(state, train_data, n) for n in {1, steps_per_call}}
+    train_fns = {n: step.compile() for n, step in lowered.items()}
+    eval_fn = compile_eval_step(state, test_data)
+    seconds = time.perf_counter() - start
+    return CompiledSteps(train_fns, eval_fn, flops_of(lowered[1]), seconds)
+
+
+def wait_for_previous_call(previous: jax.Array | None, state: TrainState) -> jax.Array:
+    """Blocks until the call before the one that returned `state` has finished; returns what the
+    next call waits on (a copy of the step counter, which no call donates).
+
+    The host so waits for the previous call while the device runs this one: never more than two
+    calls are queued, so a stop waits for those two, not dozens."""
+    if previous is not None:
+        previous.block_until_ready()
+    return jnp.copy(state.step)
+
+
 def check_fits_devices(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
     """Raises ValueError unless what is split over the devices splits evenly: the batches, or
     with `config.members_over_devices` the population's members."""
@@ -629,8 +666,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return finished
         init_key, dropout_key, shuffle_key = run_keys(config)
         train_data, test_data = load_data(config, mesh, dropout_key)
-        make_batches = batch_maker(mesh, config.num_seeds > 1, config.members_over_devices)
         num_train, steps_per_epoch = train_data.images.shape[0], train_data.batches.shape[-2]
+        epoch_batches = functools.partial(batch_maker(
+            mesh, config.num_seeds > 1, config.members_over_devices), shuffle_key,
+            num_examples=num_train, batch_size=batch_size)
         examples_per_step = batch_size * config.num_seeds  # Of all members together.
         learning_rate_fn = create_learning_rate_fn(config.train, steps_per_epoch)
         state = create_train_state(config, init_key, steps_per_epoch,
@@ -640,39 +679,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state, history = checkpointer.restore_latest(state)
         step, total_steps = int(state.step), num_epochs * steps_per_epoch
         if chief and (step or resuming):
-            print(f'Resuming {workdir} from the checkpoint at step {step} (epoch '
-                  f'{step // steps_per_epoch}, batch {step % steps_per_epoch}).' if step else
-                  f'{workdir} has this config but no checkpoint yet; starting from scratch.',
-                  flush=True)
-        compile_start = time.perf_counter()
+            print(resume_message(workdir, step, steps_per_epoch), flush=True)
         steps_per_call = config.train.steps_per_call
-        train_fns = {n: compile_train_step(state, train_data, n) for n in {1, steps_per_call}}
-        eval_fn = compile_eval_step(state, test_data)
-        compile_seconds = time.perf_counter() - compile_start
+        compiled = compile_steps(state, train_data, test_data, steps_per_call)
         if chief:  # Every check passed: the workdir is this run's.
             checkpointing.write_run_files(workdir, config)
 
         # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
         unevaluated = history.pop() if history and 'test_accuracy' not in history[-1] else None
-        train_data = train_data.replace(batches=make_batches(
-            shuffle_key, step // steps_per_epoch + 1, num_train, batch_size))
+        train_data = train_data.replace(batches=epoch_batches(step // steps_per_epoch + 1))
         epoch_begin = logged = (step, time.perf_counter())
         log = stack.enter_context(
             metric_writers.RunLog(workdir, num_epochs, history, step, active=chief))
         bar = stack.enter_context(tqdm(total=total_steps, initial=step, unit='step',
                                        disable=None if chief else True))
         signals = stack.enter_context(StopSignals())
-        running = None  # A copy of the step counter that the last call returns (not donated).
+        running = None  # What the next call waits on.
         while (step < total_steps or unevaluated) and not signals.stopped:
             if not unevaluated:  # One call of the step, then, at an epoch's end, its record.
                 batch = step % steps_per_epoch  # Batches of this epoch done.
                 num_steps = steps_per_call if batch + steps_per_call <= steps_per_epoch else 1
-                state = train_fns[num_steps](state, train_data)
-                # The host waits for the previous call while the device runs this one: never
-                # more than two calls are queued, so a stop waits for those two, not dozens.
-                finished, running = running, jnp.copy(state.step)
-                if finished is not None:
-                    finished.block_until_ready()
+                state = compiled.train[num_steps](state, train_data)
+                running = wait_for_previous_call(running, state)
                 step, batch = step + num_steps, batch + num_steps
                 bar.update(num_steps)
                 epoch_done = batch == steps_per_epoch
@@ -696,7 +724,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                'epoch': step // steps_per_epoch,
                                'train_seconds': logged[1] - epoch_begin[1]}
                 state = state.replace(sums=zero_sums_like(state))
-            evaluation = evaluate(eval_fn, state, test_data, signals, chief)
+            evaluation = evaluate(compiled.eval, state, test_data, signals, chief)
             if evaluation is None:
                 break
             check_finite(state, step, steps_per_epoch, checkpointer, evaluation['test_loss'])
@@ -707,8 +735,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if is_due(epoch, config.train.checkpoint_every_epochs, last=num_epochs):
                 checkpointer.save(step, state, history)
             signals.should_stop(step)
-            train_data = train_data.replace(batches=make_batches(
-                shuffle_key, epoch + 1, num_train, batch_size))
+            train_data = train_data.replace(batches=epoch_batches(epoch + 1))
             epoch_begin = logged = (step, time.perf_counter())
         if signals.stopped and (step < total_steps or unevaluated):
             check_finite(state, step, steps_per_epoch, checkpointer)
@@ -717,8 +744,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         num_params = count_params(state.params) // config.num_seeds  # One member's.
         results = summarize_run(history, num_params=num_params,
-                                train_flops_per_step=flops_of(lower_train_step(state, train_data)),
-                                compile_seconds=compile_seconds,
+                                train_flops_per_step=compiled.train_flops_per_step,
+                                compile_seconds=compiled.seconds,
                                 examples_per_step=examples_per_step)
         if chief:
             checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
