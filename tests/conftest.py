@@ -33,8 +33,8 @@ def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     share it): compile each program once.
 
     It also starts this process's backend before any test can, with $XLA_FLAGS as the session
-    found them: a CLI run in-process adds its CPU tuning flags, and the numerics of every later
-    test must not depend on whether one ran first.
+    found them: the CPU tuning's tests set it, and the numerics of every later test must not
+    depend on whether one ran first.
     """
     jax.devices()
     base = tmp_path_factory.getbasetemp()
@@ -138,15 +138,17 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     `cli.parse_flags` parses the flags (ml_collections reads the --config.* overrides from
     sys.argv), then the module's `main` runs; a `sys.exit(message)` gives status 1 and the
     message on stderr, an exception that would end the process status 1 and its traceback.
-    $XLA_FLAGS, which a CLI may extend, and the compilation cache's switch, which a CLI that
-    times compiles turns off, are restored afterwards.
+    The CLI's CPU tuning is off: this process's backend started without those XLA flags, so
+    they would change only the compilation cache's keys ($XLA_FLAGS is part of them), and every
+    program a CLI runs would compile again. The compilation cache's switch, which a CLI that
+    times compiles turns off, is restored afterwards.
     """
     cache_enabled = jax.config.jax_enable_compilation_cache
 
     def run(module: types.ModuleType, *args: str) -> CliRun:
         argv = [module.__name__, *map(str, args)]
         monkeypatch.setattr(sys, 'argv', argv)
-        monkeypatch.setenv('XLA_FLAGS', os.environ.get('XLA_FLAGS', ''))
+        monkeypatch.setenv('VGG_FLAX_CPU_TUNING', '0')
         for name in [name for name in flags.FLAGS if name.startswith('config.')]:
             delattr(flags.FLAGS, name)  # Overrides are defined afresh at each parse.
         flags.FLAGS.unparse_flags()

@@ -24,13 +24,10 @@ def model_config(**overrides) -> 'config_utils.ml_collections.ConfigDict':
 
 
 def output_and_variables(module, x_shape, train=False):
-    """(output shape struct, variables shape tree) without computing anything."""
+    """(output shape struct, variables shape tree) without computing anything, from one trace."""
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
-    variables = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), x)
-    out = jax.eval_shape(
-        functools.partial(module.apply, train=train, rngs={'dropout': jax.random.key(1)},
-                          mutable=['batch_stats'] if train else False), variables, x)
-    return (out[0] if train else out), variables
+    return jax.eval_shape(functools.partial(module.init_with_output, train=train),
+                          {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x)
 
 
 def closed_form_params(arch: str, ratio: int, image_size: int, in_channels: int = 1,
@@ -170,11 +167,15 @@ def test_allowed_width_ratios_divide_every_width():
 @pytest.mark.parametrize('size', [2, 7, 8, 33])
 def test_max_pool_2x2_equals_flax_max_pool(size):
     x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
-    expected = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID')
-    np.testing.assert_array_equal(models.max_pool_2x2(x), expected)
-    grad = jax.grad(lambda x: (models.max_pool_2x2(x) ** 2).sum())(x)
-    expected_grad = jax.grad(
-        lambda x: (nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID') ** 2).sum())(x)
+
+    @jax.jit  # One program, not one per operation.
+    def pooled_and_grads(x):
+        return [(pool(x), jax.grad(lambda x: (pool(x) ** 2).sum())(x)) for pool in (
+            models.max_pool_2x2,
+            lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID'))]
+
+    (pooled, grad), (expected, expected_grad) = pooled_and_grads(x)
+    np.testing.assert_array_equal(pooled, expected)
     np.testing.assert_allclose(grad, expected_grad)
 
 
