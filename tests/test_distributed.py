@@ -116,6 +116,9 @@ def finish(processes: list[subprocess.Popen]) -> list[str]:
     return [stdout for stdout, _ in outputs]
 
 
+ODD_SIZES = (317, 99)  # Train and test examples: each splits into halves one example apart.
+
+
 def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_step(idx_dir,
                                                                                    tmp_path):
     """Multi-host in miniature: two processes of two CPU devices on this machine, joined by
@@ -123,10 +126,10 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
     one example). A scheduler's SIGTERM reaches the hosts at different steps: they agree on one
     to save, and the resumed run equals the uninterrupted one."""
     config = tiny_config(str(idx_dir))
-    config.data.max_train_examples, config.data.max_test_examples = 317, 99
+    config.data.max_train_examples, config.data.max_test_examples = ODD_SIZES
     train.train_and_evaluate(config, str(tmp_path / 'one'))
     outputs = finish(start_two_processes(idx_dir, tmp_path / 'two_hosts', epochs=2,
-                                         max_examples=(317, 99)))
+                                         max_examples=ODD_SIZES))
     expected_shares = ([159, 50], [158, 49])  # Train and test rows each process read.
     for stdout, shares in zip(outputs, expected_shares):
         assert json.loads(stdout.strip().splitlines()[-1]) == {'devices': 4, 'shares': shares}
@@ -135,7 +138,7 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
     assert_same_metrics(straight, metric_writers.read_history(str(tmp_path / 'one')))
 
     workdir = tmp_path / 'stopped'
-    processes = start_two_processes(idx_dir, workdir, epochs=2, max_examples=(317, 99))
+    processes = start_two_processes(idx_dir, workdir, epochs=2, max_examples=ODD_SIZES)
     while not (workdir / metric_writers.TENSORBOARD_DIR).is_dir():  # Process 0 compiled.
         assert all(p.poll() is None for p in processes)
         time.sleep(0.01)
@@ -146,7 +149,7 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
     step = int(stops[0].group(1))
     assert step == int(stops[1].group(1)) and 0 < step < straight[-1]['step'], step
     assert Checkpointer(str(workdir), keep=3).latest_step() == step
-    finish(start_two_processes(idx_dir, workdir, epochs=2, max_examples=(317, 99)))
+    finish(start_two_processes(idx_dir, workdir, epochs=2, max_examples=ODD_SIZES))
     resumed = metric_writers.read_history(str(workdir))
     keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
