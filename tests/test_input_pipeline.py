@@ -248,12 +248,14 @@ def test_idx_source_does_not_import_tensorflow(idx_dir):
 @pytest.mark.parametrize('overrides,message', [
     ({'source': 'hub'}, "config.data.source='hub' is not supported; use one of 'tfds', 'idx'"),
     ({'idx_dir': ''}, 'config.data.source=idx needs config.data.idx_dir'),
-    ({'idx_dir': 'x', 'image_size': 16}, 'config.data.image_size=16 is too small'),
+    ({'idx_dir': 'x', 'image_size': 16}, 'config.data.image_size=16 is too small: vgg11 '
+                                         'halves the image 5 times'),
     ({'idx_dir': 'x', 'max_test_examples': -1}, 'config.data.max_test_examples=-1'),
 ])
 def test_invalid_data_config(overrides, message):
     with pytest.raises(ValueError) as error:
-        input_pipeline.validate_data_config(data_config(**overrides), arch='vgg11')
+        input_pipeline.validate_data_config(data_config(**overrides),
+                                            config_utils.default_config().model)
     assert message in str(error.value)
 
 

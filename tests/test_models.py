@@ -138,6 +138,12 @@ def test_dropout_is_active_only_in_training(small_vgg):
     ({'width_ratio': 0}, 'config.model.width_ratio=0 must be a positive integer'),
     ({'width_ratio': -4}, 'config.model.width_ratio=-4 must be a positive integer'),
     ({'arch': 'vgg12'}, "config.model.arch='vgg12' is not supported; use one of 'vgg11'"),
+    ({'conv_arch': (1, 64)}, 'config.model.conv_arch=(1, 64) must be () or (num_convs, features) '
+                             'pairs'),
+    ({'conv_arch': ((1, 64, 3),)}, 'must be () or (num_convs, features) pairs'),
+    ({'conv_arch': ((0, 64),)}, 'config.model.conv_arch[*][*]=0 must be a positive integer'),
+    ({'conv_arch': ((1, 64), (1, 96)), 'width_ratio': 64},
+     'width of conv_arch ((1, 64), (1, 96)) [64, 96]; use one of 1, 2, 4, 8, 16, 32.'),
     ({'num_classes': 0}, 'config.model.num_classes=0 must be a positive integer'),
     ({'dense_features': (4096, -1)}, 'config.model.dense_features[*]=-1'),
     ({'dropout_rate': 1.0}, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
@@ -160,8 +166,25 @@ def test_image_smaller_than_32_is_a_clear_error(size):
 
 
 def test_allowed_width_ratios_divide_every_width():
-    assert models.allowed_width_ratios('vgg11') == [1, 2, 4, 8, 16, 32, 64]
-    assert models.conv_arch_for('vgg11', 4) == ((1, 16), (1, 32), (2, 64), (2, 128), (2, 128))
+    assert models.allowed_width_ratios(models.ARCHS['vgg11']) == [1, 2, 4, 8, 16, 32, 64]
+    assert models.conv_arch_for(models.ARCHS['vgg11'], 4) == (
+        (1, 16), (1, 32), (2, 64), (2, 128), (2, 128))
+    assert models.allowed_width_ratios(((1, 48), (2, 96))) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 48]
+
+
+def test_conv_arch_replaces_the_named_blocks_and_sets_the_smallest_image():
+    """Three blocks at Fashion-MNIST's own 28 px: 28 -> 14 -> 7 -> 3."""
+    config = model_config(arch='vgg16', conv_arch=((1, 64), (2, 128), (2, 256)), width_ratio=4,
+                          dense_features=(256,))
+    assert models.arch_name(config) == 'conv_arch ((1, 64), (2, 128), (2, 256))'
+    model = models.create_model(config)
+    assert model.conv_arch == ((1, 16), (2, 32), (2, 64))
+    logits, variables = output_and_variables(model, (2, 28, 28, 1))
+    assert logits.shape == (2, 10)
+    assert [len(variables['params'][f'block{i}']) for i in (1, 2, 3)] == [1, 2, 2]
+    assert variables['params']['dense1']['kernel'].shape == (3 * 3 * 64, 256)
+    with pytest.raises(ValueError, match='data.image_size must be at least 8'):
+        output_and_variables(model, (1, 7, 7, 1))
 
 
 @pytest.mark.parametrize('size', [2, 7, 8, 33])

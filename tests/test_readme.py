@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, write_fashion_idx_dir
+from conftest import ROOT, TINY_CONV_ARCH, write_fashion_idx_dir
 
 README_DATA_DIR = '/data/fashion-mnist'
 
@@ -56,6 +56,7 @@ def tiny(idx_dir: pathlib.Path) -> list[str]:
     """Overrides that shrink any training command to seconds (they come last, so they win)."""
     return ['--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
             '--config.data.image_size=32', '--config.model.width_ratio=16',
+            f'--config.model.conv_arch={TINY_CONV_ARCH}'.replace(' ', ''),  # One word.
             '--config.model.dense_features=(64,64)', '--config.train.batch_size=32',
             '--config.train.eval_batch_size=50', '--config.train.num_epochs=1',
             '--config.data.max_train_examples=32', '--config.data.max_test_examples=50']
@@ -87,7 +88,8 @@ def test_the_readme_has_the_commands_this_test_knows():
         'bash scripts/train.sh', 'bash scripts/test.sh', 'python -m vgg_flax.main',
         'python -m vgg_flax.evaluate', 'python -m vgg_flax.sweep',
         '.venv/bin/python -m vgg_flax.sweep', '.venv/bin/python -m vgg_flax.main',
-        'python -m vgg_flax.benchmark', 'DATA_DIR=/data/fashion-mnist OUT=gpu_results bash'}
+        'python -m vgg_flax.benchmark', 'python -m vgg_flax.summary',
+        'DATA_DIR=/data/fashion-mnist OUT=gpu_results bash'}
 
 
 @pytest.mark.parametrize('group', list(readme_groups()))
@@ -112,7 +114,9 @@ def test_every_readme_command_runs(group, sandbox, tmp_path, monkeypatch, run_cl
         else:
             module_name = words[words.index('-m') + 1]
             module = importlib.import_module(module_name)
-            extra = [] if module_name == 'vgg_flax.evaluate' else tiny(idx_dir)
+            # Evaluating and summarising take seconds as written: only training is shrunk.
+            extra = ([] if module_name in ('vgg_flax.evaluate', 'vgg_flax.summary') else
+                     tiny(idx_dir))
             if module_name == 'vgg_flax.benchmark':
                 extra += ['--steps=2', '--repeats=1', '--warmup=1', '--loop_steps=0']
             if module_name == 'vgg_flax.sweep' and not any(

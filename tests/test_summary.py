@@ -14,6 +14,7 @@ from test_models import closed_form_params
 
 def test_summary_rows_and_totals():
     config = tiny_config(idx_dir='unread')
+    config.model.conv_arch = ()  # VGG-11's five blocks.
     config.data.image_size = 64
     result = summary.summarize(config)
     names = [layer.name for layer in result.layers]

@@ -512,7 +512,7 @@ def test_an_unusable_workdir_is_a_clear_error(idx_dir, tmp_path, monkeypatch, wo
         train.train_and_evaluate(tiny_config(str(idx_dir)), workdir)
 
 
-@pytest.mark.parametrize('learning_rate,kept', [(1e6, []), (30.0, [1])])
+@pytest.mark.parametrize('learning_rate,kept', [(1e6, []), (300.0, [1])])
 def test_a_diverged_run_stops_and_never_saves_non_finite_values(idx_dir, tmp_path,
                                                                 learning_rate, kept):
     config = tiny_config(str(idx_dir))

@@ -200,7 +200,7 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
     env = environment.describe()
     peak = peak_flops(env['device_kind'], config.model.dtype)
     return {
-        'config': {'arch': config.model.arch, 'width_ratio': config.model.width_ratio,
+        'config': {'arch': models.arch_name(config.model), 'width_ratio': config.model.width_ratio,
                    'image_size': config.data.image_size, 'batch_size': config.train.batch_size,
                    'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data,
                    'first_conv': models.resolve_first_conv(config.model.first_conv,

@@ -43,6 +43,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.arch = 'vgg11'  # vgg11, vgg13, vgg16 or vgg19 (VGG paper's A, B, D, E).
+    # Other blocks in place of arch's: (num_convs, full width) per block, e.g. ((1, 64), (1, 128),
+    # (2, 256)), three blocks for Fashion-MNIST's own 28 px (each block halves the image).
+    config.model.conv_arch = ()
     config.model.width_ratio = 4  # Every conv width is divided by this; the head keeps its own.
     config.model.num_classes = 10
     config.model.dense_features = (4096, 4096)

@@ -55,17 +55,20 @@ class Split:
         return len(self.labels)
 
 
-def validate_data_config(data_config: ml_collections.ConfigDict, arch: str) -> None:
-    """Raises ValueError naming the field and the fix for any bad `config.data` value."""
+def validate_data_config(data_config: ml_collections.ConfigDict,
+                         model_config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field and the fix for any bad `config.data` value (the
+    model's number of blocks sets the smallest image size)."""
     config_utils.check_choice('data.source', data_config.source, SOURCES)
     if data_config.source == 'idx' and not data_config.idx_dir:
         raise ValueError('config.data.source=idx needs config.data.idx_dir: the directory of '
                          'the four Fashion-MNIST IDX files.')
-    least = models.min_image_size(len(models.ARCHS[arch]))
+    num_blocks = len(models.full_width_blocks(model_config))
+    least = models.min_image_size(num_blocks)
     if not isinstance(data_config.image_size, int) or data_config.image_size < least:
         raise ValueError(f'config.data.image_size={data_config.image_size!r} is too small: '
-                         f'{arch} halves the image {len(models.ARCHS[arch])} times, so it must '
-                         f'be an integer of at least {least}.')
+                         f'{models.arch_name(model_config)} halves the image {num_blocks} '
+                         f'times, so it must be an integer of at least {least}.')
     for field in ('max_train_examples', 'max_test_examples'):
         value = data_config[field]
         if not isinstance(value, int) or value < 0:

@@ -157,15 +157,32 @@ class VGG(nn.Module):
         return x.astype(jnp.float32)
 
 
-def allowed_width_ratios(arch: str) -> list[int]:
-    """The ratios that divide every conv width of `arch` (1, 2, 4, ..., 64 for the VGGs)."""
-    common = math.gcd(*(features for _, features in ARCHS[arch]))
+Blocks = tuple[tuple[int, int], ...]  # (number of 3x3 convs, output channels) per block.
+
+
+def full_width_blocks(model_config: ml_collections.ConfigDict) -> Blocks:
+    """`config.model.conv_arch` where given, else `config.model.arch`'s blocks (full width)."""
+    if model_config.conv_arch:
+        return tuple(tuple(block) for block in model_config.conv_arch)
+    return ARCHS[model_config.arch]
+
+
+def arch_name(model_config: ml_collections.ConfigDict) -> str:
+    """'vgg11' and the like, or the custom blocks as `conv_arch` gives them."""
+    if model_config.conv_arch:
+        return f'conv_arch {full_width_blocks(model_config)}'
+    return model_config.arch
+
+
+def allowed_width_ratios(blocks: Blocks) -> list[int]:
+    """The ratios that divide every conv width of `blocks` (1, 2, 4, ..., 64 for the VGGs)."""
+    common = math.gcd(*(features for _, features in blocks))
     return [r for r in range(1, common + 1) if common % r == 0]
 
 
-def conv_arch_for(arch: str, width_ratio: int) -> tuple[tuple[int, int], ...]:
-    """`arch`'s blocks with every width divided by `width_ratio` (the lesson's small net: 4)."""
-    return tuple((num_convs, features // width_ratio) for num_convs, features in ARCHS[arch])
+def conv_arch_for(blocks: Blocks, width_ratio: int) -> Blocks:
+    """`blocks` with every width divided by `width_ratio` (the lesson's small net: 4)."""
+    return tuple((num_convs, features // width_ratio) for num_convs, features in blocks)
 
 
 def min_image_size(num_blocks: int) -> int:
@@ -176,13 +193,21 @@ def min_image_size(num_blocks: int) -> int:
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     """Raises a ValueError naming the field and the allowed values for any bad setting."""
     config_utils.check_choice('model.arch', model_config.arch, list(ARCHS))
+    for block in model_config.conv_arch:
+        if not isinstance(block, tuple) or len(block) != 2:
+            raise ValueError(f'config.model.conv_arch={model_config.conv_arch!r} must be () or '
+                             '(num_convs, features) pairs, e.g. ((1, 64), (1, 128)).')
+        for value in block:
+            config_utils.check_positive_int('model.conv_arch[*][*]', value)
     config_utils.check_positive_int('model.width_ratio', model_config.width_ratio)
-    ratios = allowed_width_ratios(model_config.arch)
+    blocks = full_width_blocks(model_config)
+    ratios = allowed_width_ratios(blocks)
     if model_config.width_ratio not in ratios:
-        widths = sorted({features for _, features in ARCHS[model_config.arch]})
+        widths = sorted({features for _, features in blocks})
         raise ValueError(
             f'config.model.width_ratio={model_config.width_ratio} does not divide every conv '
-            f'width of {model_config.arch} {widths}; use one of {", ".join(map(str, ratios))}.')
+            f'width of {arch_name(model_config)} {widths}; use one of '
+            f'{", ".join(map(str, ratios))}.')
     config_utils.check_positive_int('model.num_classes', model_config.num_classes)
     for features in model_config.dense_features:
         config_utils.check_positive_int('model.dense_features[*]', features)
@@ -211,7 +236,7 @@ def create_model(model_config: ml_collections.ConfigDict) -> VGG:
     """Builds the `VGG` that `config.model` describes, after validating it."""
     validate_model_config(model_config)
     return VGG(
-        conv_arch=conv_arch_for(model_config.arch, model_config.width_ratio),
+        conv_arch=conv_arch_for(full_width_blocks(model_config), model_config.width_ratio),
         num_classes=model_config.num_classes,
         dense_features=tuple(model_config.dense_features),
         dropout_rate=model_config.dropout_rate,

@@ -95,7 +95,7 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
 
 def format_summary(config: ml_collections.ConfigDict, summary: Summary) -> str:
     size = config.data.image_size
-    lines = [f'{config.model.arch}, width ratio {config.model.width_ratio}, '
+    lines = [f'{models.arch_name(config.model)}, width ratio {config.model.width_ratio}, '
              f'{"BN, " if config.model.use_bn else ""}{size}x{size}x{CHANNELS} input, '
              f'{config.model.dtype}',
              f'{"layer":<8} {"output shape":>14} {"params":>12} {"activations/img":>16}']

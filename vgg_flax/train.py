@@ -136,7 +136,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'config.members_over_devices={config.members_over_devices!r} must be '
                          'False, or True for a population (config.num_seeds > 1).')
     models.validate_model_config(config.model)
-    input_pipeline.validate_data_config(config.data, arch=config.model.arch)
+    input_pipeline.validate_data_config(config.data, config.model)
     validate_train_config(config.train)
     augment.from_config(config.augment)
 
