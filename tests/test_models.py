@@ -185,6 +185,8 @@ def test_conv_arch_replaces_the_named_blocks_and_sets_the_smallest_image():
     assert variables['params']['dense1']['kernel'].shape == (3 * 3 * 64, 256)
     with pytest.raises(ValueError, match='data.image_size must be at least 8'):
         output_and_variables(model, (1, 7, 7, 1))
+    as_lists = model_config(conv_arch=[[1, 64], [2, 128], [2, 256]], width_ratio=4)
+    assert models.create_model(as_lists).conv_arch == model.conv_arch  # As a config file may.
 
 
 @pytest.mark.parametrize('size', [2, 7, 8, 33])

@@ -194,7 +194,7 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     """Raises a ValueError naming the field and the allowed values for any bad setting."""
     config_utils.check_choice('model.arch', model_config.arch, list(ARCHS))
     for block in model_config.conv_arch:
-        if not isinstance(block, tuple) or len(block) != 2:
+        if not isinstance(block, (tuple, list)) or len(block) != 2:  # A config file's lists.
             raise ValueError(f'config.model.conv_arch={model_config.conv_arch!r} must be () or '
                              '(num_convs, features) pairs, e.g. ((1, 64), (1, 128)).')
         for value in block:
