@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import socket
@@ -45,10 +44,7 @@ def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def load_experiment(path: os.PathLike) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_utils.load_module(path).get_config()
 
 
 # Two VGG blocks: a test of the loop, the data or the checkpoints needs no more, and two blocks

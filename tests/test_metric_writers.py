@@ -12,7 +12,7 @@ from conftest import PNG_MAGIC
 
 def history(epochs: int) -> list[dict[str, float]]:
     return [{'epoch': e, 'step': 10 * e, 'train_loss': 1 / e, 'train_accuracy': 0.5,
-             'test_loss': 1 / e, 'test_accuracy': 0.6, 'examples_per_sec': 100.0,
+             'val_loss': 2 / e, 'val_accuracy': 0.55, 'test_loss': 1 / e, 'test_accuracy': 0.6, 'examples_per_sec': 100.0,
              'learning_rate': 0.05, 'epoch_seconds': 1.0} for e in range(1, epochs + 1)]
 
 
@@ -50,8 +50,8 @@ def test_run_log_writes_every_file(tmp_path, capsys):
         assert scalars[f'steps/{key}'] == [(r['step'], pytest.approx(r[key]))
                                            for r in steps(3)], key
     assert capsys.readouterr().out.splitlines() == [
-        f'epoch {e}/3  loss {1 / e:.4f}  train acc 0.5000  test acc 0.6000  100.0 examples/sec'
-        '  1.0 s' for e in (1, 2, 3)]
+        f'epoch {e}/3  loss {1 / e:.4f}  train acc 0.5000  val acc 0.5500  test acc 0.6000  '
+        '100.0 examples/sec  1.0 s' for e in (1, 2, 3)]
 
 
 def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):

@@ -83,7 +83,8 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sw
     assert markdown[0].startswith('| index | model.width_ratio | status | params |')
     assert len(markdown) == 5 and '| failed |' in markdown[4]
     groups = [line for line in by_group.splitlines() if line.startswith('| ')]
-    assert groups[0].startswith('| model.width_ratio | runs | done | not done | test acc |')
+    assert groups[0].startswith('| model.width_ratio | runs | done | not done | val acc | '
+                                'test acc | std | min | max |')
     assert groups[4].startswith('| 3 | 1 | 0 | failed 2 | - |')  # Counted, not averaged.
     summary = read_csv(workdir / 'summary.csv')
     assert [(g['model.width_ratio'], g['runs'], g['done']) for g in summary] == [
@@ -161,8 +162,11 @@ def test_spread_is_mean_std_and_a_students_t_interval():
     result = sweep.spread([0.8, 0.9, 1.0])
     assert result['mean'] == pytest.approx(0.9) and result['std'] == pytest.approx(0.1)
     assert result['ci95'] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-6)
-    assert sweep.spread([0.7]) == {'mean': 0.7, 'std': None, 'ci95': None}
-    assert sweep.spread([]) == {'mean': None, 'std': None, 'ci95': None}
+    assert result['min'] == 0.8 and result['max'] == 1.0
+    assert sweep.spread([0.7]) == {'mean': 0.7, 'std': None, 'ci95': None, 'min': 0.7,
+                                   'max': 0.7}
+    assert sweep.spread([]) == {'mean': None, 'std': None, 'ci95': None, 'min': None,
+                                'max': None}
 
 
 def test_groups_average_finished_seeds_only_and_count_the_rest():

@@ -99,6 +99,52 @@ def test_evaluation_counts_every_test_example(idx_dir, tmp_path):
     assert round(record['test_accuracy'] * 100) == pytest.approx(record['test_accuracy'] * 100)
 
 
+def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_set(
+        idx_dir, tmp_path):
+    """The last 64 of 320 training examples: the run trains exactly as one cut to the first 256
+    does, and its validation accuracy is the restored model's accuracy on those 64."""
+    config = tiny_config(str(idx_dir))
+    config.data.validation_examples = 64
+    config.train.eval_batch_size = 40  # 64 validation examples: a full batch and a padded one.
+    held_out = train.train_and_evaluate(config, str(tmp_path / 'held_out'))
+    config.data.validation_examples, config.data.max_train_examples = 0, 256
+    cut = train.train_and_evaluate(config, str(tmp_path / 'cut'))
+    assert metrics_of(metric_writers.read_history(str(tmp_path / 'held_out'))) == metrics_of(
+        metric_writers.read_history(str(tmp_path / 'cut')))
+    assert 'val_accuracy' not in cut and held_out['test_accuracy'] == cut['test_accuracy']
+    history = metric_writers.read_history(str(tmp_path / 'held_out'))
+    assert all(0 < record['val_accuracy'] <= 1 and record['val_loss'] > 0 for record in history)
+    assert held_out['val_accuracy'] == history[-1]['val_accuracy']
+
+    config.data.max_train_examples = 0
+    train_split = input_pipeline.load_split(config.data, 'train')
+    validation = input_pipeline.Split(train_split.images[256:], train_split.labels[256:])
+    state, _ = evaluate.restore_state(checkpointing.read_config(str(tmp_path / 'held_out')),
+                                      str(tmp_path / 'held_out'), None, 1)
+    predictions = evaluate.predict(state, validation, 32, 40)
+    assert np.mean(predictions == validation.labels) == pytest.approx(held_out['val_accuracy'])
+
+
+@pytest.mark.parametrize('held_out, limit, message', [
+    (-1, 0, 'config.data.validation_examples=-1 must be 0 (none) or a positive integer'),
+    (256, 256, 'config.data.validation_examples=256 leaves no training examples of the 256'),
+    (60_000, 0, 'leaves no training examples of the 60,000'),
+])
+def test_a_validation_set_that_leaves_no_training_examples_is_refused(held_out, limit,
+                                                                       message):
+    config = tiny_config('unread')
+    config.data.validation_examples, config.data.max_train_examples = held_out, limit
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train.validate_config(config)
+
+
+def test_a_validation_set_as_large_as_the_files_training_split_is_refused(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.data.validation_examples = 320  # All of the generated training split.
+    with pytest.raises(ValueError, match='would hold out all 320 training examples'):
+        train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+
 def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 3

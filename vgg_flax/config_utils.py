@@ -1,13 +1,17 @@
 """Every config field with its default (the lesson's recipe), and configs as JSON.
 
-Experiment files in `experiments/` start from `default_config()` and change what they need, so
-every experiment has the same fields and an override of an unknown field is an error.
+Experiment files in `experiments/` start from `default_config()`, or from another experiment's
+config (`experiment_config`), and change what they need, so every experiment has the same fields
+and an override of an unknown field is an error.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
+import os
+import types
 from typing import Any, Iterable, Sequence
 
 import ml_collections
@@ -65,6 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.data.image_size = 224  # Images are resized to this (bilinear) on the accelerator.
     config.data.max_train_examples = 0  # 0: the whole split; else the first N (smoke runs).
     config.data.max_test_examples = 0
+    # Hold out the last N training examples (after max_train_examples) as a validation set:
+    # training never sees them, and every epoch is evaluated on them beside the test set, so
+    # that settings can be chosen without looking at the test set. 0: train on them all.
+    config.data.validation_examples = 0
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128
@@ -96,6 +104,24 @@ def default_config() -> ml_collections.ConfigDict:
     # On-device augmentation of the training images (vgg_flax.augment); all off by default.
     config.augment = augment.default_augment_config()
     return config
+
+
+def load_module(path: str | os.PathLike) -> types.ModuleType:
+    """The Python file at `path` (an experiment file), imported under its file's stem."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                  path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f'{path} is not a Python file that can be imported.')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def experiment_config(beside: str, name: str) -> ml_collections.ConfigDict:
+    """`get_config()` of the experiment file `name`.py in the directory of the file `beside`:
+    a variant of an experiment starts from it and states only what differs."""
+    return load_module(os.path.join(os.path.dirname(os.path.abspath(beside)),
+                                    f'{name}.py')).get_config()
 
 
 def to_plain(value: Any) -> Any:

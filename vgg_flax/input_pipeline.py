@@ -26,6 +26,7 @@ from vgg_flax import config_utils, models
 CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                'Sneaker', 'Bag', 'Ankle boot')
 SOURCES = ('tfds', 'idx')
+NUM_EXAMPLES = {'train': 60_000, 'test': 10_000}  # Fashion-MNIST's split sizes.
 IMAGE_SHAPE = (28, 28, 1)  # Height, width, channels of every Fashion-MNIST image.
 # Base names of the IDX files, as the Fashion-MNIST release (and MNIST) names them.
 IDX_FILES = {
@@ -71,9 +72,17 @@ def validate_data_config(data_config: ml_collections.ConfigDict,
                          f'times, so it must be an integer of at least {least}.')
     for field in ('max_train_examples', 'max_test_examples'):
         value = data_config[field]
-        if not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f'config.data.{field}={value!r} must be 0 (all) or a positive '
                              'integer.')
+    held_out, limit = data_config.validation_examples, data_config.max_train_examples
+    if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
+        raise ValueError(f'config.data.validation_examples={held_out!r} must be 0 (none) or a '
+                         'positive integer.')
+    if held_out and held_out >= (limit or NUM_EXAMPLES['train']):
+        raise ValueError(f'config.data.validation_examples={held_out} leaves no training '
+                         f'examples of the {limit or NUM_EXAMPLES["train"]:,} in the split; hold '
+                         'out fewer (e.g. 5000).')
 
 
 def load_split(data_config: ml_collections.ConfigDict, split: str, num_classes: int = 10,

@@ -63,8 +63,8 @@ def train_curve(history: Sequence[dict[str, Any]],
 
 def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
                 path: str) -> None:
-    """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson;
-    for a population, the members' mean with their range as a band.
+    """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson
+    (and validation accuracy, where the run holds out a validation set); for a population, the members' mean with their range as a band.
 
     Uses matplotlib's object API, not pyplot, so it can run on a background thread.
     """
@@ -76,7 +76,10 @@ def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any
     ax = fig.subplots()
     for records, key, style, label in ((train, 'train_loss', '.-', 'train loss'),
                                        (train, 'train_accuracy', '.--', 'train acc'),
+                                       (history, 'val_accuracy', 'v:', 'val acc'),
                                        (history, 'test_accuracy', '^-.', 'test acc')):
+        if key not in records[0]:  # No validation set.
+            continue
         xs = [r['epoch'] for r in records]
         line, = ax.plot(xs, [r[key] for r in records], style, label=label)
         if all('members' in r for r in records):  # A population: its mean, its range shaded.
@@ -140,7 +143,8 @@ class RunLog:
     the chief process of a multi-process job) writes anything.
     """
 
-    SCALARS = ('train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+    SCALARS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'test_loss',
+               'test_accuracy',
                'examples_per_sec', 'learning_rate')
     STEP_SCALARS = ('train_loss', 'train_accuracy', 'examples_per_sec', 'learning_rate')
 
@@ -232,9 +236,9 @@ class RunLog:
 
 
 def scalars(record: dict[str, Any], keys: Sequence[str], prefix: str = '') -> dict[str, float]:
-    """TensorBoard's scalars of a record: `keys` (a population's means), and each member's
-    values under 'members/I/'."""
-    values = {f'{prefix}{key}': record[key] for key in keys}
+    """TensorBoard's scalars of a record: those of `keys` it has (a population's means), and
+    each member's values under 'members/I/'."""
+    values = {f'{prefix}{key}': record[key] for key in keys if key in record}
     for i, member in enumerate(record.get('members', ())):
         values.update({f'{prefix}members/{i}/{key}': member[key] for key in keys if key in member})
     return values
@@ -245,7 +249,9 @@ def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
     its members' test accuracy)."""
     members = [member['test_accuracy'] for member in record.get('members', ())]
     return (f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
-            f'train acc {record["train_accuracy"]:.4f}  test acc {record["test_accuracy"]:.4f}  '
+            f'train acc {record["train_accuracy"]:.4f}  ' +
+            (f'val acc {record["val_accuracy"]:.4f}  ' if 'val_accuracy' in record else '') +
+            f'test acc {record["test_accuracy"]:.4f}  '
             + (f'({len(members)} members: {min(members):.4f}-{max(members):.4f})  '
                if members else '') +
             f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s')

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -38,7 +37,8 @@ from vgg_flax import checkpointing, cli, config_utils, environment, hyper, summa
 Point = hyper.Point
 ERROR_FILE = 'error.txt'
 REPORT_FILES = ('results.csv', 'summary.csv', 'results.md', 'sweep.png')
-SPREAD_KEYS = ('test_accuracy', 'best_test_accuracy')  # Reported as mean, std and 95% CI.
+# Reported as mean, std, 95% CI, min and max over a group's finished runs.
+SPREAD_KEYS = ('test_accuracy', 'best_test_accuracy', 'val_accuracy')
 
 _LIST = flags.DEFINE_bool('list', False, 'Print the points with their index and status.')
 _INDEX = flags.DEFINE_integer('index', None, 'Run only point N (a job-array task).')
@@ -94,9 +94,7 @@ def with_seeds(points: Sequence[Point], first_seed: int, num_seeds: int) -> list
 
 def load_sweep(config_path: str) -> list[Point]:
     """The points of the experiment file's `get_sweep()`."""
-    spec = importlib.util.spec_from_file_location('sweep_experiment', config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_utils.load_module(config_path)
     if not hasattr(module, 'get_sweep'):
         raise ValueError(f'{config_path} has no get_sweep(): it is a single experiment; run it '
                          'with python -m vgg_flax.main.')
@@ -225,6 +223,7 @@ def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
         results = run.results() or {}
         row.update(test_accuracy=results.get('test_accuracy'),
                    best_test_accuracy=results.get('best_test_accuracy'),
+                   val_accuracy=results.get('val_accuracy'),
                    best_epoch=results.get('best_epoch'), epochs=results.get('epochs'),
                    examples_per_sec=results.get('examples_per_sec'),
                    wall_seconds=results.get('wall_seconds'))
@@ -233,13 +232,15 @@ def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
 
 
 def spread(values: Sequence[float]) -> dict[str, float | None]:
-    """Mean, sample standard deviation and the half-width of the 95% confidence interval of the
-    mean (Student's t with n - 1 degrees of freedom); None where n is too small for one."""
+    """Mean, sample standard deviation, the half-width of the 95% confidence interval of the
+    mean (Student's t with n - 1 degrees of freedom), min and max; None where n is too small for
+    one."""
     n = len(values)
     mean = statistics.fmean(values) if n else None
     std = statistics.stdev(values) if n > 1 else None
     ci95 = scipy.stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else None
-    return {'mean': mean, 'std': std, 'ci95': ci95}
+    return {'mean': mean, 'std': std, 'ci95': ci95, 'min': min(values, default=None),
+            'max': max(values, default=None)}
 
 
 def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
@@ -259,7 +260,8 @@ def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[di
                                               for row in members if row['status'] != 'done'))
         for key in SPREAD_KEYS:
             summary_row.update({f'{key}_{stat}': value for stat, value
-                                in spread([row[key] for row in done]).items()})
+                                in spread([row[key] for row in done
+                                           if row.get(key) is not None]).items()})
         summary_row['examples_per_sec'] = spread([row['examples_per_sec'] for row in done])['mean']
         summary_row.update({key: members[0][key] for key in
                             ('params', 'forward_gflops', 'step_memory_mib')})
@@ -313,11 +315,13 @@ def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]
     lines = ['Per group of seeds: mean ± 95% confidence interval (Student\'s t) over the '
              'finished runs, and standard deviation.', '']
     lines += _markdown_table(
-        [*group_fields, 'runs', 'done', 'not done', 'test acc', 'std', 'best test acc', 'std',
-         'examples/sec', 'params', 'forward GFLOPs'],
+        [*group_fields, 'runs', 'done', 'not done', 'val acc', 'test acc', 'std', 'min', 'max',
+         'best test acc', 'std', 'examples/sec', 'params', 'forward GFLOPs'],
         [[*(_cell(group[f]) for f in group_fields), _cell(group['runs']), _cell(group['done']),
-          _cell(group['not_done']), _with_interval(group, 'test_accuracy'),
-          _cell(group['test_accuracy_std']), _with_interval(group, 'best_test_accuracy'),
+          _cell(group['not_done']), _with_interval(group, 'val_accuracy'),
+          _with_interval(group, 'test_accuracy'), _cell(group['test_accuracy_std']),
+          _cell(group['test_accuracy_min']), _cell(group['test_accuracy_max']),
+          _with_interval(group, 'best_test_accuracy'),
           _cell(group['best_test_accuracy_std']), _cell(group['examples_per_sec']),
           _cell(group['params']), _cell(group['forward_gflops'])] for group in groups])
     lines += ['', 'Per run:', '']

@@ -286,28 +286,50 @@ def batch_maker(mesh: jax.sharding.Mesh, population: bool = False,
 
 
 def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-              dropout_key: jax.Array) -> tuple[TrainData, EvalData]:
-    """Both splits on the devices. The train batches are a placeholder until an epoch sets its
-    own (`batch_maker`)."""
+              dropout_key: jax.Array) -> tuple[TrainData, dict[str, EvalData]]:
+    """Both splits on the devices, and the sets each epoch is evaluated on: 'val' (the last
+    `config.data.validation_examples` of the train split, which training never sees) where
+    there is one, and 'test'. The train batches are a placeholder until an epoch sets its own
+    (`batch_maker`)."""
     images, labels = load_on_devices(config, 'train', mesh)
     test_images, test_labels = load_on_devices(config, 'test', mesh)
     batch_size = config.train.batch_size
-    num_steps = input_pipeline.steps_per_epoch(images.shape[0], batch_size)
+    num_train = num_train_examples(config, images.shape[0])
+    num_steps = input_pipeline.steps_per_epoch(num_train, batch_size)
     if not num_steps:
-        raise ValueError(f'{images.shape[0]} training examples make no full batch of '
+        raise ValueError(f'{num_train} training examples make no full batch of '
                          f'config.train.batch_size={batch_size}; lower the batch size or raise '
                          'config.data.max_train_examples.')
     members = (config.num_seeds,) if config.num_seeds > 1 else ()
     batches = distributed.put(np.zeros((*members, num_steps, batch_size), np.int32),
                               batches_sharding(mesh, bool(members), config.members_over_devices))
-    # Members over devices: each device evaluates its members on every test example.
+    eval_sets = {'test': eval_data(config, test_images, test_labels, mesh)}
+    if config.data.validation_examples:
+        eval_sets = {'val': eval_data(config, images, labels, mesh, start=num_train),
+                     **eval_sets}
+    return make_train_data(config, images, labels, batches, dropout_key), eval_sets
+
+
+def num_train_examples(config: ml_collections.ConfigDict, num_loaded: int) -> int:
+    """How many of the `num_loaded` train examples are trained on: all but the held-out
+    validation set; raises ValueError if it would take them all."""
+    held_out = config.data.validation_examples
+    if held_out >= num_loaded:
+        raise ValueError(f'config.data.validation_examples={held_out} would hold out all '
+                         f'{num_loaded} training examples; hold out fewer.')
+    return num_loaded - held_out
+
+
+def eval_data(config: ml_collections.ConfigDict, images: jax.Array, labels: jax.Array,
+              mesh: jax.sharding.Mesh, start: int = 0) -> EvalData:
+    """Every example of `images` from index `start` on, once, in padded and masked batches."""
+    # Members over devices: each device evaluates its members on every example.
     split = (distributed.replicated(mesh) if config.members_over_devices else
              distributed.split_along(mesh, 1))
-    eval_batches, masks = (distributed.put(a, split) for a in input_pipeline.eval_batches(
-        test_images.shape[0], config.train.eval_batch_size))
-    return (make_train_data(config, images, labels, batches, dropout_key),
-            EvalData(test_images, test_labels, eval_batches, masks, config.data.image_size,
-                     config.eval.tta))
+    indices, masks = input_pipeline.eval_batches(images.shape[0] - start,
+                                                 config.train.eval_batch_size)
+    indices, masks = (distributed.put(a, split) for a in (indices + start, masks))
+    return EvalData(images, labels, indices, masks, config.data.image_size, config.eval.tta)
 
 
 def make_train_data(config: ml_collections.ConfigDict, images: jax.Array, labels: jax.Array,
@@ -584,20 +606,22 @@ def check_finite(state: TrainState, step: int, steps_per_epoch: int,
         'the data.')
 
 
-def evaluate(eval_fn: Any, state: TrainState, data: EvalData, signals: StopSignals,
-             show_progress: bool) -> dict[str, float] | None:
-    """Test loss and accuracy of `state` (a record: with each member's, for a population) and the
-    seconds they took; None if a stop came first."""
+def evaluate(eval_fns: dict[str, Any], state: TrainState, eval_sets: dict[str, EvalData],
+             signals: StopSignals, show_progress: bool) -> dict[str, float] | None:
+    """Loss and accuracy of `state` on each evaluation set ('val_loss', 'test_accuracy', ...: a
+    record, with each member's for a population) and the seconds they took; None if a stop came
+    first."""
     start = time.perf_counter()
-    sums = zero_sums_like(state)
-    for batch in tqdm(range(data.batches.shape[0]), desc='eval', leave=False,
-                      disable=None if show_progress else True):
-        if signals.should_stop(int(state.step)):
-            return None
-        sums = eval_fn(state, sums, data, batch)
-    loss, accuracy = mean_metrics(sums)
-    return to_record({'test_loss': loss, 'test_accuracy': accuracy,
-                      'eval_seconds': time.perf_counter() - start})
+    metrics = {}
+    for name, data in eval_sets.items():
+        sums = zero_sums_like(state)
+        for batch in tqdm(range(data.batches.shape[0]), desc=name, leave=False,
+                          disable=None if show_progress else True):
+            if signals.should_stop(int(state.step)):
+                return None
+            sums = eval_fns[name](state, sums, data, batch)
+        metrics[f'{name}_loss'], metrics[f'{name}_accuracy'] = mean_metrics(sums)
+    return to_record({**metrics, 'eval_seconds': time.perf_counter() - start})
 
 
 def resume_message(workdir: str, step: int, steps_per_epoch: int) -> str:
@@ -609,21 +633,22 @@ def resume_message(workdir: str, step: int, steps_per_epoch: int) -> str:
 
 class CompiledSteps(NamedTuple):
     train: dict[int, Any]  # The train step for a call of that many steps.
-    eval: Any
+    eval: dict[str, Any]  # The eval step of each evaluation set.
     train_flops_per_step: float
     seconds: float  # Lowering and compiling them took.
 
 
-def compile_steps(state: TrainState, train_data: TrainData, test_data: EvalData,
+def compile_steps(state: TrainState, train_data: TrainData, eval_sets: dict[str, EvalData],
                   steps_per_call: int) -> CompiledSteps:
-    """The train step compiled for calls of 1 and of `steps_per_call` steps and the eval step,
-    each lowered once (a lowering costs about as much as a compile from the cache)."""
+    """The train step compiled for calls of 1 and of `steps_per_call` steps and the eval step of
+    each evaluation set, each lowered once (a lowering costs about as much as a compile from the
+    cache)."""
     start = time.perf_counter()
     lowered = {n: lower_train_step(state, train_data, n) for n in {1, steps_per_call}}
     train_fns = {n: step.compile() for n, step in lowered.items()}
-    eval_fn = compile_eval_step(state, test_data)
+    eval_fns = {name: compile_eval_step(state, data) for name, data in eval_sets.items()}
     seconds = time.perf_counter() - start
-    return CompiledSteps(train_fns, eval_fn, flops_of(lowered[1]), seconds)
+    return CompiledSteps(train_fns, eval_fns, flops_of(lowered[1]), seconds)
 
 
 def wait_for_previous_call(previous: jax.Array | None, state: TrainState) -> jax.Array:
@@ -665,8 +690,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             print(f'{workdir} has finished its {num_epochs} epochs already; nothing to do.')
             return finished
         init_key, dropout_key, shuffle_key = run_keys(config)
-        train_data, test_data = load_data(config, mesh, dropout_key)
-        num_train, steps_per_epoch = train_data.images.shape[0], train_data.batches.shape[-2]
+        train_data, eval_sets = load_data(config, mesh, dropout_key)
+        num_train = num_train_examples(config, train_data.images.shape[0])
+        steps_per_epoch = train_data.batches.shape[-2]
         epoch_batches = functools.partial(batch_maker(
             mesh, config.num_seeds > 1, config.members_over_devices), shuffle_key,
             num_examples=num_train, batch_size=batch_size)
@@ -681,7 +707,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if chief and (step or resuming):
             print(resume_message(workdir, step, steps_per_epoch), flush=True)
         steps_per_call = config.train.steps_per_call
-        compiled = compile_steps(state, train_data, test_data, steps_per_call)
+        compiled = compile_steps(state, train_data, eval_sets, steps_per_call)
         if chief:  # Every check passed: the workdir is this run's.
             checkpointing.write_run_files(workdir, config)
 
@@ -724,7 +750,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                'epoch': step // steps_per_epoch,
                                'train_seconds': logged[1] - epoch_begin[1]}
                 state = state.replace(sums=zero_sums_like(state))
-            evaluation = evaluate(compiled.eval, state, test_data, signals, chief)
+            evaluation = evaluate(compiled.eval, state, eval_sets, signals, chief)
             if evaluation is None:
                 break
             check_finite(state, step, steps_per_epoch, checkpointer, evaluation['test_loss'])
@@ -757,8 +783,8 @@ def model_results(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The final and the best test metrics of one model's history."""
     final = history[-1]
     best = max(history, key=lambda record: record['test_accuracy'])
-    return {key: final[key] for key in ('test_accuracy', 'test_loss', 'train_accuracy',
-                                        'train_loss')} | {
+    return {key: final[key] for key in ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss',
+                                        'train_accuracy', 'train_loss') if key in final} | {
         'best_test_accuracy': best['test_accuracy'], 'best_epoch': best['epoch']}
 
 
