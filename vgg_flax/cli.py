@@ -8,6 +8,7 @@ and runs as `app.run(main, flags_parser=cli.parse_flags)`.
 
 import importlib.util
 import os
+import signal
 import sys
 
 from absl import flags
@@ -22,6 +23,15 @@ CONFIG = config_flags.DEFINE_config_file(
 WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory: config, checkpoints, metrics, plots (a sweep: one '
     'subdirectory per point).')
+
+
+def interrupted_while_starting() -> int:
+    """Says in one line that Ctrl-C came before a run caught signals (while it loaded data or
+    compiled, before its first step), and returns the exit status of an interrupt."""
+    print(f'SIGINT stopped the run while it started (loading data or compiling), before it '
+          f'trained a step; what {WORKDIR.value} held is intact: run the same command again to '
+          'start or resume.', file=sys.stderr)
+    return 128 + signal.SIGINT
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -24,6 +24,8 @@ def main(argv: list[str]) -> int:
     except train.TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
+    except KeyboardInterrupt:  # Ctrl-C before the loop catches signals.
+        return cli.interrupted_while_starting()
     print(f'test accuracy {results["test_accuracy"]:.4f} after {results["epochs"]} epochs; '
           f'results in {cli.WORKDIR.value}/results.json')
     return 0

@@ -419,6 +419,8 @@ def main(argv: list[str]) -> int:
         except train.TrainingInterrupted as e:
             print(e, file=sys.stderr)
             return 128 + e.signum
+        except KeyboardInterrupt:  # Ctrl-C before a point's loop catches signals.
+            return cli.interrupted_while_starting()
         failed = [run for run in selected if not succeeded[run.workdir]]
     rows = write_report(runs, workdir)
     with open(os.path.join(workdir, 'results.md')) as f:

@@ -16,6 +16,7 @@ import functools
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, NamedTuple
@@ -512,8 +513,10 @@ def flops_of(lowered: jax.stages.Lowered) -> float:
 class StopSignals:
     """Turns SIGINT and SIGTERM into a stop that the loop polls, so it can save and exit.
 
-    In one process, handlers of its own set a flag; a second signal of the same kind acts as
-    usual (Ctrl-C twice interrupts at once). In a multi-host job a scheduler's SIGTERM reaches
+    In one process, handlers of its own set a flag; a second signal of the same kind ends the
+    process at once, as kill does (Ctrl-C twice), even inside a long compiled call, which Python's
+    own KeyboardInterrupt would wait for; the run then resumes from its last checkpoint, which a
+    kill leaves intact. In a multi-host job a scheduler's SIGTERM reaches
     the processes at different steps, so JAX's preemption service (which catches SIGTERM there
     from `jax.distributed.initialize` on) picks the poll at which all of them stop together.
     """
@@ -532,7 +535,10 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
         self.signum = signum
-        signal.signal(signum, self._previous[signum])
+        signal.signal(signum, signal.SIG_DFL)
+        name = signal.Signals(signum).name
+        print(f'{name}: saving a checkpoint after the current step, then stopping ({name} again '
+              'stops at once, without saving).', file=sys.stderr, flush=True)
 
     def __exit__(self, *exc_info: Any) -> None:
         for signum, handler in self._previous.items():

@@ -1,0 +1,81 @@
+"""Faults a user meets, each tried as a user would meet it: nothing saved is lost, and a run that
+cannot go on says so in one line and exits non-zero."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+from vgg_flax import main, metric_writers
+
+from conftest import ROOT, TINY_CONV_ARCH
+
+FAULT_CHILD = ROOT / 'tests' / 'fault_child.py'
+TINY = (f'--config={ROOT / "experiments" / "quick.py"}', '--config.model.width_ratio=16',
+        f'--config.model.conv_arch={TINY_CONV_ARCH}', '--config.model.use_bn=True',
+        '--config.model.dense_features=(64,64)', '--config.train.batch_size=32',
+        '--config.train.momentum=0.9', '--config.train.num_epochs=3')
+
+
+def run_args(idx_dir, workdir, *extra) -> list[str]:
+    return [*TINY, '--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
+            f'--workdir={workdir}', *extra]
+
+
+def run_with_fault(fault: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m vgg_flax.main ARGS` with `fault` injected (tests/fault_child.py)."""
+    return subprocess.run([sys.executable, str(FAULT_CHILD), *fault.split(), '--', *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(workdir) -> list[dict]:
+    keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+    return [{k: r[k] for k in keys} for r in metric_writers.read_history(str(workdir))]
+
+
+def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metrics(
+        idx_dir, tmp_path, run_cli):
+    straight = run_cli(main, *run_args(idx_dir, tmp_path / 'straight'))
+    assert straight.returncode == 0, straight.stderr
+    workdir = tmp_path / 'killed'
+    killed = run_with_fault('kill_in_save 20', *run_args(idx_dir, workdir))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # The kill left the save of step 20 unfinished, beside the complete one of step 10.
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [
+        '10', '20.orbax-checkpoint-tmp']
+    resumed = run_cli(main, *run_args(idx_dir, workdir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Resuming' in resumed.stdout and 'step 10 ' in resumed.stdout
+    assert metrics(workdir) == metrics(tmp_path / 'straight')
+    assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['10', '20', '30']
+
+
+def test_ctrl_c_while_compiling_is_one_line_and_the_same_command_then_trains(
+        idx_dir, tmp_path, run_cli):
+    workdir = tmp_path / 'run'
+    stopped = run_with_fault('sigint_in_compile', *run_args(idx_dir, workdir))
+    assert stopped.returncode == 128 + signal.SIGINT
+    assert stopped.stderr.strip().splitlines() == [
+        f'SIGINT stopped the run while it started (loading data or compiling), before it '
+        f'trained a step; what {workdir} held is intact: run the same command again to start '
+        'or resume.']
+    again = run_cli(main, *run_args(idx_dir, workdir))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((workdir / 'results.json').read_text())['epochs'] == 3
+
+
+def test_ctrl_c_twice_stops_at_once_and_the_same_command_resumes_exactly(
+        idx_dir, tmp_path, run_cli):
+    straight = run_cli(main, *run_args(idx_dir, tmp_path / 'straight'))
+    workdir = tmp_path / 'run'
+    stopped = run_with_fault('sigint_twice 25', *run_args(idx_dir, workdir))
+    assert stopped.returncode == -signal.SIGINT  # Ended by the second one, as by a kill.
+    assert ('SIGINT: saving a checkpoint after the current step, then stopping (SIGINT again '
+            'stops at once, without saving).') in stopped.stderr
+    assert 'Traceback' not in stopped.stderr
+    resumed = run_cli(main, *run_args(idx_dir, workdir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert 'Resuming' in resumed.stdout  # From step 10 or 20, as the second Ctrl-C let saves end.
+    assert metrics(workdir) == metrics(tmp_path / 'straight') and straight.returncode == 0
