@@ -4,13 +4,18 @@ cannot go on says so in one line and exits non-zero."""
 from __future__ import annotations
 
 import json
+import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 
-from vgg_flax import main, metric_writers
+import ml_collections
+import pytest
 
-from conftest import ROOT, TINY_CONV_ARCH
+from vgg_flax import checkpointing, evaluate, main, metric_writers, train
+
+from conftest import ROOT, TINY_CONV_ARCH, tiny_config, write_fashion_idx_dir
 
 FAULT_CHILD = ROOT / 'tests' / 'fault_child.py'
 TINY = (f'--config={ROOT / "experiments" / "quick.py"}', '--config.model.width_ratio=16',
@@ -79,3 +84,66 @@ def test_ctrl_c_twice_stops_at_once_and_the_same_command_resumes_exactly(
     assert resumed.returncode == 0, resumed.stderr
     assert 'Resuming' in resumed.stdout  # From step 10 or 20, as the second Ctrl-C let saves end.
     assert metrics(workdir) == metrics(tmp_path / 'straight') and straight.returncode == 0
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory) -> tuple[pathlib.Path, ml_collections.ConfigDict]:
+    """A finished one-epoch run of the tiny config, for tests to copy and damage."""
+    base = tmp_path_factory.mktemp('finished')
+    config = tiny_config(str(write_fashion_idx_dir(base / 'idx')))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(base / 'run'))
+    return base / 'run', config
+
+
+def copy_of(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    workdir = tmp_path / 'run'
+    shutil.copytree(run, workdir)
+    (workdir / checkpointing.LOCK_FILE).unlink()
+    return workdir
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda text: text[:len(text) // 2], 'config.json is damaged ('),
+    (lambda text: '', 'config.json is damaged (Expecting value: line 1 column 1'),
+    (lambda text: '[1, 2]', 'config.json does not hold a config of this package (a JSON list'),
+    (lambda text: text.replace('"batch_size": 32', '"batch_size": "32"'),
+     "config.json does not hold a config of this package (Could not override field "
+     "'batch_size'"),
+])
+def test_a_damaged_or_hand_edited_config_json_is_one_line_naming_it(finished_run, tmp_path,
+                                                                   damage, message):
+    run, config = finished_run
+    workdir = copy_of(run, tmp_path)
+    path = workdir / checkpointing.CONFIG_FILE
+    path.write_text(damage(path.read_text()))
+    for attempt in (lambda: train.train_and_evaluate(config, str(workdir)),
+                    lambda: evaluate.evaluate_run(str(workdir))):
+        with pytest.raises(checkpointing.RunDirError) as error:
+            attempt()
+        assert message in str(error.value) and str(path) in str(error.value)
+        assert 'restore it from a copy' in str(error.value) and '\n' not in str(error.value)
+
+
+def test_a_damaged_results_json_is_one_line_and_deleting_it_rewrites_it(finished_run, tmp_path):
+    run, config = finished_run
+    workdir = copy_of(run, tmp_path)
+    path = workdir / checkpointing.RESULTS_FILE
+    results = json.loads(path.read_text())
+    path.write_text('{"epochs": 1, "test_acc')
+    with pytest.raises(checkpointing.RunDirError, match='results.json is damaged .*delete it, '
+                                                        'and the same command writes it again'):
+        train.train_and_evaluate(config, str(workdir))
+    path.unlink()
+    assert train.train_and_evaluate(config, str(workdir))['test_accuracy'] == results[
+        'test_accuracy']
+
+
+def test_a_step_log_cut_mid_line_by_a_kill_loses_that_line_only(finished_run, tmp_path, capsys):
+    run, config = finished_run
+    workdir = copy_of(run, tmp_path)
+    path = workdir / metric_writers.STEPS_FILE
+    kept = metric_writers.read_steps(str(workdir))
+    path.write_text(path.read_text() + '{"step": 11, "epo')
+    assert metric_writers.read_steps(str(workdir)) == kept
+    assert 'steps.jsonl line 2 is damaged' in capsys.readouterr().err

@@ -71,18 +71,38 @@ def _quiet_orbax() -> None:
         lambda record: record.levelno < logging.ERROR or 'orbax' not in record.pathname)
 
 
+CONFIG_FIX = ('restore it from a copy (it holds the config the run was launched with), or pass '
+              'another --workdir to start afresh.')
+
+
+def read_json(path: str, fix: str) -> Any:
+    """The JSON value in `path`; RunDirError naming the file and `fix` if it does not parse."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError.
+        raise RunDirError(f'{path} is damaged ({e}); {fix}') from None
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The config a run in `workdir` was launched with.
 
-    Fields added to the package since then take their defaults.
+    Fields added to the package since then take their defaults. A file that is not such a
+    config (damaged, or edited by hand into another shape) is a RunDirError naming it.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise RunDirError(f'{path} is missing: {workdir} holds no run of vgg_flax.main. Pass the '
                           'workdir that a training run wrote.')
+    plain = read_json(path, CONFIG_FIX)
     config = config_utils.default_config()
-    with open(path) as f:
-        config.update(config_utils.from_plain(json.load(f)))
+    try:
+        if not isinstance(plain, dict):
+            raise TypeError(f'a JSON {type(plain).__name__}, not an object')
+        config.update(config_utils.from_plain(plain))
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise RunDirError(f'{path} does not hold a config of this package ({e}); '
+                          f'{CONFIG_FIX}') from None
     return config
 
 
@@ -149,14 +169,17 @@ def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
     write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
 
 
+RESULTS_FIX = ('the run writes it when it finishes: delete it, and the same command writes it '
+               'again.')
+
+
 def finished_results(workdir: str, num_epochs: int) -> dict[str, Any] | None:
     """The results of the run in `workdir` if it has trained all `num_epochs` epochs."""
     path = os.path.join(workdir, RESULTS_FILE)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        results = json.load(f)
-    return results if results['epochs'] == num_epochs else None
+    results = read_json(path, RESULTS_FIX)
+    return results if isinstance(results, dict) and results.get('epochs') == num_epochs else None
 
 
 @contextlib.contextmanager

@@ -27,9 +27,24 @@ def _write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
         f.writelines(json.dumps(record) + '\n' for record in records)
 
 
-def _read_jsonl(path: str) -> list[dict[str, Any]]:
+def _read_jsonl(path: str, skip_damaged: bool = False) -> list[dict[str, Any]]:
+    """The records of a jsonl file. A line that does not parse is a RunDirError naming it, or
+    with `skip_damaged` (a log that a kill can cut mid-line) dropped with a warning."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as e:
+                if not skip_damaged:
+                    raise checkpointing.RunDirError(
+                        f'{path} line {number} is damaged ({e}); the run writes this file from the '
+                        "history in its checkpoints, which a resumed run writes again.") from None
+                print(f'warning: {path} line {number} is damaged ({e}); dropped it.',
+                      file=sys.stderr)
+    return records
 
 
 def write_history(workdir: str, history: Sequence[dict[str, Any]]) -> None:
@@ -47,7 +62,7 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
 def read_steps(workdir: str) -> list[dict[str, Any]]:
     """The step log: the epoch's running train metrics every `train.log_every_steps` steps."""
     path = os.path.join(workdir, STEPS_FILE)
-    return _read_jsonl(path) if os.path.exists(path) else []
+    return _read_jsonl(path, skip_damaged=True) if os.path.exists(path) else []
 
 
 def train_curve(history: Sequence[dict[str, Any]],

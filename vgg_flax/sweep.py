@@ -124,11 +124,15 @@ class PointRun:
         return point_name(self.point)
 
     def results(self) -> dict[str, Any] | None:
+        """The run's results; None until it has finished, or where its results.json is damaged
+        (training the point again then fails, naming the file)."""
         path = os.path.join(self.workdir, checkpointing.RESULTS_FILE)
         if not os.path.isfile(path):
             return None
-        with open(path) as f:
-            results = json.load(f)
+        try:
+            results = checkpointing.read_json(path, checkpointing.RESULTS_FIX)
+        except checkpointing.RunDirError:
+            return None
         if self.member is None:
             return results
         members = results.pop('members')
