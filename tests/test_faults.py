@@ -13,7 +13,7 @@ import sys
 import ml_collections
 import pytest
 
-from vgg_flax import checkpointing, evaluate, main, metric_writers, train
+from vgg_flax import checkpointing, evaluate, input_pipeline, main, metric_writers, train
 
 from conftest import ROOT, TINY_CONV_ARCH, tiny_config, write_fashion_idx_dir
 
@@ -147,3 +147,37 @@ def test_a_step_log_cut_mid_line_by_a_kill_loses_that_line_only(finished_run, tm
     path.write_text(path.read_text() + '{"step": 11, "epo')
     assert metric_writers.read_steps(str(workdir)) == kept
     assert 'steps.jsonl line 2 is damaged' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('change', ['other images', 'fewer examples'])
+def test_resuming_on_other_data_is_refused_in_one_line(idx_dir, tmp_path, change):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    workdir = tmp_path / 'run'
+    train.train_and_evaluate(config, str(workdir))
+    other = tmp_path / 'other'
+    if change == 'other images':  # The same size and labels, one image changed by one level.
+        shutil.copytree(idx_dir, other)
+        name = other / 'train-images-idx3-ubyte.gz'
+        images = input_pipeline.read_idx(str(name), ndim=3).copy()
+        images[7, 3, 3] ^= 1
+        input_pipeline.write_idx(str(name), images)
+    elif change == 'fewer examples':
+        write_fashion_idx_dir(other, num_train=288)
+    config.data.idx_dir, config.train.num_epochs = str(other), 2
+    with pytest.raises(checkpointing.RunDirError) as error:
+        train.train_and_evaluate(config, str(workdir))
+    message = str(error.value)
+    assert 'was trained on other data than config.data gives now (train: ' in message
+    assert 'Point config.data at the files the run used' in message and '\n' not in message
+    assert 'test:' not in message  # Only the split that changed.
+    assert len(metric_writers.read_history(str(workdir))) == 1  # Nothing trained on it.
+
+
+def test_the_same_data_at_another_path_resumes(idx_dir, tmp_path):
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    shutil.copytree(idx_dir, tmp_path / 'moved')
+    config.data.idx_dir, config.train.num_epochs = str(tmp_path / 'moved'), 2
+    assert train.train_and_evaluate(config, str(tmp_path / 'run'))['epochs'] == 2

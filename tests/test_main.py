@@ -34,7 +34,7 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     lines = [line for line in done.stdout.splitlines() if line.startswith('epoch ')]
     assert len(lines) == 2 and 'examples/sec' in lines[0] and 'test acc' in lines[0]
     assert sorted(os.listdir(workdir)) == ['.lock', 'checkpoints', 'config.json', 'curves.png',
-                                           'environment.json', 'metrics.jsonl', 'results.json',
+                                           'data.json', 'environment.json', 'metrics.jsonl', 'results.json',
                                            'steps.jsonl', 'tensorboard']
     config = checkpointing.read_config(str(workdir))
     assert config.model.width_ratio == 16 and config.data.image_size == 32
@@ -114,7 +114,7 @@ def test_main_rejects_a_bad_value_before_reading_data(tmp_path, run_cli):
 
 def test_config_json_round_trips(tmp_path):
     config = config_utils.default_config()
-    checkpointing.write_run_files(str(tmp_path), config)
+    checkpointing.write_run_files(str(tmp_path), config, {})
     assert checkpointing.read_config(str(tmp_path)).to_dict() == config.to_dict()
 
 

@@ -32,6 +32,7 @@ from vgg_flax import config_utils, environment
 
 CONFIG_FILE = 'config.json'
 ENVIRONMENT_FILE = 'environment.json'
+DATA_FILE = 'data.json'  # The fingerprint of the data the run trains and evaluates on.
 RESULTS_FILE = 'results.json'
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'checkpoints.damaged'  # Where a run moves the damaged checkpoints it skipped.
@@ -162,10 +163,31 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
     return True
 
 
-def write_run_files(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes the run's config and the environment this launch runs in."""
+def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
+    """Refuses to resume a run on data other than it was trained on (other or changed files under
+    the same config), which would mix two datasets into one run silently. A run that has no
+    record of its data yet (none is written before its first launch passes every check) is
+    accepted."""
+    path = os.path.join(workdir, DATA_FILE)
+    if not os.path.isfile(path):
+        return
+    recorded = read_json(path, 'delete it to accept the data config.data gives now as the '
+                               "run's.")
+    if recorded != fingerprints:
+        differ = '; '.join(f'{split}: {recorded.get(split)} in the run, {now} now'
+                           for split, now in fingerprints.items() if recorded.get(split) != now)
+        raise RunDirError(f'{workdir} was trained on other data than config.data gives now '
+                          f'({differ}). Point config.data at the files the run used, or pass '
+                          'another --workdir.')
+
+
+def write_run_files(workdir: str, config: ml_collections.ConfigDict,
+                    data_fingerprints: dict[str, Any]) -> None:
+    """Writes the run's config, its data's fingerprints and the environment this launch runs
+    in."""
     os.makedirs(workdir, exist_ok=True)
     write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_utils.to_plain(config))
+    write_json_atomic(os.path.join(workdir, DATA_FILE), data_fingerprints)
     write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
 
 

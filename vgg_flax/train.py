@@ -697,6 +697,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return finished
         init_key, dropout_key, shuffle_key = run_keys(config)
         train_data, eval_sets = load_data(config, mesh, dropout_key)
+        fingerprints = {'train': input_pipeline.fingerprint(train_data.images, train_data.labels),
+                        'test': input_pipeline.fingerprint(eval_sets['test'].images,
+                                                           eval_sets['test'].labels)}
+        checkpointing.check_data(workdir, fingerprints)
         num_train = num_train_examples(config, train_data.images.shape[0])
         steps_per_epoch = train_data.batches.shape[-2]
         epoch_batches = functools.partial(batch_maker(
@@ -715,7 +719,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         steps_per_call = config.train.steps_per_call
         compiled = compile_steps(state, train_data, eval_sets, steps_per_call)
         if chief:  # Every check passed: the workdir is this run's.
-            checkpointing.write_run_files(workdir, config)
+            checkpointing.write_run_files(workdir, config, fingerprints)
 
         # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
         unevaluated = history.pop() if history and 'test_accuracy' not in history[-1] else None
