@@ -181,3 +181,31 @@ def test_the_same_data_at_another_path_resumes(idx_dir, tmp_path):
     shutil.copytree(idx_dir, tmp_path / 'moved')
     config.data.idx_dir, config.train.num_epochs = str(tmp_path / 'moved'), 2
     assert train.train_and_evaluate(config, str(tmp_path / 'run'))['epochs'] == 2
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('train.batch_size', 0, 'config.train.batch_size=0 must be a positive integer'),
+    ('model.width_ratio', 0, 'config.model.width_ratio=0 must be a positive integer'),
+    ('model.width_ratio', 3, 'config.model.width_ratio=3 does not divide every conv width'),
+    ('data.image_size', 2, 'config.data.image_size=2 is too small'),
+    ('data.image_size', 100_000, 'config.data.image_size=100000 needs at least 4,768.4 GiB for '
+                                 "the first convolution's output of a batch of 32"),
+    ('model.dtype', 'float8', "config.model.dtype='float8' is not supported"),
+    ('model.arch', 'vgg12', "config.model.arch='vgg12' is not supported"),
+    ('train.learning_rate', -0.1, 'config.train.learning_rate=-0.1 must be a finite number'),
+    ('train.learning_rate', float('nan'), 'config.train.learning_rate=nan must be a finite'),
+    ('train.keep_checkpoints', 0, 'config.train.keep_checkpoints=0 must be a positive integer'),
+    ('num_seeds', 0, 'config.num_seeds=0 must be a positive integer'),
+    ('train.num_epochs', 0, 'config.train.num_epochs=0 must be a positive integer'),
+    ('train.num_epochs', -3, 'config.train.num_epochs=-3 must be a positive integer'),
+    ('model.dropout_rate', 1.0, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
+    ('model.dropout_rate', -0.5, 'config.model.dropout_rate=-0.5 must lie in [0, 1)'),
+])
+def test_a_bad_value_is_one_line_naming_the_field_before_any_data_is_read(field, value,
+                                                                          message):
+    config = tiny_config('/nowhere')  # Reading it would fail: the check comes first.
+    section, _, name = field.rpartition('.')
+    (config[section] if section else config)[name] = value
+    with pytest.raises(ValueError) as error:
+        train.validate_config(config)
+    assert message in str(error.value) and '\n' not in str(error.value)

@@ -140,6 +140,33 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     input_pipeline.validate_data_config(config.data, config.model)
     validate_train_config(config.train)
     augment.from_config(config.augment)
+    check_fits_memory(config)
+
+
+def device_memory_bytes() -> int:
+    """The memory of every device together: the accelerators' limit, or on a CPU the host's
+    RAM, which its devices share."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if 'bytes_limit' in stats:
+        return int(stats['bytes_limit']) * jax.device_count()
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
+def check_fits_memory(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError when the first convolution's output for one train batch (of every
+    member) alone exceeds the devices' memory: a lower bound on what the step needs, so a run
+    that cannot fit fails here in one line instead of in minutes of compiling or swapping."""
+    size, batch = config.data.image_size, config.train.batch_size * config.num_seeds
+    channels = models.conv_arch_for(models.full_width_blocks(config.model),
+                                    config.model.width_ratio)[0][1]
+    needed = batch * size * size * channels * jnp.dtype(models.DTYPES[config.model.dtype]).itemsize
+    available = device_memory_bytes()
+    if needed > available:
+        raise ValueError(
+            f'config.data.image_size={size} needs at least {needed / 2**30:,.1f} GiB for the first '
+            f"convolution's output of a batch of {batch} ({size}x{size}x{channels} per image), "
+            f'more than the {available / 2**30:,.1f} GiB of memory of the devices; lower '
+            'config.data.image_size or config.train.batch_size.')
 
 
 def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
