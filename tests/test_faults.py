@@ -209,3 +209,23 @@ def test_a_bad_value_is_one_line_naming_the_field_before_any_data_is_read(field,
     with pytest.raises(ValueError) as error:
         train.validate_config(config)
     assert message in str(error.value) and '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('make', [lambda tmp: tmp / 'nowhere', lambda tmp: tmp])
+def test_evaluate_on_a_missing_or_empty_directory_is_one_line(tmp_path, run_cli, make):
+    done = run_cli(evaluate, f'--workdir={make(tmp_path)}')
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f'error: {make(tmp_path)}/config.json is missing: {make(tmp_path)} holds no run of '
+        'vgg_flax.main. Pass the workdir that a training run wrote.']
+
+
+def test_evaluate_on_a_run_in_progress_says_so_and_which_step(finished_run, tmp_path, run_cli):
+    run, _ = finished_run
+    workdir = copy_of(run, tmp_path)
+    with checkpointing.hold_workdir(str(workdir)):  # As the training run holds it.
+        done = run_cli(evaluate, f'--workdir={workdir}')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f'{workdir} is still training (host ')
+    assert 'evaluating its latest checkpoint so far, step 10.' in done.stdout
+    assert 'still training' not in run_cli(evaluate, f'--workdir={workdir}').stdout

@@ -144,6 +144,21 @@ def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
         yield
 
 
+def held_by(workdir: str) -> str | None:
+    """Who holds `workdir` (a run still in progress), or None if no run does."""
+    try:
+        lock = open(os.path.join(workdir, LOCK_FILE))
+    except OSError:
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or 'a process that has not written its name yet'
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return None
+
+
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
     """Whether `workdir` holds a run of this config already; refuses another config's run.
 

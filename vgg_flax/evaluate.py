@@ -134,6 +134,9 @@ def evaluate_run(workdir: str, step: int | None = None,
     train.validate_config(config)
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
+    if holder := checkpointing.held_by(workdir):
+        print(f'{workdir} is still training ({holder}): evaluating its latest checkpoint so far, '
+              f'step {step}.\n')
     predictions = predict(state, test_split, config.data.image_size,
                           config.train.eval_batch_size, config.eval.tta)
     members = []
