@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from vgg_flax import config_utils, hyper, sweep
+from vgg_flax import checkpointing, config_utils, hyper, sweep
 
 from conftest import PNG_MAGIC, ROOT, tiny_config
 
@@ -223,3 +223,20 @@ def test_a_population_sweep_reports_what_separate_runs_report(sweep_file, tmp_pa
         assert a['params'] == b['params']
     done = run_sweep(sweep_file, tmp_path / 'population', '--population', '--index=0')
     assert done.returncode == 1 and 'drop --index' in done.stderr
+
+
+def test_a_point_that_another_process_trains_is_skipped_and_left_alone(sweep_file, tmp_path,
+                                                                        run_sweep):
+    """The same point started twice at once: the second sweep neither trains it nor marks it
+    failed, says who holds it, and exits 1; the first one's directory is untouched."""
+    workdir = tmp_path / 'sweep'
+    point_dir = workdir / 'model.width_ratio=16'
+    with checkpointing.hold_workdir(str(point_dir)):
+        listed = run_sweep(sweep_file, workdir, '--list')
+        second = run_sweep(sweep_file, workdir, '--index=1')
+    assert '  1  running  model.width_ratio=16' in listed.stdout
+    assert second.returncode == 1
+    assert '[1] model.width_ratio=16: in use by another run (host ' in second.stderr
+    assert '1 point(s) in use by another run: model.width_ratio=16' in second.stderr
+    assert sorted(p.name for p in point_dir.iterdir()) == [checkpointing.LOCK_FILE]
+    assert run_sweep(sweep_file, workdir, '--index=1').returncode == 0  # Once it has ended.

@@ -143,6 +143,8 @@ class PointRun:
         results = self.results()
         if results and results['epochs'] >= self.config.train.num_epochs:
             return 'done'
+        if checkpointing.held_by(self.workdir):
+            return 'running'  # Trained by another sweep process right now.
         if os.path.isfile(os.path.join(self.workdir, ERROR_FILE)):
             return 'failed'
         if os.path.isdir(os.path.join(self.workdir, checkpointing.CHECKPOINT_DIR)):
@@ -179,6 +181,10 @@ def run_point(run: PointRun) -> bool:
     if run.status() == 'done':
         print(f'[{run.index}] {run.name}: done, skipped', flush=True)
         return True
+    if holder := checkpointing.held_by(run.workdir):
+        print(f'[{run.index}] {run.name}: in use by another run ({holder}), skipped',
+              file=sys.stderr, flush=True)
+        return False
     print(f'[{run.index}] {run.name}: training in {run.workdir}', flush=True)
     error_path = os.path.join(run.workdir, ERROR_FILE)
     try:
@@ -412,7 +418,7 @@ def main(argv: list[str]) -> int:
         print(f'error: --index={_INDEX.value} is out of range: the sweep has {len(runs)} points '
               f'(0..{len(runs) - 1}); see --list.', file=sys.stderr)
         return 1
-    failed = []
+    failed, busy = [], []
     if not _REPORT.value:
         selected = runs if _INDEX.value is None else [runs[_INDEX.value]]
         succeeded: dict[str, bool] = {}
@@ -426,13 +432,20 @@ def main(argv: list[str]) -> int:
         except KeyboardInterrupt:  # Ctrl-C before a point's loop catches signals.
             return cli.interrupted_while_starting()
         failed = [run for run in selected if not succeeded[run.workdir]]
+        busy = [run for run in failed if run.status() == 'running']
+        failed = [run for run in failed if run not in busy]
     rows = write_report(runs, workdir)
     with open(os.path.join(workdir, 'results.md')) as f:
         print(f.read(), end='')
     not_done = [row for row in rows if row['status'] != 'done']
+    if busy:
+        print(f'{len(busy)} point(s) in use by another run: {", ".join(run.name for run in busy)}; '
+              'run the same command again once it has ended.', file=sys.stderr)
     if failed:
         print(f'{len(failed)} point(s) failed: {", ".join(run.name for run in failed)}; see '
               f'{ERROR_FILE} in their directories.', file=sys.stderr)
+        return 1
+    if busy:
         return 1
     if _INDEX.value is None and not_done:
         print(f'{len(not_done)} point(s) not done.', file=sys.stderr)
