@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -240,3 +244,29 @@ def test_a_point_that_another_process_trains_is_skipped_and_left_alone(sweep_fil
     assert '1 point(s) in use by another run: model.width_ratio=16' in second.stderr
     assert sorted(p.name for p in point_dir.iterdir()) == [checkpointing.LOCK_FILE]
     assert run_sweep(sweep_file, workdir, '--index=1').returncode == 0  # Once it has ended.
+
+
+def test_sigterm_mid_sweep_then_the_same_command_finishes_without_redoing_a_point(
+        tmp_path, idx_dir, run_sweep):
+    path = tmp_path / 'two_points.py'
+    path.write_text(SWEEP_FILE.format(idx_dir=str(idx_dir)).replace(
+        '[8, 16, 3]', '[16, 8]').replace('num_epochs = 1', 'num_epochs = 8'))
+    workdir = tmp_path / 'sweep'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'vgg_flax.sweep', f'--config={path}', f'--workdir={workdir}'],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second_log = workdir / 'model.width_ratio=8' / 'steps.jsonl'  # Written with handlers set.
+    deadline = time.time() + 300
+    while not (second_log.is_file() and second_log.read_text()) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert 'SIGTERM stopped the run at step' in stderr
+    first_results = (workdir / 'model.width_ratio=16' / 'results.json').read_text()
+    again = run_sweep(path, workdir)
+    assert again.returncode == 0, again.stderr
+    assert '[0] model.width_ratio=16: done, skipped' in again.stdout
+    assert 'Resuming' in again.stdout
+    assert (workdir / 'model.width_ratio=16' / 'results.json').read_text() == first_results
+    assert [row['status'] for row in read_csv(workdir / 'results.csv')] == ['done', 'done']
