@@ -229,3 +229,27 @@ def test_evaluate_on_a_run_in_progress_says_so_and_which_step(finished_run, tmp_
     assert done.stdout.startswith(f'{workdir} is still training (host ')
     assert 'evaluating its latest checkpoint so far, step 10.' in done.stdout
     assert 'still training' not in run_cli(evaluate, f'--workdir={workdir}').stdout
+
+
+@pytest.mark.parametrize('name', ['with space/run 1', 'ünï/ç😀', 'y' * 250, 'sub/../dotdot'])
+def test_workdir_names_a_user_may_choose_train_resume_and_evaluate(idx_dir, tmp_path, run_cli,
+                                                                   name):
+    (tmp_path / 'sub').mkdir()
+    workdir = tmp_path / name
+    constant = '--config.train.lr_schedule=constant'  # Lets a resumed run train longer.
+    done = run_cli(main, *run_args(idx_dir, workdir, constant, '--config.train.num_epochs=1'))
+    assert done.returncode == 0, done.stderr
+    resumed = run_cli(main, *run_args(idx_dir, workdir, constant, '--config.train.num_epochs=2'))
+    assert resumed.returncode == 0 and 'Resuming' in resumed.stdout, resumed.stderr
+    assert run_cli(evaluate, f'--workdir={workdir}').returncode == 0
+    assert json.loads((workdir / 'results.json').read_text())['epochs'] == 2
+
+
+def test_a_workdir_name_longer_than_the_filesystem_allows_is_one_line(idx_dir, tmp_path,
+                                                                     run_cli):
+    workdir = tmp_path / ('x' * 300)
+    done = run_cli(main, *run_args(idx_dir, workdir))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f'error: cannot write to --workdir={workdir} (File name too long); pass a directory you '
+        'can write to.']
