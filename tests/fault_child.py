@@ -6,7 +6,10 @@ FAULT is one of:
   kill_in_save N    SIGKILL the process just after the save of step N started (its writes are
                     in flight in orbax's background threads);
   sigint_in_compile Ctrl-C while the steps compile;
-  sigint_twice N    Ctrl-C twice in quick succession after the N-th call of the train step.
+  sigint_twice N    Ctrl-C twice in quick succession after the N-th call of the train step;
+  unwritable_log N  after the N-th call, the step log becomes a file no one can write (a
+                    directory in its place: root can write a read-only file);
+  blocked_thread    leave a thread that never ends, as a failed orbax save can.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
-from absl import app, flags
+from absl import flags
 
-from vgg_flax import checkpointing, cli, main, train
+from vgg_flax import checkpointing, cli, main, metric_writers, train
 
 
 def inject(fault: str, n: int) -> None:
@@ -52,6 +56,20 @@ def inject(fault: str, n: int) -> None:
             return wait(*args, **kwargs)
 
         train.wait_for_previous_call = interrupted_wait
+    elif fault == 'unwritable_log':
+        wait, calls = train.wait_for_previous_call, [0]
+
+        def unwritable_after(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == n:
+                steps_log = os.path.join(flags.FLAGS.workdir, metric_writers.STEPS_FILE)
+                os.replace(steps_log, steps_log + '.moved')
+                os.mkdir(steps_log)
+            return wait(*args, **kwargs)
+
+        train.wait_for_previous_call = unwritable_after
+    elif fault == 'blocked_thread':
+        threading.Thread(target=threading.Event().wait).start()
     else:
         raise SystemExit(f'unknown fault {fault!r}')
 
@@ -63,4 +81,4 @@ if __name__ == '__main__':
     signal.signal(signal.SIGINT, signal.default_int_handler)  # As in a terminal.
     flags.mark_flags_as_required(['config', 'workdir'])
     sys.argv = ['vgg_flax.main', *main_args]  # ml_collections reads the overrides from it.
-    app.run(main.main, flags_parser=cli.parse_flags)
+    cli.run(main.main)

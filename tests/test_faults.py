@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import ml_collections
 import pytest
@@ -253,3 +254,32 @@ def test_a_workdir_name_longer_than_the_filesystem_allows_is_one_line(idx_dir, t
     assert done.stderr.strip().splitlines() == [
         f'error: cannot write to --workdir={workdir} (File name too long); pass a directory you '
         'can write to.']
+
+
+def test_a_log_write_that_fails_mid_run_stops_it_in_one_line_and_the_rerun_resumes(
+        idx_dir, tmp_path, run_cli):
+    workdir = tmp_path / 'run'
+    args = run_args(idx_dir, workdir, '--config.train.log_every_steps=2')
+    stopped = run_with_fault('unwritable_log 15', *args)
+    assert stopped.returncode == 1, stderr_of(stopped)
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f'error: writing {workdir / "steps.jsonl"} failed (Is a directory); the run stopped, its '
+        'last checkpoint intact: fix the cause (a read-only or full disk, a file-size limit) '
+        'and run the same command to resume.')
+    assert 'Traceback' not in stopped.stderr
+    (workdir / 'steps.jsonl').rmdir()
+    (workdir / 'steps.jsonl.moved').rename(workdir / 'steps.jsonl')
+    resumed = run_cli(main, *args)
+    assert resumed.returncode == 0 and 'from the checkpoint at step 10 ' in resumed.stdout
+
+
+def test_a_thread_left_waiting_does_not_hold_the_exit(idx_dir, tmp_path):
+    """A failed save can leave orbax waiting minutes for a signal: the CLI exits all the same."""
+    start = time.monotonic()
+    done = run_with_fault('blocked_thread', *run_args(idx_dir, tmp_path / 'run'), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert 'test accuracy' in done.stdout and time.monotonic() - start < 100
+
+
+def stderr_of(done: subprocess.CompletedProcess) -> str:
+    return done.stderr[-3000:]

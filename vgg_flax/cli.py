@@ -10,8 +10,11 @@ import importlib.util
 import os
 import signal
 import sys
+import threading
+import time
+from typing import Callable
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from vgg_flax import config_utils
@@ -23,6 +26,28 @@ CONFIG = config_flags.DEFINE_config_file(
 WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory: config, checkpoints, metrics, plots (a sweep: one '
     'subdirectory per point).')
+
+
+def run(main: Callable[[list[str]], int | None], grace_seconds: float = 5.0) -> None:
+    """`app.run(main)` for a tool that trains. A checkpoint save that failed in orbax's
+    background (a read-only directory) can leave a thread waiting minutes for a signal that
+    never comes, which Python's exit would wait for: a thread still running `grace_seconds`
+    after `main` returned (every file of the run closed by then) is not waited for."""
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except SystemExit as e:
+        left = [thread for thread in threading.enumerate()
+                if thread is not threading.main_thread() and not thread.daemon]
+        deadline = time.monotonic() + grace_seconds
+        for thread in left:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in left):
+            raise
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(e.code if isinstance(e.code, int) else 0 if e.code is None else 1)
 
 
 def interrupted_while_starting() -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from vgg_flax import checkpointing, cli, environment, input_pipeline, train
 
@@ -33,4 +33,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)

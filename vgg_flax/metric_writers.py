@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
@@ -186,10 +187,11 @@ class RunLog:
         if not self._active:
             return
         self._steps.append(record)
-        with open(os.path.join(self._workdir, STEPS_FILE), 'a') as f:
-            f.write(json.dumps(record) + '\n')
-        self._tensorboard.write_scalars(record['step'], scalars(record, self.STEP_SCALARS,
-                                                                'steps/'))
+        with stops_the_run_if_a_write_fails():
+            with open(os.path.join(self._workdir, STEPS_FILE), 'a') as f:
+                f.write(json.dumps(record) + '\n')
+            self._tensorboard.write_scalars(record['step'], scalars(record, self.STEP_SCALARS,
+                                                                    'steps/'))
         if print_line:
             print(format_progress(record, self._num_epochs), flush=True)
 
@@ -198,10 +200,11 @@ class RunLog:
         if not self._active:
             return
         latest = history[-1]
-        self._tensorboard.write_scalars(latest['step'], scalars(latest, self.SCALARS))
-        tqdm.write(format_epoch(latest, self._num_epochs), file=sys.stdout)
-        self._history = list(history)
-        self._refresh()
+        with stops_the_run_if_a_write_fails():
+            self._tensorboard.write_scalars(latest['step'], scalars(latest, self.SCALARS))
+            tqdm.write(format_epoch(latest, self._num_epochs), file=sys.stdout)
+            self._history = list(history)
+            self._refresh()
 
     def _refresh(self) -> None:
         write_history(self._workdir, self._history)
@@ -235,7 +238,8 @@ class RunLog:
         if not self._active:
             return
         try:
-            self._wait_for_plot()
+            with stops_the_run_if_a_write_fails():
+                self._wait_for_plot()
         finally:
             self._plotter.shutdown()
             self._tensorboard.close()
@@ -248,6 +252,19 @@ class RunLog:
         if isinstance(exc_info[1], checkpointing.SaveError):
             self.rewind(exc_info[1].kept_step or 0)
         self.close()
+
+
+@contextlib.contextmanager
+def stops_the_run_if_a_write_fails() -> Iterator[None]:
+    """Turns a failed write of the log (a read-only workdir, a full disk, a file-size limit)
+    into a RunDirError of one line: the run stops, its checkpoints as they were."""
+    try:
+        yield
+    except OSError as e:
+        raise checkpointing.RunDirError(
+            f'writing {e.filename or "the run log"} failed ({e.strerror or e}); the run stopped, '
+            'its last checkpoint intact: fix the cause (a read-only or full disk, a file-size '
+            'limit) and run the same command to resume.') from None
 
 
 def scalars(record: dict[str, Any], keys: Sequence[str], prefix: str = '') -> dict[str, float]:

@@ -29,7 +29,7 @@ from typing import IO, Any, Sequence
 
 import ml_collections
 import scipy.stats
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from vgg_flax import checkpointing, cli, config_utils, environment, hyper, summary, train
@@ -455,4 +455,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['config', 'workdir'])
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run(main)
