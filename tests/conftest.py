@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import signal
 import socket
+import subprocess
 import sys
+import time
 import traceback
 import types
 
@@ -124,6 +127,17 @@ def real_data_dir() -> pathlib.Path:
                for suffix in ('.gz', '')):
         pytest.fail(f'VGG_FLAX_FASHION_MNIST={REAL_DATA_DIR} holds no train-images-idx3-ubyte(.gz)')
     return pathlib.Path(REAL_DATA_DIR)
+
+
+def sigterm_once_training(process: subprocess.Popen, steps_log: pathlib.Path,
+                          timeout: float = 300) -> tuple[str, str]:
+    """Sends SIGTERM to `process` once `steps_log` has its first line (written with the run's
+    signal handlers set); returns its stdout and stderr once it has exited."""
+    deadline = time.time() + timeout
+    while not (steps_log.is_file() and steps_log.read_text()) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    return process.communicate(timeout=timeout)
 
 
 @dataclasses.dataclass

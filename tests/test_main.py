@@ -8,14 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from vgg_flax import checkpointing, config_utils, evaluate, main
 
-from conftest import PNG_MAGIC, ROOT, write_fashion_idx_dir
+from conftest import PNG_MAGIC, ROOT, sigterm_once_training, write_fashion_idx_dir
 
 TINY = (f'--config={ROOT / "experiments" / "quick.py"}', '--config.model.width_ratio=16',
         '--config.model.use_bn=True', '--config.model.dense_features=(64,64)',
@@ -82,12 +81,7 @@ def test_sigterm_saves_and_the_same_command_resumes(tmp_path, run_cli):
     args = train_args(idx_dir, workdir, '--config.train.num_epochs=2')
     process = subprocess.Popen([sys.executable, '-m', 'vgg_flax.main', *args], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    steps_log = workdir / 'steps.jsonl'  # Its first line is written with the handlers set.
-    while not (steps_log.is_file() and steps_log.read_text()) and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=300)
+    _, stderr = sigterm_once_training(process, workdir / 'steps.jsonl')
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert 'SIGTERM stopped the run at step' in stderr
     assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() is not None

@@ -6,13 +6,12 @@ import csv
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from vgg_flax import checkpointing, config_utils, hyper, sweep
 
-from conftest import PNG_MAGIC, ROOT, tiny_config
+from conftest import PNG_MAGIC, ROOT, sigterm_once_training, tiny_config
 
 SWEEP_FILE = '''
 from vgg_flax import config_utils, hyper
@@ -255,12 +254,7 @@ def test_sigterm_mid_sweep_then_the_same_command_finishes_without_redoing_a_poin
     process = subprocess.Popen(
         [sys.executable, '-m', 'vgg_flax.sweep', f'--config={path}', f'--workdir={workdir}'],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second_log = workdir / 'model.width_ratio=8' / 'steps.jsonl'  # Written with handlers set.
-    deadline = time.time() + 300
-    while not (second_log.is_file() and second_log.read_text()) and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=300)
+    _, stderr = sigterm_once_training(process, workdir / 'model.width_ratio=8' / 'steps.jsonl')
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert 'SIGTERM stopped the run at step' in stderr
     first_results = (workdir / 'model.width_ratio=16' / 'results.json').read_text()
