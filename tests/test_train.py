@@ -359,7 +359,7 @@ def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoc
     real_tqdm = train.tqdm
 
     def signal_when_evaluation_starts(*args, **kwargs):
-        if kwargs.get('desc') == 'eval':
+        if kwargs.get('desc', '').startswith('eval'):
             monkeypatch.setattr(train, 'tqdm', real_tqdm)
             os.kill(os.getpid(), signal.SIGTERM)
         return real_tqdm(*args, **kwargs)

@@ -648,7 +648,7 @@ def evaluate(eval_fns: dict[str, Any], state: TrainState, eval_sets: dict[str, E
     metrics = {}
     for name, data in eval_sets.items():
         sums = zero_sums_like(state)
-        for batch in tqdm(range(data.batches.shape[0]), desc=name, leave=False,
+        for batch in tqdm(range(data.batches.shape[0]), desc=f'eval {name}', leave=False,
                           disable=None if show_progress else True):
             if signals.should_stop(int(state.step)):
                 return None
