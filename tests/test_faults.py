@@ -14,7 +14,8 @@ import time
 import ml_collections
 import pytest
 
-from vgg_flax import checkpointing, evaluate, input_pipeline, main, metric_writers, train
+from vgg_flax import (checkpointing, config_utils, evaluate, input_pipeline, main, metric_writers,
+                      train)
 
 from conftest import ROOT, TINY_CONV_ARCH, tiny_config, write_fashion_idx_dir
 
@@ -283,3 +284,20 @@ def test_a_thread_left_waiting_does_not_hold_the_exit(idx_dir, tmp_path):
 
 def stderr_of(done: subprocess.CompletedProcess) -> str:
     return done.stderr[-3000:]
+
+
+def test_resuming_with_fewer_epochs_than_trained_is_refused_in_one_line(finished_run, tmp_path):
+    run, config = finished_run
+    workdir = copy_of(run, tmp_path)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.train.lr_schedule, config.train.num_epochs = 'constant', 1
+    checkpointing.write_json_atomic(str(workdir / checkpointing.CONFIG_FILE),
+                                    config_utils.to_plain(config))
+    (workdir / checkpointing.RESULTS_FILE).unlink()  # As if stopped after its last save.
+    config.train.num_epochs = 2  # The run has trained 1; asking for 2 trains on.
+    assert train.train_and_evaluate(config, str(workdir))['epochs'] == 2
+    config.train.num_epochs = 1
+    with pytest.raises(checkpointing.RunDirError) as error:
+        train.train_and_evaluate(config, str(workdir))
+    assert str(error.value).startswith(f'{workdir} has trained 2 epochs already, more than '
+                                       'config.train.num_epochs=1; ask for at least that many')

@@ -741,6 +741,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints))
         state, history = checkpointer.restore_latest(state)
         step, total_steps = int(state.step), num_epochs * steps_per_epoch
+        if step > total_steps:
+            raise checkpointing.RunDirError(
+                f'{workdir} has trained {step // steps_per_epoch} epochs already, more than '
+                f'config.train.num_epochs={num_epochs}; ask for at least that many to train on, '
+                'or pass another --workdir (python -m vgg_flax.evaluate --step=N evaluates any '
+                'checkpoint it keeps).')
         if chief and (step or resuming):
             print(resume_message(workdir, step, steps_per_epoch), flush=True)
         steps_per_call = config.train.steps_per_call
