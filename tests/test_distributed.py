@@ -85,7 +85,7 @@ def test_four_devices_match_one_and_checkpoints_move_between_them(idx_dir, tmp_p
     assert shares == [320, 100]  # One process reads the whole of each split.
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'moved')), one[:1])
     out, _ = run_on_devices(2, idx_dir, tmp_path / 'moved', epochs=2)
-    assert 'Resuming' in out
+    assert 'Resuming' in out and 'The run last ran on 4 devices, now on 2: ' in out
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'moved')), one)
 
 

@@ -196,6 +196,14 @@ def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
                           'another --workdir.')
 
 
+def last_num_devices(workdir: str) -> int | None:
+    """How many devices the run's last launch used (from its environment.json), if known."""
+    try:
+        return int(read_json(os.path.join(workdir, ENVIRONMENT_FILE), '')['num_devices'])
+    except (OSError, RunDirError, KeyError, TypeError, ValueError):
+        return None
+
+
 def write_run_files(workdir: str, config: ml_collections.ConfigDict,
                     data_fingerprints: dict[str, Any]) -> None:
     """Writes the run's config, its data's fingerprints and the environment this launch runs

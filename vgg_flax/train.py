@@ -749,6 +749,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 'checkpoint it keeps).')
         if chief and (step or resuming):
             print(resume_message(workdir, step, steps_per_epoch), flush=True)
+            last, now = checkpointing.last_num_devices(workdir), jax.device_count()
+            if step and last not in (None, now):
+                print(f'The run last ran on {last} devices, now on {now}: the same batches, keys '
+                      'and steps, each batch split differently over the devices, so its metrics '
+                      'match an uninterrupted run to float rounding, not bit for bit.', flush=True)
         steps_per_call = config.train.steps_per_call
         compiled = compile_steps(state, train_data, eval_sets, steps_per_call)
         if chief:  # Every check passed: the workdir is this run's.
