@@ -18,10 +18,24 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 from absl import flags
 
 from vgg_flax import checkpointing, cli, main, metric_writers, train
+
+
+def after_call(n: int, action: Callable[[], None]) -> None:
+    """Runs `action` once the train step's n-th call has been dispatched."""
+    wait, calls = train.wait_for_previous_call, [0]
+
+    def wait_then_act(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            action()
+        return wait(*args, **kwargs)
+
+    train.wait_for_previous_call = wait_then_act
 
 
 def inject(fault: str, n: int) -> None:
@@ -44,30 +58,20 @@ def inject(fault: str, n: int) -> None:
 
         train.compile_steps = interrupted_compile
     elif fault == 'sigint_twice':
-        wait, calls = train.wait_for_previous_call, [0]
+        def sigint_twice() -> None:
+            os.kill(os.getpid(), signal.SIGINT)  # The run's handler takes this one...
+            for _ in range(1000):  # ...once Python runs it, between two bytecodes.
+                pass
+            os.kill(os.getpid(), signal.SIGINT)  # This one ends the process.
 
-        def interrupted_wait(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == n:
-                os.kill(os.getpid(), signal.SIGINT)  # The run's handler takes this one...
-                for _ in range(1000):  # ...once Python runs it, between two bytecodes.
-                    pass
-                os.kill(os.getpid(), signal.SIGINT)  # This one ends the process.
-            return wait(*args, **kwargs)
-
-        train.wait_for_previous_call = interrupted_wait
+        after_call(n, sigint_twice)
     elif fault == 'unwritable_log':
-        wait, calls = train.wait_for_previous_call, [0]
+        def unwritable_log() -> None:
+            steps_log = os.path.join(flags.FLAGS.workdir, metric_writers.STEPS_FILE)
+            os.replace(steps_log, steps_log + '.moved')
+            os.mkdir(steps_log)
 
-        def unwritable_after(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == n:
-                steps_log = os.path.join(flags.FLAGS.workdir, metric_writers.STEPS_FILE)
-                os.replace(steps_log, steps_log + '.moved')
-                os.mkdir(steps_log)
-            return wait(*args, **kwargs)
-
-        train.wait_for_previous_call = unwritable_after
+        after_call(n, unwritable_log)
     elif fault == 'blocked_thread':
         threading.Thread(target=threading.Event().wait).start()
     else:

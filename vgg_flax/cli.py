@@ -3,7 +3,7 @@
 Each tool (`main`, `evaluate`, `sweep`, `summary`, `benchmark`, `profiling`) defines its own flags
 at import and imports these, so any tool's `main` can be imported and called in-process (the
 tests do) without a flag being defined twice. A tool marks which flags it requires as it starts,
-and runs as `app.run(main, flags_parser=cli.parse_flags)`.
+and runs as `app.run(main, flags_parser=cli.parse_flags)` (a tool that trains: `cli.run(main)`).
 """
 
 import importlib.util

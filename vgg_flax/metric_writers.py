@@ -160,8 +160,7 @@ class RunLog:
     """
 
     SCALARS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'test_loss',
-               'test_accuracy',
-               'examples_per_sec', 'learning_rate')
+               'test_accuracy', 'examples_per_sec', 'learning_rate')
     STEP_SCALARS = ('train_loss', 'train_accuracy', 'examples_per_sec', 'learning_rate')
 
     def __init__(self, workdir: str, num_epochs: int,

@@ -21,7 +21,7 @@ from absl import app, flags
 from vgg_flax import cli, environment, input_pipeline, models, train
 
 # Fashion-MNIST's training split: its size sets what the on-device dataset costs.
-TRAIN_EXAMPLES = 60_000
+TRAIN_EXAMPLES = input_pipeline.NUM_EXAMPLES['train']
 CHANNELS = input_pipeline.IMAGE_SHAPE[-1]
 
 

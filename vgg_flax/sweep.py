@@ -444,8 +444,7 @@ def main(argv: list[str]) -> int:
     if failed:
         print(f'{len(failed)} point(s) failed: {", ".join(run.name for run in failed)}; see '
               f'{ERROR_FILE} in their directories.', file=sys.stderr)
-        return 1
-    if busy:
+    if failed or busy:
         return 1
     if _INDEX.value is None and not_done:
         print(f'{len(not_done)} point(s) not done.', file=sys.stderr)

@@ -323,6 +323,10 @@ def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     test_images, test_labels = load_on_devices(config, 'test', mesh)
     batch_size = config.train.batch_size
     num_train = num_train_examples(config, images.shape[0])
+    if num_train <= 0:
+        raise ValueError(f'config.data.validation_examples={config.data.validation_examples} '
+                         f'would hold out all {images.shape[0]} training examples; hold out '
+                         'fewer.')
     num_steps = input_pipeline.steps_per_epoch(num_train, batch_size)
     if not num_steps:
         raise ValueError(f'{num_train} training examples make no full batch of '
@@ -340,12 +344,16 @@ def load_data(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 def num_train_examples(config: ml_collections.ConfigDict, num_loaded: int) -> int:
     """How many of the `num_loaded` train examples are trained on: all but the held-out
-    validation set; raises ValueError if it would take them all."""
-    held_out = config.data.validation_examples
-    if held_out >= num_loaded:
-        raise ValueError(f'config.data.validation_examples={held_out} would hold out all '
-                         f'{num_loaded} training examples; hold out fewer.')
-    return num_loaded - held_out
+    validation set."""
+    return num_loaded - config.data.validation_examples
+
+
+def data_fingerprints(train_data: TrainData, eval_sets: dict[str, EvalData]) -> dict[str, Any]:
+    """What the run records of its data (`checkpointing.check_data`): the train split, held-out
+    part included, and the test split."""
+    return {'train': input_pipeline.fingerprint(train_data.images, train_data.labels),
+            'test': input_pipeline.fingerprint(eval_sets['test'].images,
+                                               eval_sets['test'].labels)}
 
 
 def eval_data(config: ml_collections.ConfigDict, images: jax.Array, labels: jax.Array,
@@ -724,9 +732,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return finished
         init_key, dropout_key, shuffle_key = run_keys(config)
         train_data, eval_sets = load_data(config, mesh, dropout_key)
-        fingerprints = {'train': input_pipeline.fingerprint(train_data.images, train_data.labels),
-                        'test': input_pipeline.fingerprint(eval_sets['test'].images,
-                                                           eval_sets['test'].labels)}
+        fingerprints = data_fingerprints(train_data, eval_sets)
         checkpointing.check_data(workdir, fingerprints)
         num_train = num_train_examples(config, train_data.images.shape[0])
         steps_per_epoch = train_data.batches.shape[-2]
