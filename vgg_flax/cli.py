@@ -6,7 +6,6 @@ tests do) without a flag being defined twice. A tool marks which flags it requir
 and runs as `app.run(main, flags_parser=cli.parse_flags)` (a tool that trains: `cli.run(main)`).
 """
 
-import importlib.util
 import os
 import signal
 import sys
@@ -94,9 +93,7 @@ def _config_path(argv: list[str]) -> str:
 
 def _unknown_override(argv: list[str]) -> str:
     """Which --config.FIELD override names no field of the config file."""
-    spec = importlib.util.spec_from_file_location('config_file', _config_path(argv))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_utils.load_module(_config_path(argv))
     overrides = [arg.split('=', 1)[0].removeprefix('--config.') for arg in argv
                  if arg.startswith('--config.')]
     field, close = config_utils.unknown_field(module.get_config(), overrides) or (
