@@ -108,12 +108,20 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sw
     assert '2 point(s) not done' in done.stderr
 
 
-def test_index_out_of_range_and_a_file_without_sweep(sweep_file, tmp_path, run_sweep):
+def test_index_out_of_range(sweep_file, tmp_path, run_sweep):
     done = run_sweep(sweep_file, tmp_path / 'sweep', '--index=3')
     assert done.returncode == 1 and '--index=3 is out of range: the sweep has 3 points' in (
         done.stderr)
+
+
+def test_a_single_experiment_is_one_point_repeated_over_seeds(tmp_path, run_sweep):
+    done = run_sweep(ROOT / 'experiments' / 'quick.py', tmp_path / 'sweep', '--list',
+                     '--seeds=3', '--config.seed=5')
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[-1] for line in done.stdout.splitlines()] == [
+        'seed=5', 'seed=6', 'seed=7']
     done = run_sweep(ROOT / 'experiments' / 'quick.py', tmp_path / 'sweep', '--list')
-    assert done.returncode == 1 and 'has no get_sweep()' in done.stderr
+    assert done.returncode == 0 and done.stdout.split() == ['0', 'missing', 'base']
 
 
 def test_point_config_and_names():

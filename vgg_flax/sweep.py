@@ -5,6 +5,7 @@
 
 An experiment file that defines `get_sweep()` next to `get_config()` is a sweep: `get_sweep()`
 returns a list of points, each a dict of dotted config fields to values (see `vgg_flax.hyper`).
+Any other experiment file is a sweep of one point, itself: `--seeds=3` gives its spread.
 Shell overrides apply to the base config, so to every point; a point's own values win.
 
 Points that differ only in `seed` (an axis of the sweep, or `--seeds=N`) form a group: the
@@ -93,11 +94,11 @@ def with_seeds(points: Sequence[Point], first_seed: int, num_seeds: int) -> list
 
 
 def load_sweep(config_path: str) -> list[Point]:
-    """The points of the experiment file's `get_sweep()`."""
+    """The points of the experiment file's `get_sweep()`; a single experiment is one point, its
+    config as it is (so that `--seeds=N` gives its spread over seeds)."""
     module = config_utils.load_module(config_path)
     if not hasattr(module, 'get_sweep'):
-        raise ValueError(f'{config_path} has no get_sweep(): it is a single experiment; run it '
-                         'with python -m vgg_flax.main.')
+        return [{}]
     points = list(module.get_sweep())
     if bad := [p[hyper.NAME] for p in points if hyper.NAME in p and (
             not isinstance(p[hyper.NAME], str) or not p[hyper.NAME].strip('.') or
