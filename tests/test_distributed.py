@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from vgg_flax import metric_writers, train
+from vgg_flax import distributed, metric_writers, train
 from vgg_flax.checkpointing import Checkpointer
 
 from conftest import ROOT, tiny_config
@@ -153,3 +153,41 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
     resumed = metric_writers.read_history(str(workdir))
     keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+
+
+@pytest.mark.parametrize('victim', [1, 0])
+def test_a_process_killed_stops_the_other_in_bounded_time_and_the_job_resumes(
+        idx_dir, tmp_path, monkeypatch, victim):
+    """kill -9 of one process mid-run: the other does not wait in its next collective for JAX's
+    100 s heartbeat. Killed process 1: process 0 hears nothing for $VGG_FLAX_PEER_TIMEOUT s and
+    stops in one line; killed process 0 (the coordination service): JAX ends process 1 at
+    once. Then the same command on both resumes and finishes."""
+    monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, '3')
+    workdir = tmp_path / 'killed'
+    processes = start_two_processes(idx_dir, workdir, epochs=6, max_examples=ODD_SIZES)
+    while not (workdir / metric_writers.STEPS_FILE).exists():  # Both train.
+        assert all(p.poll() is None for p in processes)
+        time.sleep(0.01)
+    processes[victim].kill()
+    killed_at = time.monotonic()
+    survivor = processes[1 - victim]
+    _, stderr = survivor.communicate(timeout=120)
+    assert time.monotonic() - killed_at < 30, stderr
+    if victim == 1:
+        assert survivor.returncode == 1
+        assert stderr.strip().splitlines()[-1] == (
+            'error: process 1 has given no sign of life for 3 s (killed, crashed or cut off); '
+            'process 0 of 2 stops too. Start the job again with the same command: it resumes '
+            'from the last checkpoint.')
+    else:
+        assert survivor.returncode != 0 and 'leader task was preempted/died' in stderr
+    processes[victim].wait()
+    finish(start_two_processes(idx_dir, workdir, epochs=6, max_examples=ODD_SIZES))
+    assert [r['epoch'] for r in metric_writers.read_history(str(workdir))] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize('value', ['0', '-1', 'nan', 'soon'])
+def test_a_bad_peer_timeout_is_one_line(monkeypatch, value):
+    monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, value)
+    with pytest.raises(ValueError, match=f"VGG_FLAX_PEER_TIMEOUT='{value}' must be a positive"):
+        distributed.peer_timeout()

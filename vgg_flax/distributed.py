@@ -9,16 +9,28 @@ BatchNorm's batch statistics). On one device the same code runs unchanged.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import math
 import os
+import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from jax._src import distributed as jax_distributed
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
+# Seconds without a sign of life from another process before this one gives up on the job.
+# Below JAX's own heartbeat timeout (100 s), which ends the survivors with a C++ abort instead.
+PEER_TIMEOUT_ENV = 'VGG_FLAX_PEER_TIMEOUT'
+DEFAULT_PEER_TIMEOUT_S = 60.0
+_ALIVE_KEY = 'vgg_flax/alive/'
+_EXITED = 'exited'
 ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
                        'jax_rocm7_plugin', 'libtpu')
 
@@ -34,6 +46,10 @@ def initialize_if_launched() -> None:
     scheduled = int(os.environ.get('SLURM_NTASKS', os.environ.get('OMPI_COMM_WORLD_SIZE', '1'))) > 1
     if not (explicit or scheduled):
         return
+    try:
+        timeout = peer_timeout()
+    except ValueError as e:  # Before joining: the other processes then fail the same way.
+        raise SystemExit(f'error: {e}') from None
     if not accelerator_plugin_installed():
         # Collectives between CPU processes (tests, CPU clusters) need gloo.
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -44,6 +60,81 @@ def initialize_if_launched() -> None:
             process_id=int(os.environ['JAX_PROCESS_ID']))
     else:
         jax.distributed.initialize()
+    PeerWatch(timeout).start()
+
+
+def peer_timeout() -> float:
+    """The seconds of silence from another process after which this one stops the job."""
+    text = os.environ.get(PEER_TIMEOUT_ENV, str(DEFAULT_PEER_TIMEOUT_S))
+    try:
+        timeout = float(text)
+    except ValueError:
+        timeout = math.nan
+    if not timeout > 0:
+        raise ValueError(f'{PEER_TIMEOUT_ENV}={text!r} must be a positive number of seconds '
+                         f'(default {DEFAULT_PEER_TIMEOUT_S:.0f}).')
+    return timeout
+
+
+class PeerWatch(threading.Thread):
+    """Ends this process, in one line and within `timeout` seconds, when another process of the
+    job stops (killed, crashed, its host gone) instead of leaving it waiting in a collective.
+
+    Every process counts up a key in the job's coordination service each second and watches the
+    others' counts; a count that stops moving for `timeout` seconds, or a coordination service
+    (process 0) that stops answering, stops this process with exit status 1. A process that
+    exits says so first, so a job's processes may finish at different times, and goes on
+    watching while JAX's exit waits for the others. The last checkpoint is intact (a save cut
+    short is ignored on resume), so the same command resumes.
+    """
+
+    def __init__(self, timeout: float, interval: float = 1.0):
+        super().__init__(name='PeerWatch', daemon=True)
+        self.timeout, self.interval = timeout, interval
+        self._client = jax_distributed.global_state.client
+        # Read now: at exit jax clears its backends, and asking again would start a new one.
+        self._me, self._processes = jax.process_index(), jax.process_count()
+        self._exited = False
+        atexit.register(self._exit)  # Runs before jax's own exit, which waits for every process.
+
+    def _exit(self) -> None:
+        self._exited = True
+        try:
+            self._client.key_value_set(f'{_ALIVE_KEY}{self._me}', _EXITED, allow_overwrite=True)
+        except Exception:  # The coordination service may already be gone.
+            pass
+
+    def run(self) -> None:
+        start = time.monotonic()  # Every process has joined: initialize waits for them all.
+        seen = {f'{_ALIVE_KEY}{p}': ('', start) for p in range(self._processes) if p != self._me}
+        count = 0
+        while True:
+            time.sleep(self.interval)
+            count += 1
+            try:
+                if not self._exited:
+                    self._client.key_value_set(f'{_ALIVE_KEY}{self._me}', str(count),
+                                               allow_overwrite=True)
+                beats = dict(self._client.key_value_dir_get(_ALIVE_KEY))
+            except Exception:  # Whatever the failure, the service is gone (or shut down).
+                if not self._exited:
+                    self._stop_job('the coordination service (process 0) stopped answering')
+                return
+            now = time.monotonic()
+            for key in seen:
+                beat = beats.get(key, '')
+                if beat != seen[key][0]:
+                    seen[key] = (beat, now)
+                elif beat != _EXITED and now - seen[key][1] > self.timeout:
+                    self._stop_job(f'process {key.rsplit("/", 1)[-1]} has given no sign of life '
+                                   f'for {self.timeout:.0f} s (killed, crashed or cut off)')
+
+    def _stop_job(self, why: str) -> None:
+        print(f'error: {why}; process {self._me} of {self._processes} stops too. Start the '
+              'job again with the same command: it resumes from the last checkpoint.',
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # The main thread may be waiting in a collective that will never finish.
 
 
 def accelerator_plugin_installed() -> bool:
