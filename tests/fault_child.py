@@ -22,7 +22,7 @@ from typing import Callable
 
 from absl import flags
 
-from vgg_flax import checkpointing, cli, main, metric_writers, train
+from vgg_flax import checkpointing, cli, main, metric_writers, train, train_steps
 
 
 def after_call(n: int, action: Callable[[], None]) -> None:
@@ -49,14 +49,14 @@ def inject(fault: str, n: int) -> None:
 
         checkpointing.Checkpointer.save = killing_save
     elif fault == 'sigint_in_compile':
-        compile_steps = train.compile_steps
+        compile_steps = train_steps.compile_steps
 
         def interrupted_compile(*args, **kwargs):
             compiled = compile_steps(*args, **kwargs)
             os.kill(os.getpid(), signal.SIGINT)  # Python raises KeyboardInterrupt right here.
             return compiled
 
-        train.compile_steps = interrupted_compile
+        train_steps.compile_steps = interrupted_compile
     elif fault == 'sigint_twice':
         def sigint_twice() -> None:
             os.kill(os.getpid(), signal.SIGINT)  # The run's handler takes this one...

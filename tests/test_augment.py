@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_flax import augment, config_utils, metric_writers, train
+from vgg_flax import augment, config_utils, metric_writers, train, train_steps, validation
 
 from conftest import synthetic_split, tiny_config
 
@@ -80,7 +80,7 @@ def test_a_bad_augment_field_is_named(field, value, message):
     config.augment[field] = value
     with pytest.raises(ValueError, match=re.escape(f'config.augment.{field}=') + '.*' +
                        re.escape(message)):
-        train.validate_config(config)
+        validation.validate_config(config)
 
 
 def test_the_default_config_trains_exactly_as_before_augmentation(idx_dir, tmp_path):
@@ -110,10 +110,10 @@ def test_augmentation_and_label_smoothing_train_deterministically(idx_dir, tmp_p
 
 def test_test_time_augmentation_averages_the_logits_of_the_image_and_its_mirror():
     config = tiny_config()
-    state = train.create_train_state(config, jax.random.key(0))
+    state = train_steps.create_train_state(config, jax.random.key(0))
     images, indices = jax.numpy.asarray(batch()), jax.numpy.arange(8)
-    plain = train.predict_step(state, images, indices, image_size=32)
-    mirrored = train.predict_step(state, images[:, :, ::-1], indices, image_size=32)
-    both = train.predict_step(state, images, indices, image_size=32, tta=True)
+    plain = train_steps.predict_step(state, images, indices, image_size=32)
+    mirrored = train_steps.predict_step(state, images[:, :, ::-1], indices, image_size=32)
+    both = train_steps.predict_step(state, images, indices, image_size=32, tta=True)
     np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(plain, mirrored)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_flax import checkpointing, evaluate, main, metric_writers, models, train
+from vgg_flax import checkpointing, evaluate, main, metric_writers, models, train, train_steps
 
 from conftest import ROOT, tiny_config
 
@@ -164,7 +164,7 @@ def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(idx_dir, 
 def test_load_variables_reads_a_run_without_its_config(finished_run):
     run, _ = finished_run
     config = checkpointing.read_config(str(run))
-    like = train.create_train_state(config, jax.random.key(0))
+    like = train_steps.create_train_state(config, jax.random.key(0))
     state, _ = checkpointing.Checkpointer(str(run), keep=3).restore(20, like)
     variables = checkpointing.load_variables(str(run), step=20)
     assert set(variables) == {'params', 'batch_stats'}

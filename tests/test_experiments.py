@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vgg_flax import config_utils, models, sweep, train
+from vgg_flax import config_utils, models, sweep, validation
 
 from conftest import EXPERIMENTS, load_experiment
 
@@ -16,7 +16,7 @@ from conftest import EXPERIMENTS, load_experiment
 @pytest.mark.parametrize('path', EXPERIMENTS, ids=lambda p: p.name)
 def test_experiment_loads_and_its_model_has_logits_of_num_classes(path):
     config = load_experiment(path)
-    train.validate_config(config)
+    validation.validate_config(config)
     model = models.create_model(config.model)
     size = config.data.image_size
     x = jax.ShapeDtypeStruct((2, size, size, 1), jnp.float32)

@@ -15,7 +15,7 @@ import ml_collections
 import pytest
 
 from vgg_flax import (checkpointing, config_utils, evaluate, input_pipeline, main, metric_writers,
-                      train)
+                      train, validation)
 
 from conftest import ROOT, TINY_CONV_ARCH, tiny_config, write_fashion_idx_dir
 
@@ -209,7 +209,7 @@ def test_a_bad_value_is_one_line_naming_the_field_before_any_data_is_read(field,
     section, _, name = field.rpartition('.')
     (config[section] if section else config)[name] = value
     with pytest.raises(ValueError) as error:
-        train.validate_config(config)
+        validation.validate_config(config)
     assert message in str(error.value) and '\n' not in str(error.value)
 
 

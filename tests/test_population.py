@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from vgg_flax import distributed, evaluate, input_pipeline, metric_writers, train
+from vgg_flax import (device_data, distributed, evaluate, input_pipeline, metric_writers, train,
+                      train_steps)
 
 from conftest import ROOT, tiny_config, write_fashion_idx_dir
 
@@ -23,16 +24,16 @@ from conftest import ROOT, tiny_config, write_fashion_idx_dir
 def first_losses(config, num_steps=3):
     """The train loss of each of the first steps (per member, for a population)."""
     mesh = distributed.create_mesh()
-    init_key, dropout_key, shuffle_key = train.run_keys(config)
-    data, _ = train.load_data(config, mesh, dropout_key)
-    data = data.replace(batches=train.batch_maker(mesh, config.num_seeds > 1)(
+    init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
+    data, _ = device_data.load_data(config, mesh, dropout_key)
+    data = data.replace(batches=device_data.batch_maker(config, mesh)(
         shuffle_key, 1, data.images.shape[0], config.train.batch_size))
-    state = train.create_train_state(config, init_key, data.batches.shape[-2], mesh=mesh)
-    step = train.compile_train_step(state, data)
+    state = train_steps.create_train_state(config, init_key, data.batches.shape[-2], mesh=mesh)
+    step = train_steps.lower_train_step(state, data, train_steps.step_options(config)).compile()
     losses = []
     for _ in range(num_steps):
-        state = step(state.replace(sums=train.zero_sums_like(state)), data)
-        losses.append(train.mean_metrics(state.sums)[0])
+        state = step(state.replace(sums=train_steps.zero_sums_like(state)), data)
+        losses.append(train_steps.mean_metrics(state.sums)[0])
     return np.array(losses)
 
 
@@ -87,8 +88,8 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     state, _ = evaluate.restore_state(config, str(tmp_path / 'population'))
     split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     images, indices = jnp.asarray(split.images), jnp.arange(len(split))
-    logits = [train.predict_step(jax.tree.map(lambda x: x[i] if x.ndim else x, state),
-                                 images, indices, image_size=32) for i in range(2)]
+    logits = [train_steps.predict_step(jax.tree.map(lambda x: x[i] if x.ndim else x, state),
+                                       images, indices, image_size=32) for i in range(2)]
     ensemble = np.mean(np.argmax((logits[0] + logits[1]) / 2, -1) == split.labels)
     assert evaluation['test_accuracy'] == pytest.approx(ensemble)
 
@@ -145,15 +146,16 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax
 from conftest import tiny_config
-from vgg_flax import distributed, train
+from vgg_flax import device_data, distributed, train, train_steps
 config = tiny_config({idx_dir!r})
 config.num_seeds, config.members_over_devices, config.train.num_epochs = 4, {spread}, 1
 mesh = distributed.create_mesh()
-init_key, dropout_key, _ = train.run_keys(config)
-data, _ = train.load_data(config, mesh, dropout_key)
-state = train.create_train_state(config, init_key, data.batches.shape[-2],
-                                 data.images.shape[-1], mesh)  # As the run's.
-compiled = train.lower_train_step(state, data).compile().as_text()
+init_key, dropout_key, _ = train_steps.run_keys(config)
+data, _ = device_data.load_data(config, mesh, dropout_key)
+state = train_steps.create_train_state(config, init_key, data.batches.shape[-2],
+                                       data.images.shape[-1], mesh)  # As the run's.
+options = train_steps.step_options(config)
+compiled = train_steps.lower_train_step(state, data, options).compile().as_text()
 results = train.train_and_evaluate(config, {workdir!r})
 print(json.dumps({{'devices': jax.device_count(), 'all_reduce': 'all-reduce' in compiled,
                   'members_per_device': jax.tree.leaves(state.params)[0]

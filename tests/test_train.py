@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vgg_flax import checkpointing, evaluate, input_pipeline, metric_writers, train
+from vgg_flax import (checkpointing, evaluate, input_pipeline, metric_writers, train, train_steps,
+                      validation)
 
 from conftest import ROOT, tiny_config
 
@@ -31,16 +32,17 @@ def metrics_of(history):
 def test_steps_lower_the_loss(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
-    state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
-    data = train.TrainData(
+    state = train_steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    data = train_steps.TrainData(
         *jax.device_put((split.images, split.labels)),
         input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32)[:1],
-        jax.random.key(2), image_size=32)
-    step = jax.jit(train.train_step)
+        jax.random.key(2))
+    step = jax.jit(train_steps.train_step, static_argnums=2)
+    options = train_steps.StepOptions(image_size=32)
     losses = []
     for _ in range(15):  # The same batch again and again: its loss must fall.
-        state = step(state.replace(sums=train.zero_sums()), data)
-        losses.append(train.mean_metrics(state.sums)[0])
+        state = step(state.replace(sums=train_steps.zero_sums()), data, options)
+        losses.append(train_steps.mean_metrics(state.sums)[0])
     assert int(state.step) == 15
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -48,14 +50,15 @@ def test_steps_lower_the_loss(idx_dir):
 def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
-    data = train.TrainData(
+    data = train_steps.TrainData(
         *jax.device_put((split.images, split.labels)),
         input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32),
-        jax.random.key(2), image_size=32)
+        jax.random.key(2))
     results = []
     for num_steps, calls in ((1, 3), (3, 1)):
-        state = train.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
-        fn = train.compile_train_step(state, data, num_steps)
+        state = train_steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+        fn = train_steps.lower_train_step(state, data, train_steps.StepOptions(image_size=32),
+                                          num_steps).compile()
         for _ in range(calls):
             state = fn(state, data)
         results.append(state)
@@ -135,7 +138,7 @@ def test_a_validation_set_that_leaves_no_training_examples_is_refused(held_out, 
     config = tiny_config('unread')
     config.data.validation_examples, config.data.max_train_examples = held_out, limit
     with pytest.raises(ValueError, match=re.escape(message)):
-        train.validate_config(config)
+        validation.validate_config(config)
 
 
 def test_a_validation_set_as_large_as_the_files_training_split_is_refused(idx_dir, tmp_path):
@@ -167,7 +170,7 @@ def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir,
 def test_the_moving_average_ramps_its_decay_up_from_the_first_update():
     ema, value = {'w': jnp.zeros(3)}, {'w': jnp.ones(3)}
     for updates, rate in ((1, 2 / 11), (100, 0.9)):
-        np.testing.assert_allclose(train.update_ema(ema, value, 0.9, jnp.asarray(updates))['w'],
+        np.testing.assert_allclose(train_steps.update_ema(ema, value, 0.9, jnp.asarray(updates))['w'],
                                    1 - rate, rtol=1e-6)
 
 
@@ -199,11 +202,11 @@ def test_a_moving_average_run_evaluates_it_saves_it_and_resumes_exactly(idx_dir,
     predictions = evaluate.predict(state, split, 32, config.train.eval_batch_size)
     assert np.mean(predictions == split.labels) == histories[0][-1]['test_accuracy']
     images, indices = jnp.asarray(split.images), jnp.arange(8)
-    logits = train.predict_step(state, images, indices, image_size=32)
-    np.testing.assert_array_equal(logits, train.predict_step(
+    logits = train_steps.predict_step(state, images, indices, image_size=32)
+    np.testing.assert_array_equal(logits, train_steps.predict_step(
         state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'], ema=None),
         images, indices, image_size=32))
-    assert not np.allclose(logits, train.predict_step(state.replace(ema=None), images, indices,
+    assert not np.allclose(logits, train_steps.predict_step(state.replace(ema=None), images, indices,
                                                       image_size=32))
 
 
@@ -220,13 +223,13 @@ def test_without_a_moving_average_the_checkpoint_layout_is_unchanged(idx_dir, tm
 
 def wrap_train_steps(monkeypatch, wrap) -> None:
     """Makes train_and_evaluate call `wrap(fn)` in place of each compiled train step `fn`."""
-    real_compile = train.compile_steps
+    real_compile = train_steps.compile_steps
 
     def compile_steps(*args, **kwargs):
         compiled = real_compile(*args, **kwargs)
         return compiled._replace(train={n: wrap(fn) for n, fn in compiled.train.items()})
 
-    monkeypatch.setattr(train, 'compile_steps', compile_steps)
+    monkeypatch.setattr(train_steps, 'compile_steps', compile_steps)
 
 
 def signal_during_call(monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:
@@ -263,11 +266,12 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeyp
 
 def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_path, monkeypatch):
     """A stop waits for the calls queued on the device; there are never more than two."""
-    real_step, markers, queued = train.train_step, [], []
+    real_step, markers, queued = train_steps.train_step, [], []
 
-    def slow_step(state, data):  # About 2 GFLOP more per step: the host outpaces the device.
-        x = jax.lax.fori_loop(0, 60, lambda _, x: jnp.tanh(x @ x), jnp.full((256, 256), 0.01))
-        state = real_step(state, data)
+    def slow_step(state, data, options):  # About 2 GFLOP more per step: the host outpaces
+        x = jax.lax.fori_loop(0, 60, lambda _, x: jnp.tanh(x @ x),  # the device.
+                              jnp.full((256, 256), 0.01))
+        state = real_step(state, data, options)
         return state.replace(step=state.step + (x[0, 0] > 1e9).astype(state.step.dtype))
 
     def counting(fn):
@@ -279,7 +283,7 @@ def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_pat
 
         return call_fn
 
-    monkeypatch.setattr(train, 'train_step', slow_step)
+    monkeypatch.setattr(train_steps, 'train_step', slow_step)
     wrap_train_steps(monkeypatch, counting)
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
@@ -434,14 +438,14 @@ def test_learning_rate_schedules():
     config.train.num_epochs = 10
     config.train.warmup_epochs = 2
     config.train.lr_schedule = 'cosine'
-    lr = train.create_learning_rate_fn(config.train, 100)
+    lr = train_steps.create_learning_rate_fn(config.train, 100)
     assert float(lr(0)) == 0.0
     assert float(lr(200)) == pytest.approx(0.05)
     assert float(lr(1000)) == pytest.approx(0.0, abs=1e-6)
     config.train.warmup_epochs = 0
     config.train.lr_schedule = 'step'
     config.train.lr_decay_epochs = (3, 6)
-    lr = train.create_learning_rate_fn(config.train, 100)
+    lr = train_steps.create_learning_rate_fn(config.train, 100)
     assert [float(lr(s)) for s in (299, 300, 600)] == pytest.approx([0.05, 0.005, 0.0005])
 
 
@@ -459,7 +463,7 @@ def test_invalid_train_config(field, value, message):
     config = tiny_config('unread')
     config.train[field] = value
     with pytest.raises(ValueError) as error:
-        train.validate_config(config)
+        validation.validate_config(config)
     assert message in str(error.value)
 
 
@@ -473,7 +477,7 @@ def test_too_few_examples_for_one_batch_is_a_clear_error(idx_dir, tmp_path):
 def test_weight_decay_skips_biases():
     config = tiny_config()
     config.train.weight_decay = 0.5
-    tx = train.create_optimizer(config.train, train.create_learning_rate_fn(config.train, 1))
+    tx = train_steps.create_optimizer(config.train, train_steps.create_learning_rate_fn(config.train, 1))
     params = {'kernel': np.ones((2, 2), np.float32), 'bias': np.ones((2,), np.float32)}
     zero = jax.tree.map(np.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
@@ -518,7 +522,7 @@ def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['test_accuracy'] > 0.5
     state, _ = checkpointing.Checkpointer(str(tmp_path / 'run'), keep=3).restore(
-        20, train.create_train_state(config, jax.random.key(0)))
+        20, train_steps.create_train_state(config, jax.random.key(0)))
     dtypes = {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))
               if np.issubdtype(leaf.dtype, np.floating)}
     assert dtypes == {np.dtype(np.float32)}  # bf16 is the compute dtype only.
@@ -572,7 +576,7 @@ def test_a_diverged_run_stops_and_never_saves_non_finite_values(idx_dir, tmp_pat
     with checkpointing.Checkpointer(workdir, keep=3) as checkpointer:
         assert checkpointer.all_steps() == kept
         for step in kept:
-            state, history = checkpointer.restore(step, train.create_train_state(
+            state, history = checkpointer.restore(step, train_steps.create_train_state(
                 config, jax.random.key(0)))
             assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
             assert all(np.isfinite(record['test_loss']) for record in history)

@@ -29,8 +29,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_flax import (cli, distributed, environment, input_pipeline, metric_writers, models,
-                      profiling, train)
+from vgg_flax import (cli, device_data, distributed, environment, input_pipeline, metric_writers,
+                      models, profiling, train, train_steps, validation)
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype. float32
 # convolutions and matmuls run as TF32 on tensor cores by default, so float32 uses the TF32 peak.
@@ -113,15 +113,16 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
     steps_per_call = config.train.steps_per_call
     mesh = distributed.create_mesh()
     batch_size = config.train.batch_size
-    train.check_fits_devices(config, mesh)
-    init_key, dropout_key, shuffle_key = train.run_keys(config)
-    state = train.create_train_state(config, init_key, mesh=mesh)
+    device_data.check_fits_devices(config, mesh)
+    init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
+    state = train_steps.create_train_state(config, init_key, mesh=mesh)
     replicated = distributed.replicated(mesh)
-    data = train.make_train_data(
-        config, distributed.put(train_split.images, replicated),
+    data = train_steps.TrainData(
+        distributed.put(train_split.images, replicated),
         distributed.put(train_split.labels, replicated),
-        train.batch_maker(mesh, config.num_seeds > 1, config.members_over_devices)(
-            shuffle_key, 0, len(train_split), batch_size), dropout_key)
+        device_data.batch_maker(config, mesh)(shuffle_key, 0, len(train_split), batch_size),
+        dropout_key)
+    options = train_steps.step_options(config)
     examples_per_step = batch_size * config.num_seeds  # Of every member of a population.
 
     def measure(num_steps: int) -> tuple[jax.stages.Lowered, Any, dict[str, Any]]:
@@ -129,7 +130,7 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
         rates."""
         nonlocal state
         start = time.perf_counter()
-        lowered = train.lower_train_step(state, data, num_steps)
+        lowered = train_steps.lower_train_step(state, data, options, num_steps)
         fn = lowered.compile()
         compile_seconds = time.perf_counter() - start
         calls = math.ceil(steps / num_steps)
@@ -147,7 +148,7 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
 
         result['profile'] = profiling.summarize(
             profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS)
-    flops = train.flops_of(lowered)
+    flops = train_steps.flops_of(lowered)
     result.update(flops_per_step=flops, num_devices=mesh.size,
                   achieved_flops=flops * result['images_per_sec']['median'] / examples_per_step)
     result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[2]}
@@ -186,7 +187,7 @@ def peak_memory_bytes() -> int | None:
 
 def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, warmup: int,
         loop_steps: int | None, profile_dir: str | None = None) -> dict[str, Any]:
-    train.validate_config(config)
+    validation.validate_config(config)
     with tempfile.TemporaryDirectory() as data_dir:
         if data == 'random':
             train_split, test_split = random_split(RANDOM_TRAIN, 0), random_split(RANDOM_TEST, 1)

@@ -17,8 +17,7 @@ from vgg_flax import distributed
 
 # XLA flags that make the CPU training step faster, and the jaxlib releases they were measured on
 # (an XLA flag that a jaxlib does not know aborts the process, so they are not applied blindly).
-# YNNPACK for XLA's dot fusions: the ratio-4 VGG-11 step at 224 px, batch 32, float32 on 2 cores
-# went from 23 to 33 images/s (benchmarks/README.md).
+# YNNPACK for XLA's dot fusions: faster CPU steps (benchmarks/README.md has the measurements).
 CPU_XLA_FLAGS = ('--xla_cpu_experimental_ynn_fusion_type=dot',)
 CPU_FLAGS_JAXLIB = ('0.10.',)
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_flax import checkpointing, cli, environment, input_pipeline, train
+from vgg_flax import checkpointing, cli, environment, input_pipeline, train_steps, validation
 
 EVALUATION_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.png'
@@ -36,13 +36,13 @@ _NUM_IMAGES = flags.DEFINE_integer('num_images', 18, 'Test images shown in predi
 
 
 def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                  num_channels: int = 1) -> tuple[train.TrainState, int]:
+                  num_channels: int = 1) -> tuple[train_steps.TrainState, int]:
     """The train state saved at `step` (default: the latest readable) of the run in `workdir`."""
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
         checkpointing.check_step(workdir, step, checkpointer.all_steps())
-        like = train.create_train_state(config, train.run_keys(config)[0],
-                                          num_channels=num_channels)
+        like = train_steps.create_train_state(config, train_steps.run_keys(config)[0],
+                                        num_channels=num_channels)
         state, _ = (checkpointer.restore_latest(like, set_aside_damaged=False) if step is None
                     else checkpointer.restore(step, like))
     finally:
@@ -50,7 +50,7 @@ def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | N
     return state, int(state.step)
 
 
-def predict(state: train.TrainState, split: input_pipeline.Split, image_size: int,
+def predict(state: train_steps.TrainState, split: input_pipeline.Split, image_size: int,
             batch_size: int, tta: bool = False) -> np.ndarray:
     """Predicted class of every example of `split` (with `tta`, from it and its mirror).
 
@@ -58,15 +58,15 @@ def predict(state: train.TrainState, split: input_pipeline.Split, image_size: in
     the ensemble, the mean of the members' logits.
     """
     images = jax.device_put(split.images)
-    predict_one = functools.partial(train.predict_step, image_size=image_size, tta=tta)
+    predict_one = functools.partial(train_steps.predict_step, image_size=image_size, tta=tta)
 
     @jax.jit
-    def predict_fn(state: train.TrainState, images: jax.Array,
+    def predict_fn(state: train_steps.TrainState, images: jax.Array,
                    indices: jax.Array) -> jax.Array:
-        if not train.is_population(state):
-            return predict_one(state, images, indices)
-        logits = jax.vmap(predict_one, in_axes=(train.population_axes(state), None, None))(
-            state, images, indices)
+        logits = train_steps.per_member(predict_one, state.num_members,
+                                  in_axes=(state.member_axes(), None, None))(state, images, indices)
+        if not state.is_population:
+            return logits
         return jnp.concatenate([logits, logits.mean(axis=0, keepdims=True)])
 
     indices, mask = input_pipeline.eval_batches(len(split), batch_size)
@@ -131,7 +131,7 @@ def evaluate_run(workdir: str, step: int | None = None,
     """Restores the run's checkpoint, evaluates it on the test split and writes the reports."""
     config = checkpointing.read_config(workdir)
     config.data.update({k: v for k, v in (data_overrides or {}).items() if v is not None})
-    train.validate_config(config)
+    validation.validate_config(config)
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
     if holder := checkpointing.held_by(workdir):
@@ -140,7 +140,7 @@ def evaluate_run(workdir: str, step: int | None = None,
     predictions = predict(state, test_split, config.data.image_size,
                           config.train.eval_batch_size, config.eval.tta)
     members = []
-    if train.is_population(state):  # Each member's predictions, then the ensemble's.
+    if state.is_population:  # Each member's predictions, then the ensemble's.
         members = [float(np.mean(p == test_split.labels)) for p in predictions[:-1]]
         predictions = predictions[-1]
     num_classes = config.model.num_classes

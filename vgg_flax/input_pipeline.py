@@ -157,8 +157,8 @@ def _load_tfds(split: str, data_dir: str, limit: int | None,
 def _unreachable_download_host(builder: Any) -> str | None:
     """The first download server of an unprepared TFDS `builder` that does not answer, if any.
 
-    TFDS retries a failed download ten times with growing pauses (205 s offline, measured)
-    before it fails; one connection attempt per server tells the same in seconds. Nothing is
+    TFDS retries a failed download ten times with growing pauses (minutes, offline) before it
+    fails; one connection attempt per server tells the same in seconds. Nothing is
     checked when the dataset is prepared, when a proxy is configured (the proxy resolves the
     servers) or when earlier downloads are cached (TFDS may prepare from them).
     """

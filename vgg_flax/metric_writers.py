@@ -115,7 +115,7 @@ class SummaryWriter:
     """Scalars into a TensorBoard event file in `logdir`, with TensorBoard's own record writer.
 
     Not TensorBoard's `EventFileWriter`: it imports TensorFlow whenever TensorFlow is installed
-    (8 s, and a TFDS install has it), while its `RecordWriter` needs nothing but a file.
+    (seconds, and a TFDS install has it), while its `RecordWriter` needs nothing but a file.
     """
 
     def __init__(self, logdir: str):

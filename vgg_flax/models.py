@@ -221,12 +221,8 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
 
 
 def resolve_first_conv(first_conv: str, backend: str) -> str:
-    """'auto' is 'shifted_sum' on a GPU and 'lax' elsewhere, by measurement.
-
-    The recipe's bfloat16 step on an H200 ran at 39,000 images/s with the shifted sum against
-    31,200 with cuDNN; on a 2-core CPU the shifted sum was no faster at 32 px and 19% slower at
-    224 px.
-    """
+    """'auto' is 'shifted_sum' on a GPU, where it is faster than cuDNN, and 'lax' elsewhere,
+    where it is not (benchmarks/README.md has both measurements)."""
     if first_conv != 'auto':
         return first_conv
     return 'shifted_sum' if backend == 'gpu' else 'lax'

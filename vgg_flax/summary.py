@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_flax import cli, environment, input_pipeline, models, train
+from vgg_flax import cli, environment, input_pipeline, models, train_steps, validation
 
 # Fashion-MNIST's training split: its size sets what the on-device dataset costs.
 TRAIN_EXAMPLES = input_pipeline.NUM_EXAMPLES['train']
@@ -61,7 +61,7 @@ def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
     layers = [Layer('input', x.shape[1:], 0, int(np.prod(x.shape[1:])) * itemsize)]
     for name, captured in state['intermediates'].items():
         (output,) = captured['__call__']
-        params = train.count_params(variables['params'][name])
+        params = train_steps.count_params(variables['params'][name])
         layers.append(Layer(name, output.shape[1:], params,
                             int(np.prod(output.shape[1:])) * output.dtype.itemsize))
     return layers
@@ -69,11 +69,11 @@ def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
 
 def summarize(config: ml_collections.ConfigDict) -> Summary:
     """Layer table, forward FLOPs per example and the memory of one training step."""
-    train.validate_config(config)
+    validation.validate_config(config)
     model = models.create_model(config.model)
     size = config.data.image_size
     state = jax.eval_shape(
-        lambda: train.init_train_state(config, jax.random.key(0), num_channels=CHANNELS))
+        lambda: train_steps.init_train_state(config, jax.random.key(0), num_channels=CHANNELS))
     one_image = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     forward = jax.jit(functools.partial(model.apply, train=False)).lower(
         {'params': state.params, 'batch_stats': state.batch_stats}, one_image)
@@ -82,13 +82,14 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     images = jax.ShapeDtypeStruct((TRAIN_EXAMPLES, *input_pipeline.IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((TRAIN_EXAMPLES,), jnp.int32)
     batches = jax.ShapeDtypeStruct((TRAIN_EXAMPLES // batch_size, batch_size), jnp.int32)
-    step = train.compile_train_step(
-        state, train.TrainData(images, labels, batches, jax.random.key(0), size))
+    step = train_steps.lower_train_step(
+        state, train_steps.TrainData(images, labels, batches, jax.random.key(0)),  # type: ignore
+        train_steps.step_options(config)).compile()
     memory = step.memory_analysis()
     step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
                   memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-    return Summary(layers=layer_table(config), num_params=train.count_params(state.params),
-                   forward_flops_per_example=train.flops_of(forward),
+    return Summary(layers=layer_table(config), num_params=train_steps.count_params(state.params),
+                   forward_flops_per_example=train_steps.flops_of(forward),
                    train_step_bytes=int(step_bytes), batch_size=batch_size,
                    backend=jax.default_backend())
 
