@@ -39,63 +39,15 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     # Above 1, a population: this many copies of the model, with seeds seed, seed + 1, ..., as
-    # one vmapped step on the shared data (vgg_flax.train); its results give their mean and std.
+    # one vmapped step on the shared data (vgg_flax.train_steps); its results give their mean and std.
     config.num_seeds = 1
     # A population's members spread over the devices, each device training whole members (no
     # gradient all-reduce), instead of every batch split over the devices.
     config.members_over_devices = False
 
-    config.model = ml_collections.ConfigDict()
-    config.model.arch = 'vgg11'  # vgg11, vgg13, vgg16 or vgg19 (VGG paper's A, B, D, E).
-    # Other blocks in place of arch's: (num_convs, full width) per block, e.g. ((1, 64), (1, 128),
-    # (2, 256)), three blocks for Fashion-MNIST's own 28 px (each block halves the image).
-    config.model.conv_arch = ()
-    config.model.width_ratio = 4  # Every conv width is divided by this; the head keeps its own.
-    config.model.num_classes = 10
-    config.model.dense_features = (4096, 4096)
-    config.model.dropout_rate = 0.5
-    config.model.use_bn = False
-    config.model.dtype = 'float32'  # Compute dtype; parameters and optimiser state stay float32.
-    config.model.kernel_init = 'xavier_uniform'  # The lesson's Xavier init.
-    config.model.bias_init = 'zeros'
-    # The first conv: 'lax' (cuDNN on a GPU), 'shifted_sum' (models.ShiftedSumConv: the same
-    # parameters and values, faster on a GPU) or 'auto' (the faster one for the backend).
-    config.model.first_conv = 'auto'
-
-    config.data = ml_collections.ConfigDict()
-    config.data.source = 'tfds'  # 'tfds' (downloads) or 'idx' (the four original IDX files).
-    config.data.tfds_data_dir = ''  # TFDS cache; '' for TFDS's default (~/tensorflow_datasets).
-    config.data.idx_dir = ''  # Directory of train-/t10k-images/labels IDX files (.gz or raw).
-    config.data.image_size = 224  # Images are resized to this (bilinear) on the accelerator.
-    config.data.max_train_examples = 0  # 0: the whole split; else the first N (smoke runs).
-    config.data.max_test_examples = 0
-    # Hold out the last N training examples (after max_train_examples) as a validation set:
-    # training never sees them, and every epoch is evaluated on them beside the test set, so
-    # that settings can be chosen without looking at the test set. 0: train on them all.
-    config.data.validation_examples = 0
-
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 128
-    config.train.eval_batch_size = 256
-    config.train.num_epochs = 5
-    config.train.learning_rate = 0.05
-    config.train.momentum = 0.0  # 0: plain SGD, as in the lesson.
-    config.train.nesterov = False
-    config.train.weight_decay = 0.0  # L2 on conv and dense kernels (not biases, not BN).
-    config.train.lr_schedule = 'constant'  # 'constant', 'cosine' or 'step'.
-    config.train.warmup_epochs = 0
-    config.train.lr_decay_epochs = ()  # 'step' schedule: epochs at which lr is multiplied by...
-    config.train.lr_decay_factor = 0.1  # ...this factor.
-    config.train.checkpoint_every_epochs = 1
-    config.train.keep_checkpoints = 3
-    config.train.log_every_steps = 50  # Step log (steps.jsonl), progress and non-finite checks.
-    # Steps per compiled call: above 1, they run under one compiled loop, saving a dispatch per
-    # step where the step is tiny (small images on a GPU); on a CPU it is slower (see README).
-    config.train.steps_per_call = 1
-    config.train.label_smoothing = 0.0  # 0: the lesson's plain cross-entropy.
-    # Decay of an exponential moving average of the weights (and BatchNorm statistics) that
-    # evaluation and checkpoints use; 0: none, evaluation uses the weights as trained.
-    config.train.ema_decay = 0.0
+    config.model = model_defaults()
+    config.data = data_defaults()
+    config.train = train_defaults()
 
     config.eval = ml_collections.ConfigDict()
     # Test-time augmentation: the mean of the logits of each test image and its mirror image.
@@ -103,6 +55,67 @@ def default_config() -> ml_collections.ConfigDict:
 
     # On-device augmentation of the training images (vgg_flax.augment); all off by default.
     config.augment = augment.default_augment_config()
+    return config
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.arch = 'vgg11'  # vgg11, vgg13, vgg16 or vgg19 (VGG paper's A, B, D, E).
+    # Other blocks in place of arch's: (num_convs, full width) per block, e.g. ((1, 64), (1, 128),
+    # (2, 256)), three blocks for Fashion-MNIST's own 28 px (each block halves the image).
+    config.conv_arch = ()
+    config.width_ratio = 4  # Every conv width is divided by this; the head keeps its own.
+    config.num_classes = 10
+    config.dense_features = (4096, 4096)
+    config.dropout_rate = 0.5
+    config.use_bn = False
+    config.dtype = 'float32'  # Compute dtype; parameters and optimiser state stay float32.
+    config.kernel_init = 'xavier_uniform'  # The lesson's Xavier init.
+    config.bias_init = 'zeros'
+    # The first conv: 'lax' (cuDNN on a GPU), 'shifted_sum' (models.ShiftedSumConv: the same
+    # parameters and values, faster on a GPU) or 'auto' (the faster one for the backend).
+    config.first_conv = 'auto'
+    return config
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.source = 'tfds'  # 'tfds' (downloads) or 'idx' (the four original IDX files).
+    config.tfds_data_dir = ''  # TFDS cache; '' for TFDS's default (~/tensorflow_datasets).
+    config.idx_dir = ''  # Directory of train-/t10k-images/labels IDX files (.gz or raw).
+    config.image_size = 224  # Images are resized to this (bilinear) on the accelerator.
+    config.max_train_examples = 0  # 0: the whole split; else the first N (smoke runs).
+    config.max_test_examples = 0
+    # Hold out the last N training examples (after max_train_examples) as a validation set:
+    # training never sees them, and every epoch is evaluated on them beside the test set, so
+    # that settings can be chosen without looking at the test set. 0: train on them all.
+    config.validation_examples = 0
+    return config
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.batch_size = 128
+    config.eval_batch_size = 256
+    config.num_epochs = 5
+    config.learning_rate = 0.05
+    config.momentum = 0.0  # 0: plain SGD, as in the lesson.
+    config.nesterov = False
+    config.weight_decay = 0.0  # L2 on conv and dense kernels (not biases, not BN).
+    config.lr_schedule = 'constant'  # 'constant', 'cosine' or 'step'.
+    config.warmup_epochs = 0
+    config.lr_decay_epochs = ()  # 'step' schedule: epochs at which lr is multiplied by...
+    config.lr_decay_factor = 0.1  # ...this factor.
+    config.checkpoint_every_epochs = 1
+    config.keep_checkpoints = 3
+    config.log_every_steps = 50  # Step log (steps.jsonl), progress and non-finite checks.
+    # Steps per compiled call: above 1, they run under one compiled loop, saving a dispatch per
+    # step where the step is tiny (small images on a GPU); on a CPU it is slower (see README).
+    config.steps_per_call = 1
+    config.label_smoothing = 0.0  # 0: the lesson's plain cross-entropy.
+    # Decay of an exponential moving average of the weights (and BatchNorm statistics) that
+    # evaluation and checkpoints use; 0: none, evaluation uses the weights as trained.
+    config.ema_decay = 0.0
     return config
 
 
