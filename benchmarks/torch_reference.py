@@ -25,9 +25,17 @@ def vgg(ratio: int, image_size: int) -> nn.Module:
             channels = features // ratio
         layers.append(nn.MaxPool2d(2, 2))
     side = image_size // 32
-    net = nn.Sequential(*layers, nn.Flatten(),
-                        nn.Linear(channels * side * side, 4096), nn.ReLU(), nn.Dropout(0.5),
-                        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 10))
+    net = nn.Sequential(
+        *layers,
+        nn.Flatten(),
+        nn.Linear(channels * side * side, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 10),
+    )
     for module in net.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight)
@@ -51,8 +59,7 @@ def main() -> None:
     net = vgg(args.ratio, args.image_size)
     x = torch.rand(args.batch_size, 1, args.image_size, args.image_size)
     if args.channels_last:
-        net, x = net.to(memory_format=torch.channels_last), x.to(
-            memory_format=torch.channels_last)
+        net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     loss_fn = nn.CrossEntropyLoss()
@@ -69,10 +76,12 @@ def main() -> None:
         for _ in range(args.steps):
             step()
         rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads'
-          f'{", channels_last" if args.channels_last else ""}: median '
-          f'{statistics.median(rates):.1f} images/sec (min {min(rates):.1f}, max {max(rates):.1f})'
-          f' at ratio {args.ratio}, {args.image_size} px, batch {args.batch_size}')
+    print(
+        f'torch {torch.__version__}, {torch.get_num_threads()} threads'
+        f'{", channels_last" if args.channels_last else ""}: median '
+        f'{statistics.median(rates):.1f} images/sec (min {min(rates):.1f}, max {max(rates):.1f})'
+        f' at ratio {args.ratio}, {args.image_size} px, batch {args.batch_size}'
+    )
 
 
 if __name__ == '__main__':

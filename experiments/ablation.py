@@ -18,8 +18,16 @@ from vgg_flax import config_utils, hyper
 PARTS = (
     ('1-lesson', ()),
     ('2-batchnorm', ('model.use_bn', 'model.dropout_rate', 'train.learning_rate')),
-    ('3-momentum-cosine', ('train.momentum', 'train.nesterov', 'train.weight_decay',
-                           'train.lr_schedule', 'train.warmup_epochs')),
+    (
+        '3-momentum-cosine',
+        (
+            'train.momentum',
+            'train.nesterov',
+            'train.weight_decay',
+            'train.lr_schedule',
+            'train.warmup_epochs',
+        ),
+    ),
     ('4-augmentation', ('augment.translate', 'augment.flip')),
     ('5-label-smoothing', ('train.label_smoothing',)),
     ('6-weight-average', ('train.ema_decay',)),
@@ -28,8 +36,9 @@ PARTS = (
 
 
 def best_recipe() -> dict:
-    return config_utils.flatten(config_utils.to_plain(
-        config_utils.experiment_config(__file__, 'best_32px')))
+    return config_utils.flatten(
+        config_utils.to_plain(config_utils.experiment_config(__file__, 'best_32px'))
+    )
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -46,5 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
 
 def get_sweep() -> list[hyper.Point]:
     best = best_recipe()
-    return hyper.cumulative(*((name, {field: best[field] for field in fields})
-                              for name, fields in PARTS))
+    return hyper.cumulative(
+        *((name, {field: best[field] for field in fields}) for name, fields in PARTS)
+    )

@@ -17,5 +17,6 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def get_sweep() -> list[hyper.Point]:
-    return hyper.product(hyper.axis('model.width_ratio', [1, 2, 4, 8, 16]),
-                         hyper.axis('seed', range(3)))
+    return hyper.product(
+        hyper.axis('model.width_ratio', [1, 2, 4, 8, 16]), hyper.axis('seed', range(3))
+    )

@@ -85,12 +85,13 @@ def synthetic_split(num_examples: int, seed: int) -> tuple[np.ndarray, np.ndarra
     images = rng.integers(0, 60, (num_examples, 28, 28)).astype(np.uint8)
     for i, label in enumerate(labels):
         row, col = divmod(int(label), 5)
-        images[i, 3 + 12 * row:10 + 12 * row, 1 + 5 * col:6 + 5 * col] = 255
+        images[i, 3 + 12 * row : 10 + 12 * row, 1 + 5 * col : 6 + 5 * col] = 255
     return images, labels
 
 
-def write_fashion_idx_dir(directory: pathlib.Path, num_train: int = 320,
-                          num_test: int = 100, gz: bool = True) -> pathlib.Path:
+def write_fashion_idx_dir(
+    directory: pathlib.Path, num_train: int = 320, num_test: int = 100, gz: bool = True
+) -> pathlib.Path:
     directory.mkdir(parents=True, exist_ok=True)
     suffix = '.gz' if gz else ''
     for split, count, seed in (('train', num_train, 0), ('test', num_test, 1)):
@@ -121,16 +122,21 @@ def tfds_servers_answer(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def real_data_dir() -> pathlib.Path:
     if not REAL_DATA_DIR:
-        pytest.skip('needs the real Fashion-MNIST: set VGG_FLAX_FASHION_MNIST to the directory '
-                    'of its four IDX files')
-    if not any((pathlib.Path(REAL_DATA_DIR) / f'train-images-idx3-ubyte{suffix}').is_file()
-               for suffix in ('.gz', '')):
+        pytest.skip(
+            'needs the real Fashion-MNIST: set VGG_FLAX_FASHION_MNIST to the directory '
+            'of its four IDX files'
+        )
+    if not any(
+        (pathlib.Path(REAL_DATA_DIR) / f'train-images-idx3-ubyte{suffix}').is_file()
+        for suffix in ('.gz', '')
+    ):
         pytest.fail(f'VGG_FLAX_FASHION_MNIST={REAL_DATA_DIR} holds no train-images-idx3-ubyte(.gz)')
     return pathlib.Path(REAL_DATA_DIR)
 
 
-def sigterm_once_training(process: subprocess.Popen, steps_log: pathlib.Path,
-                          timeout: float = 300) -> tuple[str, str]:
+def sigterm_once_training(
+    process: subprocess.Popen, steps_log: pathlib.Path, timeout: float = 300
+) -> tuple[str, str]:
     """Sends SIGTERM to `process` once `steps_log` has its first line (written with the run's
     signal handlers set); returns its stdout and stderr once it has exited."""
     deadline = time.time() + timeout

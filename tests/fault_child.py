@@ -58,6 +58,7 @@ def inject(fault: str, n: int) -> None:
 
         train_steps.compile_steps = interrupted_compile
     elif fault == 'sigint_twice':
+
         def sigint_twice() -> None:
             os.kill(os.getpid(), signal.SIGINT)  # The run's handler takes this one...
             for _ in range(1000):  # ...once Python runs it, between two bytecodes.
@@ -66,6 +67,7 @@ def inject(fault: str, n: int) -> None:
 
         after_call(n, sigint_twice)
     elif fault == 'unwritable_log':
+
         def unwritable_log() -> None:
             steps_log = os.path.join(flags.FLAGS.workdir, metric_writers.STEPS_FILE)
             os.replace(steps_log, steps_log + '.moved')
@@ -80,7 +82,7 @@ def inject(fault: str, n: int) -> None:
 
 if __name__ == '__main__':
     split = sys.argv.index('--')
-    fault_args, main_args = sys.argv[1:split], sys.argv[split + 1:]
+    fault_args, main_args = sys.argv[1:split], sys.argv[split + 1 :]
     inject(fault_args[0], int(fault_args[1]) if len(fault_args) > 1 else 0)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # As in a terminal.
     flags.mark_flags_as_required(['config', 'workdir'])

@@ -28,9 +28,15 @@ def batch() -> np.ndarray:
     return images[..., None]
 
 
-@pytest.mark.parametrize('spec', [
-    augment.Augment(translate=4), augment.Augment(flip=True), augment.Augment(erase_prob=1.0),
-    augment.Augment(translate=2, flip=True, erase_prob=0.5)])
+@pytest.mark.parametrize(
+    'spec',
+    [
+        augment.Augment(translate=4),
+        augment.Augment(flip=True),
+        augment.Augment(erase_prob=1.0),
+        augment.Augment(translate=2, flip=True, erase_prob=0.5),
+    ],
+)
 def test_each_augmentation_is_deterministic_per_key_and_stays_in_range(spec):
     images = batch()
     first = np.asarray(augment.augment(images, jax.random.key(7), spec))
@@ -44,8 +50,9 @@ def test_each_augmentation_is_deterministic_per_key_and_stays_in_range(spec):
 def test_translation_moves_each_image_by_at_most_the_padding():
     image = np.zeros((1, 28, 28, 1), np.uint8)
     image[0, 14, 14, 0] = 255
-    moved = np.asarray(augment.augment(np.repeat(image, 200, 0), jax.random.key(0),
-                                       augment.Augment(translate=3)))
+    moved = np.asarray(
+        augment.augment(np.repeat(image, 200, 0), jax.random.key(0), augment.Augment(translate=3))
+    )
     rows, cols = np.nonzero(moved[..., 0].reshape(200, 28, 28))[1:]
     assert len(rows) == 200  # One bright pixel each, nothing lost or added.
     assert set(rows - 14) == set(cols - 14) == set(range(-3, 4))
@@ -72,14 +79,21 @@ def test_erasing_replaces_one_rectangle_within_the_area_range():
         assert 0.05 * 784 <= box <= 0.3 * 784  # Rounding widens the range a little.
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('translate', 14, 'from 0 to 13'), ('erase_aspect', (0.0, 1.0), 'min <= max'),
-    ('erase_prob', 1.5, 'in [0, 1]'), ('erase_area', (0.5, 0.2), 'min <= max')])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('translate', 14, 'from 0 to 13'),
+        ('erase_aspect', (0.0, 1.0), 'min <= max'),
+        ('erase_prob', 1.5, 'in [0, 1]'),
+        ('erase_area', (0.5, 0.2), 'min <= max'),
+    ],
+)
 def test_a_bad_augment_field_is_named(field, value, message):
     config = config_utils.default_config()
     config.augment[field] = value
-    with pytest.raises(ValueError, match=re.escape(f'config.augment.{field}=') + '.*' +
-                       re.escape(message)):
+    with pytest.raises(
+        ValueError, match=re.escape(f'config.augment.{field}=') + '.*' + re.escape(message)
+    ):
         validation.validate_config(config)
 
 
@@ -102,8 +116,12 @@ def test_augmentation_and_label_smoothing_train_deterministically(idx_dir, tmp_p
     histories = []
     for name in ('a', 'b'):
         train.train_and_evaluate(config, str(tmp_path / name))
-        histories.append([{k: r[k] for k in ('train_loss', 'test_loss', 'test_accuracy')}
-                          for r in metric_writers.read_history(str(tmp_path / name))])
+        histories.append(
+            [
+                {k: r[k] for k in ('train_loss', 'test_loss', 'test_accuracy')}
+                for r in metric_writers.read_history(str(tmp_path / name))
+            ]
+        )
     assert histories[0] == histories[1]
     assert histories[0][0]['train_loss'] != pytest.approx(1.6012300491, rel=1e-2)
 

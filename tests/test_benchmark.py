@@ -17,8 +17,12 @@ def test_benchmark_reports_step_loop_eval_compile_and_mfu_inputs():
     config.train.steps_per_call = 2
     result = benchmark.run(config, 'random', steps=3, repeats=2, warmup=1, loop_steps=3)
     step, loop = result['step'], result['loop']
-    assert 0 < step['images_per_sec']['min'] <= step['images_per_sec']['median'] <= (
-        step['images_per_sec']['max'])
+    assert (
+        0
+        < step['images_per_sec']['min']
+        <= step['images_per_sec']['median']
+        <= (step['images_per_sec']['max'])
+    )
     compiled_loop = step['compiled_loop']
     assert compiled_loop['steps_per_call'] == 2 and compiled_loop['compile_seconds'] > 0
     assert 0 < compiled_loop['images_per_sec']['min'] <= compiled_loop['images_per_sec']['max']
@@ -37,14 +41,32 @@ def test_benchmark_reports_step_loop_eval_compile_and_mfu_inputs():
 def test_benchmark_cli_writes_json_and_compiles_afresh(tmp_path):
     output, cache = tmp_path / 'result.json', tmp_path / 'xla_cache'
     # As benchmarks/gpu_session.sh runs it: with a cache that its training runs fill.
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    )
     done = subprocess.run(
-        [sys.executable, '-m', 'vgg_flax.benchmark', '--config=experiments/quick.py',
-         '--config.model.width_ratio=16', '--config.model.dense_features=(64,64)',
-         '--config.train.batch_size=32', '--steps=2', '--repeats=2', '--loop_steps=0',
-         f'--output={output}', f'--profile_dir={tmp_path / "profile"}'],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            '-m',
+            'vgg_flax.benchmark',
+            '--config=experiments/quick.py',
+            '--config.model.width_ratio=16',
+            '--config.model.dense_features=(64,64)',
+            '--config.train.batch_size=32',
+            '--steps=2',
+            '--repeats=2',
+            '--loop_steps=0',
+            f'--output={output}',
+            f'--profile_dir={tmp_path / "profile"}',
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert 'train step alone' in done.stdout and 'training loop' not in done.stdout
     assert f'({benchmark.PROFILE_CALLS} calls:' in done.stdout  # The profile's summary.

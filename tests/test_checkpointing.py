@@ -15,7 +15,16 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_flax import checkpointing, evaluate, main, metric_writers, models, train, train_steps
+from vgg_flax import (
+    checkpointing,
+    evaluate,
+    main,
+    metric_writers,
+    models,
+    run_dir,
+    train,
+    train_steps,
+)
 
 from conftest import ROOT, tiny_config
 
@@ -24,6 +33,7 @@ from conftest import ROOT, tiny_config
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dict]:
     """A 3-epoch run of the tiny config (10 steps per epoch), checkpointed at steps 10, 20, 30."""
     from conftest import write_fashion_idx_dir  # pylint: disable=g-import-not-at-top
+
     root = tmp_path_factory.mktemp('finished')
     config = tiny_config(str(write_fashion_idx_dir(root / 'idx')))
     config.train.num_epochs = 3
@@ -33,24 +43,31 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path
 
 def tiny_args(idx_dir: pathlib.Path, workdir: pathlib.Path) -> list[str]:
     """`tiny_config` as command-line flags, for 3 epochs."""
-    return [f'--config={ROOT / "experiments" / "quick.py"}', '--config.model.width_ratio=16',
-            '--config.model.use_bn=True', '--config.model.dense_features=(64,64)',
-            '--config.train.batch_size=32', '--config.train.num_epochs=3',
-            '--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
-            f'--workdir={workdir}']
+    return [
+        f'--config={ROOT / "experiments" / "quick.py"}',
+        '--config.model.width_ratio=16',
+        '--config.model.use_bn=True',
+        '--config.model.dense_features=(64,64)',
+        '--config.train.batch_size=32',
+        '--config.train.num_epochs=3',
+        '--config.data.source=idx',
+        f'--config.data.idx_dir={idx_dir}',
+        f'--workdir={workdir}',
+    ]
 
 
 def copy_without_results(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     """The run as a kill right after its last checkpoint leaves it: not finished."""
     workdir = tmp_path / 'run'
     shutil.copytree(run, workdir)
-    (workdir / checkpointing.RESULTS_FILE).unlink()
+    (workdir / run_dir.RESULTS_FILE).unlink()
     return workdir
 
 
 def truncate_largest_array_file(step_dir: pathlib.Path) -> None:
-    largest = max((p for p in (step_dir / 'arrays').rglob('*') if p.is_file()),
-                  key=lambda p: p.stat().st_size)
+    largest = max(
+        (p for p in (step_dir / 'arrays').rglob('*') if p.is_file()), key=lambda p: p.stat().st_size
+    )
     os.truncate(largest, 100)
 
 
@@ -64,14 +81,14 @@ def delete_metadata(step_dir: pathlib.Path) -> None:
     (step_dir / 'history' / 'metadata').unlink()
 
 
-@pytest.mark.parametrize('damage', [truncate_largest_array_file, delete_manifests,
-                                    delete_metadata])
+@pytest.mark.parametrize('damage', [truncate_largest_array_file, delete_manifests, delete_metadata])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_readable(
-        damage, finished_run, tmp_path, capfd):
+    damage, finished_run, tmp_path, capfd
+):
     run, results = finished_run
     workdir = copy_without_results(run, tmp_path)
     damage(workdir / checkpointing.CHECKPOINT_DIR / '30')
-    config = checkpointing.read_config(str(workdir))
+    config = run_dir.read_config(str(workdir))
 
     # Evaluating reads the newest readable checkpoint and leaves the damaged one in place.
     state, step = evaluate.restore_state(config, str(workdir))
@@ -85,8 +102,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_readable(
     resumed = train.train_and_evaluate(config, str(workdir))
     out, err = capfd.readouterr()
     [warning] = [line for line in err.splitlines() if 'damaged' in line]
-    assert warning.endswith(f'moved it to {workdir / checkpointing.DAMAGED_DIR} and using step '
-                            '20.'), warning
+    assert warning.endswith(
+        f'moved it to {workdir / checkpointing.DAMAGED_DIR} and using step 20.'
+    ), warning
     assert 'Traceback' not in err and 'Event loop' not in err, err
     assert 'Resuming' in out and 'at step 20' in out
     assert os.listdir(workdir / checkpointing.DAMAGED_DIR) == ['30']
@@ -99,8 +117,8 @@ def test_no_readable_checkpoint_is_one_line_and_moves_nothing(finished_run, tmp_
     workdir = copy_without_results(finished_run[0], tmp_path)
     for step in ('10', '20', '30'):
         truncate_largest_array_file(workdir / checkpointing.CHECKPOINT_DIR / step)
-    config = checkpointing.read_config(str(workdir))
-    with pytest.raises(checkpointing.RunDirError) as error:
+    config = run_dir.read_config(str(workdir))
+    with pytest.raises(run_dir.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
     message = str(error.value)
     assert message.startswith(f'no checkpoint in {workdir / "checkpoints"} is readable (step 30: ')
@@ -116,15 +134,22 @@ def test_a_failed_save_stops_the_run_and_its_log_does_not_run_ahead(idx_dir, tmp
     args = tiny_args(idx_dir, workdir)
     limit = 64 * 1024  # Above every log file, below the checkpoint's largest array file.
     done = subprocess.run(
-        [sys.executable, '-m', 'vgg_flax.main', *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=600, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        [sys.executable, '-m', 'vgg_flax.main', *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
     assert done.returncode == 1, done.stderr
     # Tensorstore's threads may print tracebacks of the writes cut short; the run says it once.
     [error] = [line for line in done.stderr.splitlines() if line.startswith('error:')]
     assert error.startswith('error: saving the checkpoint of step 10 failed (')
     assert 'File too large' in error
-    assert error.endswith('No checkpoint is saved yet: free some disk space (or fix the cause) '
-                          'and run the same command to resume.')
+    assert error.endswith(
+        'No checkpoint is saved yet: free some disk space (or fix the cause) '
+        'and run the same command to resume.'
+    )
     # The failure is known by the next save at the latest (each save waits for the last).
     assert 'epoch 1/3' in done.stdout and 'epoch 3/3' not in done.stdout
     # Nothing is logged beyond what the checkpoints hold (none): a resume logs it all again.
@@ -137,8 +162,9 @@ def test_a_failed_save_stops_the_run_and_its_log_does_not_run_ahead(idx_dir, tmp
     assert [r['epoch'] for r in metric_writers.read_history(str(workdir))] == [1, 2, 3]
 
 
-def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(idx_dir, tmp_path,
-                                                                       monkeypatch, run_cli):
+def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(
+    idx_dir, tmp_path, monkeypatch, run_cli
+):
     real_disk_usage, calls = shutil.disk_usage, []
 
     def disk_full_after_the_first_save(path):
@@ -155,7 +181,9 @@ def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(idx_dir, 
         r'error: saving the checkpoint of step 20 failed \(it needs about \d+ MiB and 0 MiB are '
         f'free on the disk of {re.escape(str(workdir / "checkpoints"))}\\); the run stopped. The '
         r'last saved checkpoint is step 10: free some disk space \(or fix the cause\) and run '
-        r'the same command to resume.', line), line
+        r'the same command to resume.',
+        line,
+    ), line
     assert [r['epoch'] for r in metric_writers.read_history(str(workdir))] == [1]
     assert max(r['step'] for r in metric_writers.read_steps(str(workdir))) == 10
     assert checkpointing.Checkpointer(str(workdir), keep=3).all_steps() == [10]
@@ -163,13 +191,15 @@ def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(idx_dir, 
 
 def test_load_variables_reads_a_run_without_its_config(finished_run):
     run, _ = finished_run
-    config = checkpointing.read_config(str(run))
+    config = run_dir.read_config(str(run))
     like = train_steps.create_train_state(config, jax.random.key(0))
     state, _ = checkpointing.Checkpointer(str(run), keep=3).restore(20, like)
     variables = checkpointing.load_variables(str(run), step=20)
     assert set(variables) == {'params', 'batch_stats'}
-    for saved, restored in ((variables['params'], state.params),
-                            (variables['batch_stats'], state.batch_stats)):
+    for saved, restored in (
+        (variables['params'], state.params),
+        (variables['batch_stats'], state.batch_stats),
+    ):
         assert jax.tree.structure(saved) == jax.tree.structure(restored)
         jax.tree.map(np.testing.assert_array_equal, saved, restored)
     latest = checkpointing.load_variables(str(run))
@@ -177,6 +207,5 @@ def test_load_variables_reads_a_run_without_its_config(finished_run):
     images = np.zeros((2, 32, 32, 1), np.float32)
     logits = model.apply(latest, images, train=False)
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
-    with pytest.raises(checkpointing.RunDirError, match='no checkpoint at step 7; it has 10, 20, '
-                                                        '30'):
+    with pytest.raises(run_dir.RunDirError, match='no checkpoint at step 7; it has 10, 20, 30'):
         checkpointing.load_variables(str(run), step=7)

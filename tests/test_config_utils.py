@@ -27,20 +27,33 @@ def test_resume_conflicts_ignore_only_harmless_fields():
     assert conflicts == ['model.width_ratio: 4 in the run, 8 now', 'seed: 0 in the run, 3 now']
 
 
-@pytest.mark.parametrize('schedule,warmup,refused', [
-    ('constant', 0, False), ('constant', 2, False), ('step', 1, False), ('cosine', 0, True),
-    ('cosine', 1, True)])
-def test_growing_num_epochs_is_refused_only_where_the_schedule_spans_the_run(schedule, warmup,
-                                                                              refused):
+@pytest.mark.parametrize(
+    'schedule,warmup,refused',
+    [
+        ('constant', 0, False),
+        ('constant', 2, False),
+        ('step', 1, False),
+        ('cosine', 0, True),
+        ('cosine', 1, True),
+    ],
+)
+def test_growing_num_epochs_is_refused_only_where_the_schedule_spans_the_run(
+    schedule, warmup, refused
+):
     config = config_utils.default_config()
     config.train.lr_schedule, config.train.warmup_epochs = schedule, warmup
     config.train.lr_decay_epochs = (3,)
     saved = config_utils.to_plain(config)
     config.train.num_epochs = 10
     conflicts = config_utils.resume_conflicts(saved, config_utils.to_plain(config))
-    assert conflicts == ([
-        "train.num_epochs: 5 in the run, 10 now (the cosine schedule spans the run's epochs, so "
-        'every step still to come would change)'] if refused else [])
+    assert conflicts == (
+        [
+            "train.num_epochs: 5 in the run, 10 now (the cosine schedule spans the run's epochs, so "
+            'every step still to come would change)'
+        ]
+        if refused
+        else []
+    )
     # Where it is allowed, the schedule's first epochs are those of the shorter run.
     short = train_steps.create_learning_rate_fn(config_utils.from_plain(saved).train, 10)
     long = train_steps.create_learning_rate_fn(config.train, 10)

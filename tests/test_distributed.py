@@ -19,7 +19,7 @@ from vgg_flax.checkpointing import Checkpointer
 
 from conftest import ROOT, tiny_config
 
-SCRIPT = '''
+SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
 import jax
@@ -43,22 +43,38 @@ try:
 except (ValueError, train.TrainingInterrupted) as e:
     print(type(e).__name__ + ':', e)
 print(json.dumps({{'devices': jax.device_count(), 'shares': shares}}))
-'''
+"""
 
 
-def script(idx_dir, workdir, epochs: int, batch_size: int = 32,
-           max_examples: tuple[int, int] = (0, 0)) -> list[str]:
-    return [sys.executable, '-c', SCRIPT.format(tests=str(ROOT / 'tests'), idx_dir=str(idx_dir),
-                                                epochs=epochs, batch_size=batch_size,
-                                                max_examples=max_examples,
-                                                workdir=str(workdir))]
+def script(
+    idx_dir, workdir, epochs: int, batch_size: int = 32, max_examples: tuple[int, int] = (0, 0)
+) -> list[str]:
+    return [
+        sys.executable,
+        '-c',
+        SCRIPT.format(
+            tests=str(ROOT / 'tests'),
+            idx_dir=str(idx_dir),
+            epochs=epochs,
+            batch_size=batch_size,
+            max_examples=max_examples,
+            workdir=str(workdir),
+        ),
+    ]
 
 
-def run_on_devices(devices: int, idx_dir, workdir, epochs: int,
-                   batch_size: int = 32) -> tuple[str, list[int]]:
+def run_on_devices(
+    devices: int, idx_dir, workdir, epochs: int, batch_size: int = 32
+) -> tuple[str, list[int]]:
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-    done = subprocess.run(script(idx_dir, workdir, epochs, batch_size), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        script(idx_dir, workdir, epochs, batch_size),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     record = json.loads(done.stdout.strip().splitlines()[-1])
     assert record['devices'] == devices
@@ -92,8 +108,10 @@ def test_four_devices_match_one_and_checkpoints_move_between_them(idx_dir, tmp_p
 def test_batch_that_does_not_split_over_the_devices_is_refused(idx_dir, tmp_path):
     out, shares = run_on_devices(3, idx_dir, tmp_path / 'run', epochs=1, batch_size=32)
     assert shares == []  # Refused before any data is read.
-    assert ('ValueError: config.train.batch_size=32 does not split evenly over 3 devices; use '
-            'a multiple of 3.') in out
+    assert (
+        'ValueError: config.train.batch_size=32 does not split evenly over 3 devices; use '
+        'a multiple of 3.'
+    ) in out
 
 
 def start_two_processes(idx_dir, workdir, **script_args) -> list[subprocess.Popen]:
@@ -101,12 +119,23 @@ def start_two_processes(idx_dir, workdir, **script_args) -> list[subprocess.Pope
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    return [subprocess.Popen(script(idx_dir, workdir, **script_args), cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                                      JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(rank),
-                                      XLA_FLAGS='--xla_force_host_platform_device_count=2'))
-            for rank in (0, 1)]
+    return [
+        subprocess.Popen(
+            script(idx_dir, workdir, **script_args),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(
+                os.environ,
+                JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
+                JAX_NUM_PROCESSES='2',
+                JAX_PROCESS_ID=str(rank),
+                XLA_FLAGS='--xla_force_host_platform_device_count=2',
+            ),
+        )
+        for rank in (0, 1)
+    ]
 
 
 def finish(processes: list[subprocess.Popen]) -> list[str]:
@@ -119,8 +148,9 @@ def finish(processes: list[subprocess.Popen]) -> list[str]:
 ODD_SIZES = (317, 99)  # Train and test examples: each splits into halves one example apart.
 
 
-def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_step(idx_dir,
-                                                                                   tmp_path):
+def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_step(
+    idx_dir, tmp_path
+):
     """Multi-host in miniature: two processes of two CPU devices on this machine, joined by
     jax.distributed. Each reads only its half of each split (odd sizes, so the halves differ by
     one example). A scheduler's SIGTERM reaches the hosts at different steps: they agree on one
@@ -128,8 +158,9 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
     config = tiny_config(str(idx_dir))
     config.data.max_train_examples, config.data.max_test_examples = ODD_SIZES
     train.train_and_evaluate(config, str(tmp_path / 'one'))
-    outputs = finish(start_two_processes(idx_dir, tmp_path / 'two_hosts', epochs=2,
-                                         max_examples=ODD_SIZES))
+    outputs = finish(
+        start_two_processes(idx_dir, tmp_path / 'two_hosts', epochs=2, max_examples=ODD_SIZES)
+    )
     expected_shares = ([159, 50], [158, 49])  # Train and test rows each process read.
     for stdout, shares in zip(outputs, expected_shares):
         assert json.loads(stdout.strip().splitlines()[-1]) == {'devices': 4, 'shares': shares}
@@ -143,8 +174,10 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
         assert all(p.poll() is None for p in processes)
         time.sleep(0.01)
     processes[1].send_signal(signal.SIGTERM)
-    stops = [re.search(r'TrainingInterrupted: SIGTERM stopped the run at step (\d+)', out)
-             for out in finish(processes)]
+    stops = [
+        re.search(r'TrainingInterrupted: SIGTERM stopped the run at step (\d+)', out)
+        for out in finish(processes)
+    ]
     assert all(stops), stops
     step = int(stops[0].group(1))
     assert step == int(stops[1].group(1)) and 0 < step < straight[-1]['step'], step
@@ -157,7 +190,8 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
 
 @pytest.mark.parametrize('victim', [1, 0])
 def test_a_process_killed_stops_the_other_in_bounded_time_and_the_job_resumes(
-        idx_dir, tmp_path, monkeypatch, victim):
+    idx_dir, tmp_path, monkeypatch, victim
+):
     """kill -9 of one process mid-run: the other does not wait in its next collective for JAX's
     100 s heartbeat. Killed process 1: process 0 hears nothing for $VGG_FLAX_PEER_TIMEOUT s and
     stops in one line; killed process 0 (the coordination service): JAX ends process 1 at
@@ -178,7 +212,8 @@ def test_a_process_killed_stops_the_other_in_bounded_time_and_the_job_resumes(
         assert stderr.strip().splitlines()[-1] == (
             'error: process 1 has given no sign of life for 3 s (killed, crashed or cut off); '
             'process 0 of 2 stops too. Start the job again with the same command: it resumes '
-            'from the last checkpoint.')
+            'from the last checkpoint.'
+        )
     else:
         assert survivor.returncode != 0 and 'leader task was preempted/died' in stderr
     processes[victim].wait()

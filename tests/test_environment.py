@@ -17,8 +17,7 @@ def test_describe_records_versions_devices_and_flags(monkeypatch):
 
 
 def test_cpu_tuning_adds_its_flags_once_and_can_be_turned_off(monkeypatch):
-    monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB',
-                        (importlib.metadata.version('jaxlib'),))
+    monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB', (importlib.metadata.version('jaxlib'),))
     monkeypatch.setenv('XLA_FLAGS', '--xla_dump_to=/tmp/x')
     assert environment.tune_cpu_backend()
     flags = environment.CPU_XLA_FLAGS
@@ -34,8 +33,7 @@ def test_cpu_tuning_skips_unverified_jaxlib_and_accelerator_installs(monkeypatch
     monkeypatch.setenv('XLA_FLAGS', '')
     monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB', ('0.0.',))
     assert not environment.tune_cpu_backend()
-    monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB',
-                        (importlib.metadata.version('jaxlib'),))
+    monkeypatch.setattr(environment, 'CPU_FLAGS_JAXLIB', (importlib.metadata.version('jaxlib'),))
     monkeypatch.setattr(distributed, 'ACCELERATOR_PLUGINS', ('json',))  # Any importable name.
     assert not environment.tune_cpu_backend()
     assert os.environ['XLA_FLAGS'] == ''

@@ -60,20 +60,31 @@ def test_the_ablations_last_point_is_the_best_recipe_at_its_budget():
     for the width ratio and the epochs that fit its hour, so the two cannot drift apart."""
     ablation = next(p for p in EXPERIMENTS if p.stem == 'ablation')
     last = sweep.point_config(experiment('ablation'), sweep.load_sweep(str(ablation))[-1])
-    differ = {key for key, value in config_utils.flatten(config_utils.to_plain(last)).items()
-              if value != config_utils.flatten(config_utils.to_plain(experiment('best_32px')))[key]}
+    differ = {
+        key
+        for key, value in config_utils.flatten(config_utils.to_plain(last)).items()
+        if value != config_utils.flatten(config_utils.to_plain(experiment('best_32px')))[key]
+    }
     assert differ == {'model.width_ratio', 'train.num_epochs'}
     first = sweep.point_config(experiment('ablation'), sweep.load_sweep(str(ablation))[0])
     lesson = experiment('d2l_vgg11')
-    assert config_utils.to_plain(first.train) == {**config_utils.to_plain(lesson.train),
-                                                  'num_epochs': 10, 'log_every_steps': 200}
+    assert config_utils.to_plain(first.train) == {
+        **config_utils.to_plain(lesson.train),
+        'num_epochs': 10,
+        'log_every_steps': 200,
+    }
     assert not first.model.use_bn and not first.eval.tta
 
 
 def test_native_28px_is_the_best_recipe_on_three_blocks_at_28_px():
     """native_28px.py changes best_32px.py's network and image size only (and its epochs)."""
-    native, best = (config_utils.flatten(config_utils.to_plain(experiment(stem)))
-                    for stem in ('native_28px', 'best_32px'))
+    native, best = (
+        config_utils.flatten(config_utils.to_plain(experiment(stem)))
+        for stem in ('native_28px', 'best_32px')
+    )
     assert {key for key in native if native[key] != best[key]} == {
-        'model.conv_arch', 'data.image_size', 'train.num_epochs'}
+        'model.conv_arch',
+        'data.image_size',
+        'train.num_epochs',
+    }
     assert native['data.image_size'] == 28 and len(native['model.conv_arch']) == 3

@@ -14,27 +14,51 @@ import time
 import ml_collections
 import pytest
 
-from vgg_flax import (checkpointing, config_utils, evaluate, input_pipeline, main, metric_writers,
-                      train, validation)
+from vgg_flax import (
+    config_utils,
+    evaluate,
+    input_pipeline,
+    main,
+    metric_writers,
+    run_dir,
+    train,
+    validation,
+)
 
 from conftest import ROOT, TINY_CONV_ARCH, tiny_config, write_fashion_idx_dir
 
 FAULT_CHILD = ROOT / 'tests' / 'fault_child.py'
-TINY = (f'--config={ROOT / "experiments" / "quick.py"}', '--config.model.width_ratio=16',
-        f'--config.model.conv_arch={TINY_CONV_ARCH}', '--config.model.use_bn=True',
-        '--config.model.dense_features=(64,64)', '--config.train.batch_size=32',
-        '--config.train.momentum=0.9', '--config.train.num_epochs=3')
+TINY = (
+    f'--config={ROOT / "experiments" / "quick.py"}',
+    '--config.model.width_ratio=16',
+    f'--config.model.conv_arch={TINY_CONV_ARCH}',
+    '--config.model.use_bn=True',
+    '--config.model.dense_features=(64,64)',
+    '--config.train.batch_size=32',
+    '--config.train.momentum=0.9',
+    '--config.train.num_epochs=3',
+)
 
 
 def run_args(idx_dir, workdir, *extra) -> list[str]:
-    return [*TINY, '--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
-            f'--workdir={workdir}', *extra]
+    return [
+        *TINY,
+        '--config.data.source=idx',
+        f'--config.data.idx_dir={idx_dir}',
+        f'--workdir={workdir}',
+        *extra,
+    ]
 
 
 def run_with_fault(fault: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m vgg_flax.main ARGS` with `fault` injected (tests/fault_child.py)."""
-    return subprocess.run([sys.executable, str(FAULT_CHILD), *fault.split(), '--', *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(FAULT_CHILD), *fault.split(), '--', *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def metrics(workdir) -> list[dict]:
@@ -43,7 +67,8 @@ def metrics(workdir) -> list[dict]:
 
 
 def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metrics(
-        idx_dir, tmp_path, run_cli):
+    idx_dir, tmp_path, run_cli
+):
     straight = run_cli(main, *run_args(idx_dir, tmp_path / 'straight'))
     assert straight.returncode == 0, straight.stderr
     workdir = tmp_path / 'killed'
@@ -51,7 +76,9 @@ def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metri
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     # The kill left the save of step 20 unfinished, beside the complete one of step 10.
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == [
-        '10', '20.orbax-checkpoint-tmp']
+        '10',
+        '20.orbax-checkpoint-tmp',
+    ]
     resumed = run_cli(main, *run_args(idx_dir, workdir))
     assert resumed.returncode == 0, resumed.stderr
     assert 'Resuming' in resumed.stdout and 'step 10 ' in resumed.stdout
@@ -60,27 +87,32 @@ def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metri
 
 
 def test_ctrl_c_while_compiling_is_one_line_and_the_same_command_then_trains(
-        idx_dir, tmp_path, run_cli):
+    idx_dir, tmp_path, run_cli
+):
     workdir = tmp_path / 'run'
     stopped = run_with_fault('sigint_in_compile', *run_args(idx_dir, workdir))
     assert stopped.returncode == 128 + signal.SIGINT
     assert stopped.stderr.strip().splitlines() == [
         f'SIGINT stopped the run while it started (loading data or compiling), before it '
         f'trained a step; what {workdir} held is intact: run the same command again to start '
-        'or resume.']
+        'or resume.'
+    ]
     again = run_cli(main, *run_args(idx_dir, workdir))
     assert again.returncode == 0, again.stderr
     assert json.loads((workdir / 'results.json').read_text())['epochs'] == 3
 
 
 def test_ctrl_c_twice_stops_at_once_and_the_same_command_resumes_exactly(
-        idx_dir, tmp_path, run_cli):
+    idx_dir, tmp_path, run_cli
+):
     straight = run_cli(main, *run_args(idx_dir, tmp_path / 'straight'))
     workdir = tmp_path / 'run'
     stopped = run_with_fault('sigint_twice 25', *run_args(idx_dir, workdir))
     assert stopped.returncode == -signal.SIGINT  # Ended by the second one, as by a kill.
-    assert ('SIGINT: saving a checkpoint after the current step, then stopping (SIGINT again '
-            'stops at once, without saving).') in stopped.stderr
+    assert (
+        'SIGINT: saving a checkpoint after the current step, then stopping (SIGINT again '
+        'stops at once, without saving).'
+    ) in stopped.stderr
     assert 'Traceback' not in stopped.stderr
     resumed = run_cli(main, *run_args(idx_dir, workdir))
     assert resumed.returncode == 0, resumed.stderr
@@ -101,27 +133,35 @@ def finished_run(tmp_path_factory) -> tuple[pathlib.Path, ml_collections.ConfigD
 def copy_of(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     workdir = tmp_path / 'run'
     shutil.copytree(run, workdir)
-    (workdir / checkpointing.LOCK_FILE).unlink()
+    (workdir / run_dir.LOCK_FILE).unlink()
     return workdir
 
 
-@pytest.mark.parametrize('damage, message', [
-    (lambda text: text[:len(text) // 2], 'config.json is damaged ('),
-    (lambda text: '', 'config.json is damaged (Expecting value: line 1 column 1'),
-    (lambda text: '[1, 2]', 'config.json does not hold a config of this package (a JSON list'),
-    (lambda text: text.replace('"batch_size": 32', '"batch_size": "32"'),
-     "config.json does not hold a config of this package (Could not override field "
-     "'batch_size'"),
-])
-def test_a_damaged_or_hand_edited_config_json_is_one_line_naming_it(finished_run, tmp_path,
-                                                                   damage, message):
+@pytest.mark.parametrize(
+    'damage, message',
+    [
+        (lambda text: text[: len(text) // 2], 'config.json is damaged ('),
+        (lambda text: '', 'config.json is damaged (Expecting value: line 1 column 1'),
+        (lambda text: '[1, 2]', 'config.json does not hold a config of this package (a JSON list'),
+        (
+            lambda text: text.replace('"batch_size": 32', '"batch_size": "32"'),
+            'config.json does not hold a config of this package (Could not override field '
+            "'batch_size'",
+        ),
+    ],
+)
+def test_a_damaged_or_hand_edited_config_json_is_one_line_naming_it(
+    finished_run, tmp_path, damage, message
+):
     run, config = finished_run
     workdir = copy_of(run, tmp_path)
-    path = workdir / checkpointing.CONFIG_FILE
+    path = workdir / run_dir.CONFIG_FILE
     path.write_text(damage(path.read_text()))
-    for attempt in (lambda: train.train_and_evaluate(config, str(workdir)),
-                    lambda: evaluate.evaluate_run(str(workdir))):
-        with pytest.raises(checkpointing.RunDirError) as error:
+    for attempt in (
+        lambda: train.train_and_evaluate(config, str(workdir)),
+        lambda: evaluate.evaluate_run(str(workdir)),
+    ):
+        with pytest.raises(run_dir.RunDirError) as error:
             attempt()
         assert message in str(error.value) and str(path) in str(error.value)
         assert 'restore it from a copy' in str(error.value) and '\n' not in str(error.value)
@@ -130,15 +170,18 @@ def test_a_damaged_or_hand_edited_config_json_is_one_line_naming_it(finished_run
 def test_a_damaged_results_json_is_one_line_and_deleting_it_rewrites_it(finished_run, tmp_path):
     run, config = finished_run
     workdir = copy_of(run, tmp_path)
-    path = workdir / checkpointing.RESULTS_FILE
+    path = workdir / run_dir.RESULTS_FILE
     results = json.loads(path.read_text())
     path.write_text('{"epochs": 1, "test_acc')
-    with pytest.raises(checkpointing.RunDirError, match='results.json is damaged .*delete it, '
-                                                        'and the same command writes it again'):
+    with pytest.raises(
+        run_dir.RunDirError,
+        match='results.json is damaged .*delete it, and the same command writes it again',
+    ):
         train.train_and_evaluate(config, str(workdir))
     path.unlink()
-    assert train.train_and_evaluate(config, str(workdir))['test_accuracy'] == results[
-        'test_accuracy']
+    assert (
+        train.train_and_evaluate(config, str(workdir))['test_accuracy'] == results['test_accuracy']
+    )
 
 
 def test_a_step_log_cut_mid_line_by_a_kill_loses_that_line_only(finished_run, tmp_path, capsys):
@@ -167,7 +210,7 @@ def test_resuming_on_other_data_is_refused_in_one_line(idx_dir, tmp_path, change
     elif change == 'fewer examples':
         write_fashion_idx_dir(other, num_train=288)
     config.data.idx_dir, config.train.num_epochs = str(other), 2
-    with pytest.raises(checkpointing.RunDirError) as error:
+    with pytest.raises(run_dir.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
     message = str(error.value)
     assert 'was trained on other data than config.data gives now (train: ' in message
@@ -185,26 +228,32 @@ def test_the_same_data_at_another_path_resumes(idx_dir, tmp_path):
     assert train.train_and_evaluate(config, str(tmp_path / 'run'))['epochs'] == 2
 
 
-@pytest.mark.parametrize('field, value, message', [
-    ('train.batch_size', 0, 'config.train.batch_size=0 must be a positive integer'),
-    ('model.width_ratio', 0, 'config.model.width_ratio=0 must be a positive integer'),
-    ('model.width_ratio', 3, 'config.model.width_ratio=3 does not divide every conv width'),
-    ('data.image_size', 2, 'config.data.image_size=2 is too small'),
-    ('data.image_size', 100_000, 'config.data.image_size=100000 needs at least 4,768.4 GiB for '
-                                 "the first convolution's output of a batch of 32"),
-    ('model.dtype', 'float8', "config.model.dtype='float8' is not supported"),
-    ('model.arch', 'vgg12', "config.model.arch='vgg12' is not supported"),
-    ('train.learning_rate', -0.1, 'config.train.learning_rate=-0.1 must be a finite number'),
-    ('train.learning_rate', float('nan'), 'config.train.learning_rate=nan must be a finite'),
-    ('train.keep_checkpoints', 0, 'config.train.keep_checkpoints=0 must be a positive integer'),
-    ('num_seeds', 0, 'config.num_seeds=0 must be a positive integer'),
-    ('train.num_epochs', 0, 'config.train.num_epochs=0 must be a positive integer'),
-    ('train.num_epochs', -3, 'config.train.num_epochs=-3 must be a positive integer'),
-    ('model.dropout_rate', 1.0, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
-    ('model.dropout_rate', -0.5, 'config.model.dropout_rate=-0.5 must lie in [0, 1)'),
-])
-def test_a_bad_value_is_one_line_naming_the_field_before_any_data_is_read(field, value,
-                                                                          message):
+@pytest.mark.parametrize(
+    'field, value, message',
+    [
+        ('train.batch_size', 0, 'config.train.batch_size=0 must be a positive integer'),
+        ('model.width_ratio', 0, 'config.model.width_ratio=0 must be a positive integer'),
+        ('model.width_ratio', 3, 'config.model.width_ratio=3 does not divide every conv width'),
+        ('data.image_size', 2, 'config.data.image_size=2 is too small'),
+        (
+            'data.image_size',
+            100_000,
+            'config.data.image_size=100000 needs at least 4,768.4 GiB for '
+            "the first convolution's output of a batch of 32",
+        ),
+        ('model.dtype', 'float8', "config.model.dtype='float8' is not supported"),
+        ('model.arch', 'vgg12', "config.model.arch='vgg12' is not supported"),
+        ('train.learning_rate', -0.1, 'config.train.learning_rate=-0.1 must be a finite number'),
+        ('train.learning_rate', float('nan'), 'config.train.learning_rate=nan must be a finite'),
+        ('train.keep_checkpoints', 0, 'config.train.keep_checkpoints=0 must be a positive integer'),
+        ('num_seeds', 0, 'config.num_seeds=0 must be a positive integer'),
+        ('train.num_epochs', 0, 'config.train.num_epochs=0 must be a positive integer'),
+        ('train.num_epochs', -3, 'config.train.num_epochs=-3 must be a positive integer'),
+        ('model.dropout_rate', 1.0, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
+        ('model.dropout_rate', -0.5, 'config.model.dropout_rate=-0.5 must lie in [0, 1)'),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_field_before_any_data_is_read(field, value, message):
     config = tiny_config('/nowhere')  # Reading it would fail: the check comes first.
     section, _, name = field.rpartition('.')
     (config[section] if section else config)[name] = value
@@ -219,13 +268,14 @@ def test_evaluate_on_a_missing_or_empty_directory_is_one_line(tmp_path, run_cli,
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f'error: {make(tmp_path)}/config.json is missing: {make(tmp_path)} holds no run of '
-        'vgg_flax.main. Pass the workdir that a training run wrote.']
+        'vgg_flax.main. Pass the workdir that a training run wrote.'
+    ]
 
 
 def test_evaluate_on_a_run_in_progress_says_so_and_which_step(finished_run, tmp_path, run_cli):
     run, _ = finished_run
     workdir = copy_of(run, tmp_path)
-    with checkpointing.hold_workdir(str(workdir)):  # As the training run holds it.
+    with run_dir.hold_workdir(str(workdir)):  # As the training run holds it.
         done = run_cli(evaluate, f'--workdir={workdir}')
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f'{workdir} is still training (host ')
@@ -234,8 +284,9 @@ def test_evaluate_on_a_run_in_progress_says_so_and_which_step(finished_run, tmp_
 
 
 @pytest.mark.parametrize('name', ['with space/run 1', 'ünï/ç😀', 'y' * 250, 'sub/../dotdot'])
-def test_workdir_names_a_user_may_choose_train_resume_and_evaluate(idx_dir, tmp_path, run_cli,
-                                                                   name):
+def test_workdir_names_a_user_may_choose_train_resume_and_evaluate(
+    idx_dir, tmp_path, run_cli, name
+):
     (tmp_path / 'sub').mkdir()
     workdir = tmp_path / name
     constant = '--config.train.lr_schedule=constant'  # Lets a resumed run train longer.
@@ -247,18 +298,19 @@ def test_workdir_names_a_user_may_choose_train_resume_and_evaluate(idx_dir, tmp_
     assert json.loads((workdir / 'results.json').read_text())['epochs'] == 2
 
 
-def test_a_workdir_name_longer_than_the_filesystem_allows_is_one_line(idx_dir, tmp_path,
-                                                                     run_cli):
+def test_a_workdir_name_longer_than_the_filesystem_allows_is_one_line(idx_dir, tmp_path, run_cli):
     workdir = tmp_path / ('x' * 300)
     done = run_cli(main, *run_args(idx_dir, workdir))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f'error: cannot write to --workdir={workdir} (File name too long); pass a directory you '
-        'can write to.']
+        'can write to.'
+    ]
 
 
 def test_a_log_write_that_fails_mid_run_stops_it_in_one_line_and_the_rerun_resumes(
-        idx_dir, tmp_path, run_cli):
+    idx_dir, tmp_path, run_cli
+):
     workdir = tmp_path / 'run'
     args = run_args(idx_dir, workdir, '--config.train.log_every_steps=2')
     stopped = run_with_fault('unwritable_log 15', *args)
@@ -266,7 +318,8 @@ def test_a_log_write_that_fails_mid_run_stops_it_in_one_line_and_the_rerun_resum
     assert stopped.stderr.strip().splitlines()[-1] == (
         f'error: writing {workdir / "steps.jsonl"} failed (Is a directory); the run stopped, its '
         'last checkpoint intact: fix the cause (a read-only or full disk, a file-size limit) '
-        'and run the same command to resume.')
+        'and run the same command to resume.'
+    )
     assert 'Traceback' not in stopped.stderr
     (workdir / 'steps.jsonl').rmdir()
     (workdir / 'steps.jsonl.moved').rename(workdir / 'steps.jsonl')
@@ -291,13 +344,14 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused_in_one_line(finished
     workdir = copy_of(run, tmp_path)
     config = ml_collections.ConfigDict(config.to_dict())
     config.train.lr_schedule, config.train.num_epochs = 'constant', 1
-    checkpointing.write_json_atomic(str(workdir / checkpointing.CONFIG_FILE),
-                                    config_utils.to_plain(config))
-    (workdir / checkpointing.RESULTS_FILE).unlink()  # As if stopped after its last save.
+    run_dir.write_json_atomic(str(workdir / run_dir.CONFIG_FILE), config_utils.to_plain(config))
+    (workdir / run_dir.RESULTS_FILE).unlink()  # As if stopped after its last save.
     config.train.num_epochs = 2  # The run has trained 1; asking for 2 trains on.
     assert train.train_and_evaluate(config, str(workdir))['epochs'] == 2
     config.train.num_epochs = 1
-    with pytest.raises(checkpointing.RunDirError) as error:
+    with pytest.raises(run_dir.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
-    assert str(error.value).startswith(f'{workdir} has trained 2 epochs already, more than '
-                                       'config.train.num_epochs=1; ask for at least that many')
+    assert str(error.value).startswith(
+        f'{workdir} has trained 2 epochs already, more than '
+        'config.train.num_epochs=1; ask for at least that many'
+    )

@@ -41,8 +41,9 @@ def test_idx_source_reads_gzipped_and_raw_files_alike(tmp_path):
 
 
 def test_max_examples_cut_the_split(idx_dir):
-    split = input_pipeline.load_split(data_config(idx_dir=str(idx_dir), max_train_examples=50),
-                                      'train')
+    split = input_pipeline.load_split(
+        data_config(idx_dir=str(idx_dir), max_train_examples=50), 'train'
+    )
     assert len(split) == 50
 
 
@@ -53,8 +54,9 @@ def test_shares_of_a_split_are_contiguous_and_make_the_split(tmp_path, gz):
     whole = input_pipeline.load_split(config, 'train')
     assert len(whole) == 317
     for count in (2, 3, 5):
-        shares = [input_pipeline.load_split(config, 'train', shard=(i, count))
-                  for i in range(count)]
+        shares = [
+            input_pipeline.load_split(config, 'train', shard=(i, count)) for i in range(count)
+        ]
         sizes = [len(share) for share in shares]
         assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
         np.testing.assert_array_equal(np.concatenate([s.images for s in shares]), whole.images)
@@ -71,17 +73,20 @@ def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch, tfds_servers_answe
         raise ConnectionError('offline')  # The split asked for is all this test needs.
 
     monkeypatch.setattr(tfds, 'load', load)
-    infos = tfds.core.SplitDict([tfds.core.SplitInfo(name='train', shard_lengths=[60_000],
-                                                     num_bytes=0)])
+    infos = tfds.core.SplitDict(
+        [tfds.core.SplitInfo(name='train', shard_lengths=[60_000], num_bytes=0)]
+    )
     for limit, count in ((0, 3), (1001, 4)):
         for index in range(count):
             with pytest.raises(input_pipeline.DataError):
-                input_pipeline.load_split(data_config(source='tfds', max_train_examples=limit),
-                                          'train', shard=(index, count))
+                input_pipeline.load_split(
+                    data_config(source='tfds', max_train_examples=limit),
+                    'train',
+                    shard=(index, count),
+                )
             [instruction] = asked.pop().to_absolute(infos)  # None: the split's start or end.
             start, stop = instruction.from_ or 0, instruction.to or 60_000
-            assert (start, stop) == input_pipeline.shard_bounds(
-                limit or 60_000, (index, count))
+            assert (start, stop) == input_pipeline.shard_bounds(limit or 60_000, (index, count))
 
 
 def test_an_empty_tfds_share_is_an_empty_split(monkeypatch, tfds_servers_answer):
@@ -89,19 +94,22 @@ def test_an_empty_tfds_share_is_an_empty_split(monkeypatch, tfds_servers_answer)
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     def load(name, split, **kwargs):
-        return tf.data.Dataset.from_tensor_slices({
-            'image': np.zeros((0, *input_pipeline.IMAGE_SHAPE), np.uint8),
-            'label': np.zeros((0,), np.int64)})
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                'image': np.zeros((0, *input_pipeline.IMAGE_SHAPE), np.uint8),
+                'label': np.zeros((0,), np.int64),
+            }
+        )
 
     monkeypatch.setattr(tfds, 'load', load)
-    split = input_pipeline.load_split(data_config(source='tfds', max_test_examples=2), 'test',
-                                      shard=(2, 3))
+    split = input_pipeline.load_split(
+        data_config(source='tfds', max_test_examples=2), 'test', shard=(2, 3)
+    )
     assert split.images.shape == (0, 28, 28, 1) and len(split) == 0
 
 
 def test_shard_bounds_give_the_remainder_to_the_first_shares():
-    assert [input_pipeline.shard_bounds(11, (i, 3)) for i in range(3)] == [(0, 4), (4, 8),
-                                                                            (8, 11)]
+    assert [input_pipeline.shard_bounds(11, (i, 3)) for i in range(3)] == [(0, 4), (4, 8), (8, 11)]
     assert input_pipeline.shard_bounds(5, (0, 1)) == (0, 5)
 
 
@@ -122,17 +130,20 @@ def corrupt(directory, name, content):
     return path
 
 
-@pytest.mark.parametrize('case,message', [
-    ('missing', 'train-labels-idx1-ubyte(.gz) is missing'),
-    ('truncated', 'is truncated: its header gives shape (320, 28, 28)'),
-    ('truncated_gzip', 'cannot be read'),
-    ('not_gzip', 'cannot be read'),
-    ('wrong_magic', 'has magic number 0x00000801, expected 0x00000803'),
-    ('short_header', 'shorter than an IDX header'),
-    ('too_long', 'longer than its header says'),
-    ('count_mismatch', 'holds 320 images but train-labels-idx1-ubyte holds 319 labels'),
-    ('label_range', 'labels from source \'idx\' hold 1 values outside 0..9 (first: 12'),
-])
+@pytest.mark.parametrize(
+    'case,message',
+    [
+        ('missing', 'train-labels-idx1-ubyte(.gz) is missing'),
+        ('truncated', 'is truncated: its header gives shape (320, 28, 28)'),
+        ('truncated_gzip', 'cannot be read'),
+        ('not_gzip', 'cannot be read'),
+        ('wrong_magic', 'has magic number 0x00000801, expected 0x00000803'),
+        ('short_header', 'shorter than an IDX header'),
+        ('too_long', 'longer than its header says'),
+        ('count_mismatch', 'holds 320 images but train-labels-idx1-ubyte holds 319 labels'),
+        ('label_range', "labels from source 'idx' hold 1 values outside 0..9 (first: 12"),
+    ],
+)
 def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, message):
     images_gz = idx_dir / 'train-images-idx3-ubyte.gz'
     labels_gz = idx_dir / 'train-labels-idx1-ubyte.gz'
@@ -144,7 +155,7 @@ def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, mes
         images_gz.write_bytes(gzip.compress(raw[:-100]))
     elif case == 'truncated_gzip':
         content = images_gz.read_bytes()
-        images_gz.write_bytes(content[:len(content) // 2])
+        images_gz.write_bytes(content[: len(content) // 2])
     elif case == 'not_gzip':
         images_gz.write_bytes(b'<html>404 Not Found</html>')
     elif case == 'wrong_magic':
@@ -217,7 +228,8 @@ def test_tfds_fails_fast_when_its_download_server_does_not_answer(tmp_path, monk
 
 @pytest.mark.parametrize('setting', ['proxy', 'cached_downloads'])
 def test_tfds_reachability_is_left_to_tfds_with_a_proxy_or_cached_downloads(
-        setting, tmp_path, monkeypatch):
+    setting, tmp_path, monkeypatch
+):
     tfds = pytest.importorskip('tensorflow_datasets')
     _no_proxies(monkeypatch)
     if setting == 'proxy':
@@ -225,8 +237,9 @@ def test_tfds_reachability_is_left_to_tfds_with_a_proxy_or_cached_downloads(
     else:
         (tmp_path / 'downloads').mkdir()
         (tmp_path / 'downloads' / 'train-images-idx3-ubyte.gz').write_bytes(b'')
-    monkeypatch.setattr(socket, 'create_connection',
-                        lambda *args, **kwargs: pytest.fail('a connection was tried'))
+    monkeypatch.setattr(
+        socket, 'create_connection', lambda *args, **kwargs: pytest.fail('a connection was tried')
+    )
 
     def load(*args, **kwargs):
         raise ConnectionError('TFDS itself failed')
@@ -237,25 +250,33 @@ def test_tfds_reachability_is_left_to_tfds_with_a_proxy_or_cached_downloads(
 
 
 def test_idx_source_does_not_import_tensorflow(idx_dir):
-    code = ('import sys\nfrom vgg_flax import config_utils, input_pipeline, train\n'
-            'c = config_utils.default_config().data\n'
-            f'c.source, c.idx_dir = "idx", {str(idx_dir)!r}\n'
-            'input_pipeline.load_split(c, "train")\n'
-            'assert "tensorflow" not in sys.modules, "tensorflow was imported"\n')
+    code = (
+        'import sys\nfrom vgg_flax import config_utils, input_pipeline, train\n'
+        'c = config_utils.default_config().data\n'
+        f'c.source, c.idx_dir = "idx", {str(idx_dir)!r}\n'
+        'input_pipeline.load_split(c, "train")\n'
+        'assert "tensorflow" not in sys.modules, "tensorflow was imported"\n'
+    )
     subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'source': 'hub'}, "config.data.source='hub' is not supported; use one of 'tfds', 'idx'"),
-    ({'idx_dir': ''}, 'config.data.source=idx needs config.data.idx_dir'),
-    ({'idx_dir': 'x', 'image_size': 16}, 'config.data.image_size=16 is too small: vgg11 '
-                                         'halves the image 5 times'),
-    ({'idx_dir': 'x', 'max_test_examples': -1}, 'config.data.max_test_examples=-1'),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'source': 'hub'}, "config.data.source='hub' is not supported; use one of 'tfds', 'idx'"),
+        ({'idx_dir': ''}, 'config.data.source=idx needs config.data.idx_dir'),
+        (
+            {'idx_dir': 'x', 'image_size': 16},
+            'config.data.image_size=16 is too small: vgg11 halves the image 5 times',
+        ),
+        ({'idx_dir': 'x', 'max_test_examples': -1}, 'config.data.max_test_examples=-1'),
+    ],
+)
 def test_invalid_data_config(overrides, message):
     with pytest.raises(ValueError) as error:
-        input_pipeline.validate_data_config(data_config(**overrides),
-                                            config_utils.default_config().model)
+        input_pipeline.validate_data_config(
+            data_config(**overrides), config_utils.default_config().model
+        )
     assert message in str(error.value)
 
 

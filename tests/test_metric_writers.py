@@ -11,23 +11,46 @@ from conftest import PNG_MAGIC
 
 
 def history(epochs: int) -> list[dict[str, float]]:
-    return [{'epoch': e, 'step': 10 * e, 'train_loss': 1 / e, 'train_accuracy': 0.5,
-             'val_loss': 2 / e, 'val_accuracy': 0.55, 'test_loss': 1 / e, 'test_accuracy': 0.6, 'examples_per_sec': 100.0,
-             'learning_rate': 0.05, 'epoch_seconds': 1.0} for e in range(1, epochs + 1)]
+    return [
+        {
+            'epoch': e,
+            'step': 10 * e,
+            'train_loss': 1 / e,
+            'train_accuracy': 0.5,
+            'val_loss': 2 / e,
+            'val_accuracy': 0.55,
+            'test_loss': 1 / e,
+            'test_accuracy': 0.6,
+            'examples_per_sec': 100.0,
+            'learning_rate': 0.05,
+            'epoch_seconds': 1.0,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def steps(epochs: int, per_epoch: int = 4) -> list[dict[str, float]]:
-    return [{'step': 10 * e + 10 * b // per_epoch, 'epoch': e + b / per_epoch,
-             'train_loss': 1 / (e + 1), 'train_accuracy': 0.5, 'examples_per_sec': 100.0,
-             'learning_rate': 0.05} for e in range(epochs) for b in range(1, per_epoch + 1)]
+    return [
+        {
+            'step': 10 * e + 10 * b // per_epoch,
+            'epoch': e + b / per_epoch,
+            'train_loss': 1 / (e + 1),
+            'train_accuracy': 0.5,
+            'examples_per_sec': 100.0,
+            'learning_rate': 0.05,
+        }
+        for e in range(epochs)
+        for b in range(1, per_epoch + 1)
+    ]
 
 
 def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
     """What TensorBoard shows: each tag's (step, value) points."""
     events = event_accumulator.EventAccumulator(str(logdir))
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()['scalars']}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()['scalars']
+    }
 
 
 def test_run_log_writes_every_file(tmp_path, capsys):
@@ -42,16 +65,21 @@ def test_run_log_writes_every_file(tmp_path, capsys):
     assert (tmp_path / metric_writers.CURVES_FILE).read_bytes()[:8] == PNG_MAGIC
     # TensorBoard shows every scalar of both jsonl files, at the same steps.
     scalars = tensorboard_scalars(tmp_path / metric_writers.TENSORBOARD_DIR)
-    assert set(scalars) == {*metric_writers.RunLog.SCALARS,
-                            *(f'steps/{key}' for key in metric_writers.RunLog.STEP_SCALARS)}
+    assert set(scalars) == {
+        *metric_writers.RunLog.SCALARS,
+        *(f'steps/{key}' for key in metric_writers.RunLog.STEP_SCALARS),
+    }
     for key in metric_writers.RunLog.SCALARS:
         assert scalars[key] == [(r['step'], pytest.approx(r[key])) for r in history(3)], key
     for key in metric_writers.RunLog.STEP_SCALARS:
-        assert scalars[f'steps/{key}'] == [(r['step'], pytest.approx(r[key]))
-                                           for r in steps(3)], key
+        assert scalars[f'steps/{key}'] == [(r['step'], pytest.approx(r[key])) for r in steps(3)], (
+            key
+        )
     assert capsys.readouterr().out.splitlines() == [
         f'epoch {e}/3  loss {1 / e:.4f}  train acc 0.5000  val acc 0.5500  test acc 0.6000  '
-        '100.0 examples/sec  1.0 s' for e in (1, 2, 3)]
+        '100.0 examples/sec  1.0 s'
+        for e in (1, 2, 3)
+    ]
 
 
 def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):
@@ -70,8 +98,9 @@ def test_resume_keeps_the_steps_up_to_the_checkpoint(tmp_path):
     # TensorBoard shows the same points: those logged after step 15 before the kill (epoch 2's
     # too) are gone.
     scalars = tensorboard_scalars(tmp_path / metric_writers.TENSORBOARD_DIR)
-    assert scalars['steps/train_loss'] == [(r['step'], pytest.approx(r['train_loss']))
-                                           for r in kept]
+    assert scalars['steps/train_loss'] == [
+        (r['step'], pytest.approx(r['train_loss'])) for r in kept
+    ]
     assert scalars['test_accuracy'] == [(10, pytest.approx(0.6))]
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import itertools
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,12 +26,22 @@ def model_config(**overrides) -> 'config_utils.ml_collections.ConfigDict':
 def output_and_variables(module, x_shape, train=False):
     """(output shape struct, variables shape tree) without computing anything, from one trace."""
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
-    return jax.eval_shape(functools.partial(module.init_with_output, train=train),
-                          {'params': jax.random.key(0), 'dropout': jax.random.key(1)}, x)
+    return jax.eval_shape(
+        functools.partial(module.init_with_output, train=train),
+        {'params': jax.random.key(0), 'dropout': jax.random.key(1)},
+        x,
+    )
 
 
-def closed_form_params(arch: str, ratio: int, image_size: int, in_channels: int = 1,
-                       dense=(4096, 4096), num_classes=10, use_bn=False) -> int:
+def closed_form_params(
+    arch: str,
+    ratio: int,
+    image_size: int,
+    in_channels: int = 1,
+    dense=(4096, 4096),
+    num_classes=10,
+    use_bn=False,
+) -> int:
     """3x3 convs with biases (+ BN scale and bias), then the dense head on the flattened map."""
     total, channels = 0, in_channels
     for num_convs, features in models.ARCHS[arch]:
@@ -61,8 +71,10 @@ def test_block_has_num_convs_convolutions():
     assert kernels == [(3, 3, 2, 8), (3, 3, 8, 8), (3, 3, 8, 8)]
 
 
-@pytest.mark.parametrize('arch,ratio,size,use_bn', list(itertools.product(
-    sorted(models.ARCHS), RATIOS, SIZES, (False, True))))
+@pytest.mark.parametrize(
+    'arch,ratio,size,use_bn',
+    list(itertools.product(sorted(models.ARCHS), RATIOS, SIZES, (False, True))),
+)
 def test_vgg_logits_shape_and_param_count(arch, ratio, size, use_bn):
     model = models.create_model(model_config(arch=arch, width_ratio=ratio, use_bn=use_bn))
     logits, variables = output_and_variables(model, (2, size, size, 1), train=use_bn)
@@ -78,12 +90,17 @@ def test_vgg11_block_shapes_at_224_match_the_lesson(ratio):
     model = models.create_model(model_config(width_ratio=ratio))
     x = jax.ShapeDtypeStruct((1, 224, 224, 1), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
-    _, state = jax.eval_shape(functools.partial(
-        model.apply, capture_intermediates=lambda m, _: m.name and m.name.startswith('block')),
-        variables, x)
+    _, state = jax.eval_shape(
+        functools.partial(
+            model.apply, capture_intermediates=lambda m, _: m.name and m.name.startswith('block')
+        ),
+        variables,
+        x,
+    )
     shapes = [state['intermediates'][f'block{i}']['__call__'][0].shape for i in range(1, 6)]
-    assert shapes == [(1, s, s, c // ratio) for s, c in
-                      ((112, 64), (56, 128), (28, 256), (14, 512), (7, 512))]
+    assert shapes == [
+        (1, s, s, c // ratio) for s, c in ((112, 64), (56, 128), (28, 256), (14, 512), (7, 512))
+    ]
 
 
 def test_lesson_net_has_43_093_322_parameters():
@@ -107,7 +124,9 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
 def small_vgg():
     """A narrow VGG-11 for 32 px images and its initial variables."""
     model = models.create_model(model_config(width_ratio=16, dense_features=(64,)))
-    return model, train_steps.run_unoptimised(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    return model, train_steps.run_unoptimised(
+        model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1))
+    )
 
 
 def test_default_init_is_xavier_uniform_with_zero_biases(small_vgg):
@@ -116,8 +135,11 @@ def test_default_init_is_xavier_uniform_with_zero_biases(small_vgg):
     limit = (6 / sum(kernel.shape)) ** 0.5
     assert float(jnp.abs(kernel).max()) <= limit
     assert float(jnp.abs(kernel).max()) > 0.9 * limit
-    assert all(float(jnp.abs(leaf).max()) == 0 for path, leaf in
-               jax.tree_util.tree_leaves_with_path(variables) if path[-1].key == 'bias')
+    assert all(
+        float(jnp.abs(leaf).max()) == 0
+        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+        if path[-1].key == 'bias'
+    )
 
 
 def test_dropout_is_active_only_in_training(small_vgg):
@@ -132,26 +154,33 @@ def test_dropout_is_active_only_in_training(small_vgg):
     assert not jnp.array_equal(run(jax.random.key(1), True), run(jax.random.key(2), True))
 
 
-@pytest.mark.parametrize('overrides,message', [
-    ({'width_ratio': 3}, 'config.model.width_ratio=3 does not divide every conv width'),
-    ({'width_ratio': 128}, 'use one of 1, 2, 4, 8, 16, 32, 64'),
-    ({'width_ratio': 0}, 'config.model.width_ratio=0 must be a positive integer'),
-    ({'width_ratio': -4}, 'config.model.width_ratio=-4 must be a positive integer'),
-    ({'arch': 'vgg12'}, "config.model.arch='vgg12' is not supported; use one of 'vgg11'"),
-    ({'conv_arch': (1, 64)}, 'config.model.conv_arch=(1, 64) must be () or (num_convs, features) '
-                             'pairs'),
-    ({'conv_arch': ((1, 64, 3),)}, 'must be () or (num_convs, features) pairs'),
-    ({'conv_arch': ((0, 64),)}, 'config.model.conv_arch[*][*]=0 must be a positive integer'),
-    ({'conv_arch': ((1, 64), (1, 96)), 'width_ratio': 64},
-     'width of conv_arch ((1, 64), (1, 96)) [64, 96]; use one of 1, 2, 4, 8, 16, 32.'),
-    ({'num_classes': 0}, 'config.model.num_classes=0 must be a positive integer'),
-    ({'dense_features': (4096, -1)}, 'config.model.dense_features[*]=-1'),
-    ({'dropout_rate': 1.0}, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
-    ({'dtype': 'float64'}, "config.model.dtype='float64' is not supported"),
-    ({'kernel_init': 'orthogonal'}, "config.model.kernel_init='orthogonal' is not supported"),
-    ({'bias_init': 'ones'}, "config.model.bias_init='ones' is not supported"),
-    ({'first_conv': 'fft'}, "config.model.first_conv='fft' is not supported"),
-])
+@pytest.mark.parametrize(
+    'overrides,message',
+    [
+        ({'width_ratio': 3}, 'config.model.width_ratio=3 does not divide every conv width'),
+        ({'width_ratio': 128}, 'use one of 1, 2, 4, 8, 16, 32, 64'),
+        ({'width_ratio': 0}, 'config.model.width_ratio=0 must be a positive integer'),
+        ({'width_ratio': -4}, 'config.model.width_ratio=-4 must be a positive integer'),
+        ({'arch': 'vgg12'}, "config.model.arch='vgg12' is not supported; use one of 'vgg11'"),
+        (
+            {'conv_arch': (1, 64)},
+            'config.model.conv_arch=(1, 64) must be () or (num_convs, features) pairs',
+        ),
+        ({'conv_arch': ((1, 64, 3),)}, 'must be () or (num_convs, features) pairs'),
+        ({'conv_arch': ((0, 64),)}, 'config.model.conv_arch[*][*]=0 must be a positive integer'),
+        (
+            {'conv_arch': ((1, 64), (1, 96)), 'width_ratio': 64},
+            'width of conv_arch ((1, 64), (1, 96)) [64, 96]; use one of 1, 2, 4, 8, 16, 32.',
+        ),
+        ({'num_classes': 0}, 'config.model.num_classes=0 must be a positive integer'),
+        ({'dense_features': (4096, -1)}, 'config.model.dense_features[*]=-1'),
+        ({'dropout_rate': 1.0}, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
+        ({'dtype': 'float64'}, "config.model.dtype='float64' is not supported"),
+        ({'kernel_init': 'orthogonal'}, "config.model.kernel_init='orthogonal' is not supported"),
+        ({'bias_init': 'ones'}, "config.model.bias_init='ones' is not supported"),
+        ({'first_conv': 'fft'}, "config.model.first_conv='fft' is not supported"),
+    ],
+)
 def test_invalid_model_config_names_field_and_fix(overrides, message):
     with pytest.raises(ValueError) as error:
         models.create_model(model_config(**overrides))
@@ -168,14 +197,20 @@ def test_image_smaller_than_32_is_a_clear_error(size):
 def test_allowed_width_ratios_divide_every_width():
     assert models.allowed_width_ratios(models.ARCHS['vgg11']) == [1, 2, 4, 8, 16, 32, 64]
     assert models.conv_arch_for(models.ARCHS['vgg11'], 4) == (
-        (1, 16), (1, 32), (2, 64), (2, 128), (2, 128))
+        (1, 16),
+        (1, 32),
+        (2, 64),
+        (2, 128),
+        (2, 128),
+    )
     assert models.allowed_width_ratios(((1, 48), (2, 96))) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 48]
 
 
 def test_conv_arch_replaces_the_named_blocks_and_sets_the_smallest_image():
     """Three blocks at Fashion-MNIST's own 28 px: 28 -> 14 -> 7 -> 3."""
-    config = model_config(arch='vgg16', conv_arch=((1, 64), (2, 128), (2, 256)), width_ratio=4,
-                          dense_features=(256,))
+    config = model_config(
+        arch='vgg16', conv_arch=((1, 64), (2, 128), (2, 256)), width_ratio=4, dense_features=(256,)
+    )
     assert models.arch_name(config) == 'conv_arch ((1, 64), (2, 128), (2, 256))'
     model = models.create_model(config)
     assert model.conv_arch == ((1, 16), (2, 32), (2, 64))
@@ -195,9 +230,13 @@ def test_max_pool_2x2_equals_flax_max_pool(size):
 
     @jax.jit  # One program, not one per operation.
     def pooled_and_grads(x):
-        return [(pool(x), jax.grad(lambda x: (pool(x) ** 2).sum())(x)) for pool in (
-            models.max_pool_2x2,
-            lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID'))]
+        return [
+            (pool(x), jax.grad(lambda x: (pool(x) ** 2).sum())(x))
+            for pool in (
+                models.max_pool_2x2,
+                lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID'),
+            )
+        ]
 
     (pooled, grad), (expected, expected_grad) = pooled_and_grads(x)
     np.testing.assert_array_equal(pooled, expected)
@@ -212,31 +251,42 @@ def test_shifted_sum_conv_equals_flax_conv(channels):
     x = jax.random.uniform(jax.random.key(1), (2, 9, 7, channels))
     variables = jax.jit(shifted.init)(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-        jnp.shape, jax.eval_shape(conv.init, jax.random.key(0), x))
+        jnp.shape, jax.eval_shape(conv.init, jax.random.key(0), x)
+    )
 
     @jax.jit
     def value_and_grads(variables):
-        return [jax.value_and_grad(lambda v: (module.apply(v, x) ** 2).sum())(variables)
-                for module in (conv, shifted)]
+        return [
+            jax.value_and_grad(lambda v: (module.apply(v, x) ** 2).sum())(variables)
+            for module in (conv, shifted)
+        ]
 
     (value, grads), (shifted_value, shifted_grads) = value_and_grads(variables)
     np.testing.assert_allclose(shifted_value, value, rtol=1e-5)
     # A gradient sums over every position, in an order that depends on the CPU's vector width:
     # each element is held to float32 rounding on the scale of its array's largest one.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                         atol=1e-5 * np.abs(b).max()),
-                 shifted_grads, grads)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max()),
+        shifted_grads,
+        grads,
+    )
 
 
 @pytest.mark.parametrize('arch', ['vgg11', 'vgg13'])
 def test_the_first_conv_choice_keeps_the_parameter_tree(arch):
     """Checkpoints move between `model.first_conv` settings (and the runs from before it)."""
-    trees = [output_and_variables(models.create_model(model_config(arch=arch, first_conv=c)),
-                                  (1, 32, 32, 1))[1] for c in ('lax', 'shifted_sum')]
+    trees = [
+        output_and_variables(
+            models.create_model(model_config(arch=arch, first_conv=c)), (1, 32, 32, 1)
+        )[1]
+        for c in ('lax', 'shifted_sum')
+    ]
     assert jax.tree.map(lambda x: (x.shape, x.dtype), trees[0]) == jax.tree.map(
-        lambda x: (x.shape, x.dtype), trees[1])
-    assert list(trees[0]['params']['block1']) == (['Conv_0'] if arch == 'vgg11' else
-                                                  ['Conv_0', 'Conv_1'])
+        lambda x: (x.shape, x.dtype), trees[1]
+    )
+    assert list(trees[0]['params']['block1']) == (
+        ['Conv_0'] if arch == 'vgg11' else ['Conv_0', 'Conv_1']
+    )
 
 
 def test_auto_first_conv_is_the_shifted_sum_on_a_gpu_only():
@@ -244,4 +294,5 @@ def test_auto_first_conv_is_the_shifted_sum_on_a_gpu_only():
     assert models.resolve_first_conv('auto', 'cpu') == 'lax'
     assert models.resolve_first_conv('lax', 'gpu') == 'lax'
     assert models.create_model(model_config()).first_conv == (
-        'shifted_sum' if jax.default_backend() == 'gpu' else 'lax')
+        'shifted_sum' if jax.default_backend() == 'gpu' else 'lax'
+    )

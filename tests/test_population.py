@@ -15,8 +15,15 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from vgg_flax import (device_data, distributed, evaluate, input_pipeline, metric_writers, train,
-                      train_steps)
+from vgg_flax import (
+    device_data,
+    distributed,
+    evaluate,
+    input_pipeline,
+    metric_writers,
+    train,
+    train_steps,
+)
 
 from conftest import ROOT, tiny_config, write_fashion_idx_dir
 
@@ -26,8 +33,11 @@ def first_losses(config, num_steps=3):
     mesh = distributed.create_mesh()
     init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
     data, _ = device_data.load_data(config, mesh, dropout_key)
-    data = data.replace(batches=device_data.batch_maker(config, mesh)(
-        shuffle_key, 1, data.images.shape[0], config.train.batch_size))
+    data = data.replace(
+        batches=device_data.batch_maker(config, mesh)(
+            shuffle_key, 1, data.images.shape[0], config.train.batch_size
+        )
+    )
     state = train_steps.create_train_state(config, init_key, data.batches.shape[-2], mesh=mesh)
     step = train_steps.lower_train_step(state, data, train_steps.step_options(config)).compile()
     losses = []
@@ -76,11 +86,16 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     assert steps and all(len(record['members']) == 2 for record in steps)
     events = event_accumulator.EventAccumulator(str(tmp_path / 'population' / 'tensorboard'))
     events.Reload()
-    for tag in ('test_accuracy', 'members/0/test_accuracy', 'members/1/test_accuracy',
-                'steps/members/1/train_loss'):
+    for tag in (
+        'test_accuracy',
+        'members/0/test_accuracy',
+        'members/1/test_accuracy',
+        'steps/members/1/train_loss',
+    ):
         assert tag in events.Tags()['scalars']
     assert [e.value for e in events.Scalars('members/1/test_accuracy')] == pytest.approx(
-        [record['members'][1]['test_accuracy'] for record in history])
+        [record['members'][1]['test_accuracy'] for record in history]
+    )
 
     evaluation = evaluate.evaluate_run(str(tmp_path / 'population'))  # Members and ensemble.
     assert evaluation['members_test_accuracy'] == [m['test_accuracy'] for m in results['members']]
@@ -88,8 +103,12 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     state, _ = evaluate.restore_state(config, str(tmp_path / 'population'))
     split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     images, indices = jnp.asarray(split.images), jnp.arange(len(split))
-    logits = [train_steps.predict_step(jax.tree.map(lambda x: x[i] if x.ndim else x, state),
-                                       images, indices, image_size=32) for i in range(2)]
+    logits = [
+        train_steps.predict_step(
+            jax.tree.map(lambda x: x[i] if x.ndim else x, state), images, indices, image_size=32
+        )
+        for i in range(2)
+    ]
     ensemble = np.mean(np.argmax((logits[0] + logits[1]) / 2, -1) == split.labels)
     assert evaluation['test_accuracy'] == pytest.approx(ensemble)
 
@@ -105,18 +124,41 @@ def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path):
     """kill -9 in the second epoch, then the same command: the members' metrics equal those of
     an uninterrupted run (both run as the CLI, whose CPU tuning flags change the last digits)."""
     idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=800)
-    overrides = [f'--config.{key}={value}' for key, value in (  # tiny_config's fields.
-        ('num_seeds', 4), ('model.width_ratio', 16), ('model.use_bn', True),
-        ('model.dense_features', '(64,64)'), ('model.dropout_rate', 0.1),
-        ('data.source', 'idx'), ('data.idx_dir', idx_dir), ('data.image_size', 32),
-        ('train.batch_size', 32), ('train.eval_batch_size', 48), ('train.num_epochs', 2),
-        ('train.momentum', 0.9), ('train.learning_rate', 0.05), ('train.log_every_steps', 5))]
+    overrides = [
+        f'--config.{key}={value}'
+        for key, value in (  # tiny_config's fields.
+            ('num_seeds', 4),
+            ('model.width_ratio', 16),
+            ('model.use_bn', True),
+            ('model.dense_features', '(64,64)'),
+            ('model.dropout_rate', 0.1),
+            ('data.source', 'idx'),
+            ('data.idx_dir', idx_dir),
+            ('data.image_size', 32),
+            ('train.batch_size', 32),
+            ('train.eval_batch_size', 48),
+            ('train.num_epochs', 2),
+            ('train.momentum', 0.9),
+            ('train.learning_rate', 0.05),
+            ('train.log_every_steps', 5),
+        )
+    ]
 
     def start(workdir):
         return subprocess.Popen(
-            [sys.executable, '-m', 'vgg_flax.main', f'--workdir={workdir}',
-             f'--config={ROOT / "experiments" / "d2l_vgg11.py"}', *overrides], cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                '-m',
+                'vgg_flax.main',
+                f'--workdir={workdir}',
+                f'--config={ROOT / "experiments" / "d2l_vgg11.py"}',
+                *overrides,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def members(workdir):
         return [record['members'] for record in metric_writers.read_history(str(workdir))]
@@ -136,12 +178,13 @@ def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path):
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     assert len(members(workdir)) == 2 and len(members(workdir)[0]) == 4
     assert members(workdir) == members(tmp_path / 'straight')
-    results = [json.loads((path / 'results.json').read_text())
-               for path in (workdir, tmp_path / 'straight')]
+    results = [
+        json.loads((path / 'results.json').read_text()) for path in (workdir, tmp_path / 'straight')
+    ]
     assert results[0]['members'] == results[1]['members']
 
 
-SPREAD_SCRIPT = '''
+SPREAD_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
 import jax
@@ -160,7 +203,7 @@ results = train.train_and_evaluate(config, {workdir!r})
 print(json.dumps({{'devices': jax.device_count(), 'all_reduce': 'all-reduce' in compiled,
                   'members_per_device': jax.tree.leaves(state.params)[0]
                   .addressable_shards[0].data.shape[0], 'members': results['members']}}))
-'''
+"""
 
 
 def test_members_over_four_devices_train_without_an_all_reduce(idx_dir, tmp_path):
@@ -169,11 +212,22 @@ def test_members_over_four_devices_train_without_an_all_reduce(idx_dir, tmp_path
     runs = {}
     for spread in (True, False):
         done = subprocess.run(
-            [sys.executable, '-c', SPREAD_SCRIPT.format(
-                tests=str(ROOT / 'tests'), idx_dir=str(idx_dir), spread=spread,
-                workdir=str(tmp_path / f'spread={spread}'))],
-            cwd=ROOT, capture_output=True, text=True, timeout=900,
-            env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4'))
+            [
+                sys.executable,
+                '-c',
+                SPREAD_SCRIPT.format(
+                    tests=str(ROOT / 'tests'),
+                    idx_dir=str(idx_dir),
+                    spread=spread,
+                    workdir=str(tmp_path / f'spread={spread}'),
+                ),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4'),
+        )
         assert done.returncode == 0, done.stderr
         runs[spread] = json.loads(done.stdout.strip().splitlines()[-1])
     assert runs[True]['devices'] == 4 and runs[True]['members_per_device'] == 1

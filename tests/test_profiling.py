@@ -17,8 +17,15 @@ def write_trace(path, events):
 
 
 def op_event(op, ts, dur, kernel=None, pid=1):
-    return {'ph': 'X', 'pid': pid, 'tid': 2, 'ts': ts, 'dur': dur, 'name': kernel or op,
-            'args': {'hlo_module': 'jit_step', 'hlo_op': op}}
+    return {
+        'ph': 'X',
+        'pid': pid,
+        'tid': 2,
+        'ts': ts,
+        'dur': dur,
+        'name': kernel or op,
+        'args': {'hlo_module': 'jit_step', 'hlo_op': op},
+    }
 
 
 def process(pid, name):
@@ -27,18 +34,30 @@ def process(pid, name):
 
 def test_summary_sums_ops_and_counts_overlapping_time_once(tmp_path):
     trace = tmp_path / 'host.trace.json.gz'
-    write_trace(trace, [
-        op_event('convolution.1', 0, 10, kernel='sm90_xmma_fprop'),
-        op_event('fusion.2', 5, 10),  # Overlaps the first (another stream): busy 0-15.
-        {'ph': 'X', 'pid': 1, 'tid': 3, 'ts': 0, 'dur': 100, 'name': 'PjitFunction(step)',
-         'args': {}},  # Host time, not an op.
-        op_event('convolution.1', 20, 30, kernel='sm90_xmma_fprop'),
-        op_event('fusion.2', 60, 40),
-    ])
+    write_trace(
+        trace,
+        [
+            op_event('convolution.1', 0, 10, kernel='sm90_xmma_fprop'),
+            op_event('fusion.2', 5, 10),  # Overlaps the first (another stream): busy 0-15.
+            {
+                'ph': 'X',
+                'pid': 1,
+                'tid': 3,
+                'ts': 0,
+                'dur': 100,
+                'name': 'PjitFunction(step)',
+                'args': {},
+            },  # Host time, not an op.
+            op_event('convolution.1', 20, 30, kernel='sm90_xmma_fprop'),
+            op_event('fusion.2', 60, 40),
+        ],
+    )
     summary = profiling.summarize(profiling.latest_trace(str(tmp_path)), calls=2)
     assert summary == profiling.summarize(str(trace), calls=2)
     assert [(op['op'], op['count'], op['total_us']) for op in summary['ops']] == [
-        ('fusion.2', 2, 50), ('convolution.1', 2, 40)]
+        ('fusion.2', 2, 50),
+        ('convolution.1', 2, 40),
+    ]
     assert summary['ops'][1]['kernel'] == 'sm90_xmma_fprop'
     assert summary['busy_us'] == 85 and summary['span_us'] == 100  # Idle 15-20 and 50-60.
     text = profiling.format_summary(summary)
@@ -48,9 +67,15 @@ def test_summary_sums_ops_and_counts_overlapping_time_once(tmp_path):
 
 def test_on_a_gpu_only_the_device_streams_count(tmp_path):
     trace = tmp_path / 'host.trace.json.gz'
-    write_trace(trace, [process(1, '/host:CPU'), process(7, '/device:GPU:0'),
-                        op_event('fusion.2', 0, 3),  # The kernel's launch, on the host.
-                        op_event('fusion.2', 2, 10, kernel='loop_fusion', pid=7)])
+    write_trace(
+        trace,
+        [
+            process(1, '/host:CPU'),
+            process(7, '/device:GPU:0'),
+            op_event('fusion.2', 0, 3),  # The kernel's launch, on the host.
+            op_event('fusion.2', 2, 10, kernel='loop_fusion', pid=7),
+        ],
+    )
     summary = profiling.summarize(str(trace))
     assert [(op['kernel'], op['total_us']) for op in summary['ops']] == [('loop_fusion', 10)]
     assert summary['busy_us'] == summary['span_us'] == 10

@@ -44,8 +44,9 @@ def readme_groups() -> dict[str, list[list[str]]]:
     for words in readme_commands():
         if words[:2] == ['bash', 'scripts/test.sh']:
             continue  # The suite this test is part of.
-        workdir = next((word.split('=', 1)[1] for word in words
-                        if word.startswith('--workdir=')), None)
+        workdir = next(
+            (word.split('=', 1)[1] for word in words if word.startswith('--workdir=')), None
+        )
         if workdir is None and words[:2] == ['bash', 'scripts/train.sh']:
             workdir = 'runs/d2l'
         groups.setdefault(workdir or ' '.join(words), []).append(words)
@@ -54,12 +55,19 @@ def readme_groups() -> dict[str, list[list[str]]]:
 
 def tiny(idx_dir: pathlib.Path) -> list[str]:
     """Overrides that shrink any training command to seconds (they come last, so they win)."""
-    return ['--config.data.source=idx', f'--config.data.idx_dir={idx_dir}',
-            '--config.data.image_size=32', '--config.model.width_ratio=16',
-            f'--config.model.conv_arch={TINY_CONV_ARCH}'.replace(' ', ''),  # One word.
-            '--config.model.dense_features=(64,64)', '--config.train.batch_size=32',
-            '--config.train.eval_batch_size=50', '--config.train.num_epochs=1',
-            '--config.data.max_train_examples=32', '--config.data.max_test_examples=50']
+    return [
+        '--config.data.source=idx',
+        f'--config.data.idx_dir={idx_dir}',
+        '--config.data.image_size=32',
+        '--config.model.width_ratio=16',
+        f'--config.model.conv_arch={TINY_CONV_ARCH}'.replace(' ', ''),  # One word.
+        '--config.model.dense_features=(64,64)',
+        '--config.train.batch_size=32',
+        '--config.train.eval_batch_size=50',
+        '--config.train.num_epochs=1',
+        '--config.data.max_train_examples=32',
+        '--config.data.max_test_examples=50',
+    ]
 
 
 def executable(path: pathlib.Path, text: str) -> None:
@@ -82,14 +90,22 @@ def sandbox(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def test_the_readme_has_the_commands_this_test_knows():
-    kinds = {' '.join(words[:3]) if words[0] != 'bash' else ' '.join(words[:2])
-             for words in readme_commands()}
+    kinds = {
+        ' '.join(words[:3]) if words[0] != 'bash' else ' '.join(words[:2])
+        for words in readme_commands()
+    }
     assert kinds == {
-        'bash scripts/train.sh', 'bash scripts/test.sh', 'python -m vgg_flax.main',
-        'python -m vgg_flax.evaluate', 'python -m vgg_flax.sweep',
-        '.venv/bin/python -m vgg_flax.sweep', '.venv/bin/python -m vgg_flax.main',
-        'python -m vgg_flax.benchmark', 'python -m vgg_flax.summary',
-        'DATA_DIR=/data/fashion-mnist OUT=gpu_results bash'}
+        'bash scripts/train.sh',
+        'bash scripts/test.sh',
+        'python -m vgg_flax.main',
+        'python -m vgg_flax.evaluate',
+        'python -m vgg_flax.sweep',
+        '.venv/bin/python -m vgg_flax.sweep',
+        '.venv/bin/python -m vgg_flax.main',
+        'python -m vgg_flax.benchmark',
+        'python -m vgg_flax.summary',
+        'DATA_DIR=/data/fashion-mnist OUT=gpu_results bash',
+    }
 
 
 @pytest.mark.parametrize('group', list(readme_groups()))
@@ -98,34 +114,45 @@ def test_every_readme_command_runs(group, sandbox, tmp_path, monkeypatch, run_cl
     monkeypatch.chdir(sandbox)
     monkeypatch.setenv('PATH', f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
     for words in readme_groups()[group]:
-        words = [word.replace(README_DATA_DIR, str(idx_dir))
-                 .replace('$SLURM_ARRAY_TASK_ID', '0') for word in words]
+        words = [
+            word.replace(README_DATA_DIR, str(idx_dir)).replace('$SLURM_ARRAY_TASK_ID', '0')
+            for word in words
+        ]
         if words[:2] == ['bash', 'scripts/train.sh']:
-            done = subprocess.run([*words, *tiny(idx_dir)], capture_output=True, text=True,
-                                  timeout=600)
+            done = subprocess.run(
+                [*words, *tiny(idx_dir)], capture_output=True, text=True, timeout=600
+            )
         elif 'bash' in words:  # The GPU script's training stage, on this CPU.
             position = words.index('bash')
-            env = dict(os.environ, **dict(word.split('=', 1) for word in words[:position]),
-                       STAGES='train_bfloat16', EXTRA_FLAGS=' '.join(tiny(idx_dir)[2:]))
-            done = subprocess.run(words[position:], capture_output=True, text=True, timeout=600,
-                                  env=env)
+            env = dict(
+                os.environ,
+                **dict(word.split('=', 1) for word in words[:position]),
+                STAGES='train_bfloat16',
+                EXTRA_FLAGS=' '.join(tiny(idx_dir)[2:]),
+            )
+            done = subprocess.run(
+                words[position:], capture_output=True, text=True, timeout=600, env=env
+            )
             summary = (sandbox / env['OUT'] / 'summary.txt').read_text()
             assert 'FAILED' not in summary and 'train bfloat16: 1 epochs' in summary, summary
         else:
             module_name = words[words.index('-m') + 1]
             module = importlib.import_module(module_name)
             # Evaluating and summarising take seconds as written: only training is shrunk.
-            extra = ([] if module_name in ('vgg_flax.evaluate', 'vgg_flax.summary') else
-                     tiny(idx_dir))
+            extra = (
+                [] if module_name in ('vgg_flax.evaluate', 'vgg_flax.summary') else tiny(idx_dir)
+            )
             if module_name == 'vgg_flax.benchmark':
                 extra += ['--steps=2', '--repeats=1', '--warmup=1', '--loop_steps=0']
             if module_name == 'vgg_flax.sweep' and not any(
-                    word.startswith(('--index', '--list', '--report')) for word in words):
-                config = next(word.split('=', 1)[1] for word in words
-                              if word.startswith('--config='))
+                word.startswith(('--index', '--list', '--report')) for word in words
+            ):
+                config = next(
+                    word.split('=', 1)[1] for word in words if word.startswith('--config=')
+                )
                 # Its last point: the others are the same code with other values.
                 extra.append(f'--index={len(module.load_sweep(config)) - 1}')
-            done = run_cli(module, *words[words.index('-m') + 2:], *extra)
+            done = run_cli(module, *words[words.index('-m') + 2 :], *extra)
         if '--report' in words:  # Of a sweep run on some points: it says the rest are not.
             assert re.fullmatch(r'\d+ point\(s\) not done.\n', done.stderr), done.stderr
         else:
@@ -136,6 +163,7 @@ def test_every_readme_command_runs(group, sandbox, tmp_path, monkeypatch, run_cl
 
 def test_the_groups_hold_every_command_once():
     grouped = [words for group in readme_groups().values() for words in group]
-    assert sorted(grouped) == sorted(words for words in readme_commands()
-                                     if words[:2] != ['bash', 'scripts/test.sh'])
+    assert sorted(grouped) == sorted(
+        words for words in readme_commands() if words[:2] != ['bash', 'scripts/test.sh']
+    )
     assert readme_groups()['runs/d2l'][-1][:3] == ['python', '-m', 'vgg_flax.evaluate']

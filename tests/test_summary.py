@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
+from test_models import closed_form_params
 
 from vgg_flax import summary
 
 from conftest import ROOT, load_experiment, tiny_config
-
-from test_models import closed_form_params
 
 
 def test_summary_rows_and_totals():
@@ -18,10 +16,24 @@ def test_summary_rows_and_totals():
     config.data.image_size = 64
     result = summary.summarize(config)
     names = [layer.name for layer in result.layers]
-    assert names == ['input', 'block1', 'block2', 'block3', 'block4', 'block5', 'dense1',
-                     'dense2', 'head']
+    assert names == [
+        'input',
+        'block1',
+        'block2',
+        'block3',
+        'block4',
+        'block5',
+        'dense1',
+        'dense2',
+        'head',
+    ]
     assert [layer.output_shape for layer in result.layers[1:6]] == [
-        (32, 32, 4), (16, 16, 8), (8, 8, 16), (4, 4, 32), (2, 2, 32)]
+        (32, 32, 4),
+        (16, 16, 8),
+        (8, 8, 16),
+        (4, 4, 32),
+        (2, 2, 32),
+    ]
     assert result.layers[1].activation_bytes == 32 * 32 * 4 * 4
     expected = closed_form_params('vgg11', 16, 64, dense=(64, 64), use_bn=True)
     assert result.num_params == expected == sum(layer.params for layer in result.layers)
@@ -47,23 +59,36 @@ def run_summary(run_cli):
 def test_cli_prints_the_lessons_shapes_and_parameter_count(run_summary):
     done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}')
     assert done.returncode == 0, done.stderr
-    for row in ('block1', '112x112x16', '56x56x32', '28x28x64', '14x14x128', '7x7x128',
-                'parameters: 43,093,322', 'forward FLOPs per image', 'training step at batch 128'):
+    for row in (
+        'block1',
+        '112x112x16',
+        '56x56x32',
+        '28x28x64',
+        '14x14x128',
+        '7x7x128',
+        'parameters: 43,093,322',
+        'forward FLOPs per image',
+        'training step at batch 128',
+    ):
         assert row in done.stdout
 
 
 def test_cli_override_applies(run_summary):
-    done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}',
-                       '--config.model.width_ratio=1')
+    done = run_summary(
+        f'--config={ROOT / "experiments" / "d2l_vgg11.py"}', '--config.model.width_ratio=1'
+    )
     assert done.returncode == 0, done.stderr
     assert '112x112x64' in done.stdout
 
 
-@pytest.mark.parametrize('override,message', [
-    ('--config.model.no_such_field=1', '--config.model.no_such_field: the config has no such'),
-    ('--config.model.width_ratio=3', 'config.model.width_ratio=3 does not divide'),
-    ('--config.data.image_size=16', 'config.data.image_size=16 is too small'),
-])
+@pytest.mark.parametrize(
+    'override,message',
+    [
+        ('--config.model.no_such_field=1', '--config.model.no_such_field: the config has no such'),
+        ('--config.model.width_ratio=3', 'config.model.width_ratio=3 does not divide'),
+        ('--config.data.image_size=16', 'config.data.image_size=16 is too small'),
+    ],
+)
 def test_cli_rejects_unknown_fields_and_bad_values(override, message, run_summary):
     done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}', override)
     assert done.returncode != 0

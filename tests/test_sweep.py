@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from vgg_flax import checkpointing, config_utils, hyper, sweep
+from vgg_flax import config_utils, hyper, run_dir, sweep, sweep_report
 
 from conftest import PNG_MAGIC, ROOT, sigterm_once_training, tiny_config
 
-SWEEP_FILE = '''
+SWEEP_FILE = """
 from vgg_flax import config_utils, hyper
 
 
@@ -33,7 +33,7 @@ def get_config():
 def get_sweep():
     # Ratio 3 divides no VGG width: that point fails, the others must still run.
     return hyper.axis('model.width_ratio', [8, 16, 3])
-'''
+"""
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ def sweep_file(tmp_path, idx_dir):
 @pytest.fixture
 def run_sweep(run_cli):
     return lambda sweep_file, workdir, *args: run_cli(
-        sweep, f'--config={sweep_file}', f'--workdir={workdir}', *args)
+        sweep, f'--config={sweep_file}', f'--workdir={workdir}', *args
+    )
 
 
 def read_csv(path):
@@ -58,9 +59,11 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sw
     workdir = tmp_path / 'sweep'
     done = run_sweep(sweep_file, workdir, '--list')
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split('\n')[:3] == ['  0  missing  model.width_ratio=8',
-                                           '  1  missing  model.width_ratio=16',
-                                           '  2  missing  model.width_ratio=3']
+    assert done.stdout.split('\n')[:3] == [
+        '  0  missing  model.width_ratio=8',
+        '  1  missing  model.width_ratio=16',
+        '  2  missing  model.width_ratio=3',
+    ]
 
     done = run_sweep(sweep_file, workdir, '--index=1')  # One job-array task.
     assert done.returncode == 0, done.stderr
@@ -75,10 +78,19 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sw
     assert 'does not divide' in (workdir / 'model.width_ratio=3' / 'error.txt').read_text()
     rows = read_csv(workdir / 'results.csv')
     assert [(r['model.width_ratio'], r['status']) for r in rows] == [
-        ('8', 'done'), ('16', 'done'), ('3', 'failed')]
+        ('8', 'done'),
+        ('16', 'done'),
+        ('3', 'failed'),
+    ]
     assert int(rows[0]['params']) > int(rows[1]['params']) > 0
-    for column in ('forward_gflops', 'step_memory_mib', 'test_accuracy', 'best_epoch',
-                   'examples_per_sec', 'wall_seconds'):
+    for column in (
+        'forward_gflops',
+        'step_memory_mib',
+        'test_accuracy',
+        'best_epoch',
+        'examples_per_sec',
+        'wall_seconds',
+    ):
         assert rows[0][column] and rows[1][column] and not rows[2][column], column
     assert float(rows[0]['test_accuracy']) > 0.3
     by_group, by_run = (workdir / 'results.md').read_text().split('Per run:')
@@ -86,12 +98,16 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sw
     assert markdown[0].startswith('| index | model.width_ratio | status | params |')
     assert len(markdown) == 5 and '| failed |' in markdown[4]
     groups = [line for line in by_group.splitlines() if line.startswith('| ')]
-    assert groups[0].startswith('| model.width_ratio | runs | done | not done | val acc | '
-                                'test acc | std | min | max |')
+    assert groups[0].startswith(
+        '| model.width_ratio | runs | done | not done | val acc | test acc | std | min | max |'
+    )
     assert groups[4].startswith('| 3 | 1 | 0 | failed 2 | - |')  # Counted, not averaged.
     summary = read_csv(workdir / 'summary.csv')
     assert [(g['model.width_ratio'], g['runs'], g['done']) for g in summary] == [
-        ('8', '1', '1'), ('16', '1', '1'), ('3', '1', '0')]
+        ('8', '1', '1'),
+        ('16', '1', '1'),
+        ('3', '1', '0'),
+    ]
     assert summary[0]['test_accuracy_mean'] == rows[0]['test_accuracy']
     assert summary[0]['test_accuracy_std'] == '' and summary[2]['test_accuracy_mean'] == ''
     assert (workdir / 'sweep.png').read_bytes()[:8] == PNG_MAGIC
@@ -111,15 +127,20 @@ def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sw
 def test_index_out_of_range(sweep_file, tmp_path, run_sweep):
     done = run_sweep(sweep_file, tmp_path / 'sweep', '--index=3')
     assert done.returncode == 1 and '--index=3 is out of range: the sweep has 3 points' in (
-        done.stderr)
+        done.stderr
+    )
 
 
 def test_a_single_experiment_is_one_point_repeated_over_seeds(tmp_path, run_sweep):
-    done = run_sweep(ROOT / 'experiments' / 'quick.py', tmp_path / 'sweep', '--list',
-                     '--seeds=3', '--config.seed=5')
+    done = run_sweep(
+        ROOT / 'experiments' / 'quick.py',
+        tmp_path / 'sweep',
+        '--list',
+        '--seeds=3',
+        '--config.seed=5',
+    )
     assert done.returncode == 0, done.stderr
-    assert [line.split()[-1] for line in done.stdout.splitlines()] == [
-        'seed=5', 'seed=6', 'seed=7']
+    assert [line.split()[-1] for line in done.stdout.splitlines()] == ['seed=5', 'seed=6', 'seed=7']
     done = run_sweep(ROOT / 'experiments' / 'quick.py', tmp_path / 'sweep', '--list')
     assert done.returncode == 0 and done.stdout.split() == ['0', 'missing', 'base']
 
@@ -128,15 +149,16 @@ def test_point_config_and_names():
     base = config_utils.default_config()
     config = sweep.point_config(base, {'model.width_ratio': 8, 'model.dense_features': (64,)})
     assert config.model.width_ratio == 8 and base.model.width_ratio == 4
-    assert sweep.point_name({'model.width_ratio': 8, 'model.dense_features': (64, 32)}) == (
-        'model.width_ratio=8,model.dense_features=64-32')
+    assert hyper.point_name({'model.width_ratio': 8, 'model.dense_features': (64, 32)}) == (
+        'model.width_ratio=8,model.dense_features=64-32'
+    )
     with pytest.raises(ValueError, match="the sweep sets 'model.widht_ratio'"):
         sweep.point_config(base, {'model.widht_ratio': 8})
 
 
 def test_named_points_are_named_by_their_name_and_seed_and_set_their_fields():
     point = hyper.named('bn', {'model.use_bn': True, 'seed': 2})
-    assert sweep.point_name(point) == 'bn,seed=2'
+    assert hyper.point_name(point) == 'bn,seed=2'
     config = sweep.point_config(tiny_config(), point)
     assert config.model.use_bn and config.seed == 2
 
@@ -145,55 +167,91 @@ def test_reports_of_named_and_of_chained_points_keep_their_points_apart(tmp_path
     """Points need not set the same fields: a named ablation with seeds groups by name, and a
     chain's report has a column per field any point sets ('-' where one keeps the base's)."""
     base = tiny_config(str(tmp_path / 'unread'))
-    ablation = sweep.with_seeds(hyper.cumulative(('plain', {}), (
-        'small-head', {'model.dense_features': (16, 16)})), 0, 2)
-    rows = sweep.write_report(sweep.plan(base, ablation, str(tmp_path / 'a')), str(tmp_path / 'a'))
+    ablation = sweep.with_seeds(
+        hyper.cumulative(('plain', {}), ('small-head', {'model.dense_features': (16, 16)})), 0, 2
+    )
+    rows = sweep_report.write_report(
+        sweep.plan(base, ablation, str(tmp_path / 'a')), str(tmp_path / 'a')
+    )
     assert [(row['name'], row['seed']) for row in rows] == [
-        ('plain', 0), ('plain', 1), ('small-head', 0), ('small-head', 1)]
+        ('plain', 0),
+        ('plain', 1),
+        ('small-head', 0),
+        ('small-head', 1),
+    ]
     groups = read_csv(tmp_path / 'a' / 'summary.csv')
-    assert [(group['name'], group['runs']) for group in groups] == [('plain', '2'),
-                                                                     ('small-head', '2')]
+    assert [(group['name'], group['runs']) for group in groups] == [
+        ('plain', '2'),
+        ('small-head', '2'),
+    ]
     assert int(groups[0]['params']) > int(groups[1]['params'])
 
     chained = hyper.chain(hyper.axis('model.width_ratio', [8]), hyper.axis('model.use_bn', [False]))
-    sweep.write_report(sweep.plan(base, chained, str(tmp_path / 'c')), str(tmp_path / 'c'))
-    assert [(row['model.width_ratio'], row['model.use_bn']) for row in read_csv(
-        tmp_path / 'c' / 'results.csv')] == [('8', ''), ('', 'False')]
+    sweep_report.write_report(sweep.plan(base, chained, str(tmp_path / 'c')), str(tmp_path / 'c'))
+    assert [
+        (row['model.width_ratio'], row['model.use_bn'])
+        for row in read_csv(tmp_path / 'c' / 'results.csv')
+    ] == [('8', ''), ('', 'False')]
     assert len(read_csv(tmp_path / 'c' / 'summary.csv')) == 2
     assert '| 8 | - | 1 | 0 | missing 0 |' in (tmp_path / 'c' / 'results.md').read_text()
 
 
 def test_ratio_sweep_experiment_runs_the_lessons_ratios_with_three_seeds():
     points = sweep.load_sweep(str(ROOT / 'experiments' / 'ratio_sweep.py'))
-    assert points == [{'model.width_ratio': r, 'seed': s} for r in (1, 2, 4, 8, 16)
-                      for s in range(3)]
+    assert points == [
+        {'model.width_ratio': r, 'seed': s} for r in (1, 2, 4, 8, 16) for s in range(3)
+    ]
 
 
 def test_spread_is_mean_std_and_a_students_t_interval():
-    result = sweep.spread([0.8, 0.9, 1.0])
+    result = sweep_report.seed_statistics([0.8, 0.9, 1.0])
     assert result['mean'] == pytest.approx(0.9) and result['std'] == pytest.approx(0.1)
-    assert result['ci95'] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-6)
+    assert result['ci95'] == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-6)
     assert result['min'] == 0.8 and result['max'] == 1.0
-    assert sweep.spread([0.7]) == {'mean': 0.7, 'std': None, 'ci95': None, 'min': 0.7,
-                                   'max': 0.7}
-    assert sweep.spread([]) == {'mean': None, 'std': None, 'ci95': None, 'min': None,
-                                'max': None}
+    assert sweep_report.seed_statistics([0.7]) == {
+        'mean': 0.7,
+        'std': None,
+        'ci95': None,
+        'min': 0.7,
+        'max': 0.7,
+    }
+    assert sweep_report.seed_statistics([]) == {
+        'mean': None,
+        'std': None,
+        'ci95': None,
+        'min': None,
+        'max': None,
+    }
 
 
 def test_groups_average_finished_seeds_only_and_count_the_rest():
     def row(index, ratio, seed, status, accuracy):
-        return {'index': index, 'model.width_ratio': ratio, 'seed': seed, 'status': status,
-                'test_accuracy': accuracy, 'best_test_accuracy': accuracy,
-                'examples_per_sec': 100.0 * (seed + 1), 'params': 10, 'forward_gflops': 0.1,
-                'step_memory_mib': 5.0}
-    rows = [row(0, 8, 0, 'done', 0.70), row(1, 8, 1, 'done', 0.80), row(2, 8, 2, 'partial', 0.1),
-            row(3, 16, 0, 'done', 0.60), row(4, 16, 1, 'failed', None),
-            row(5, 16, 2, 'missing', None)]
-    eight, sixteen = sweep.group_rows(rows, ['model.width_ratio', 'seed'])
+        return {
+            'index': index,
+            'model.width_ratio': ratio,
+            'seed': seed,
+            'status': status,
+            'test_accuracy': accuracy,
+            'best_test_accuracy': accuracy,
+            'examples_per_sec': 100.0 * (seed + 1),
+            'params': 10,
+            'forward_gflops': 0.1,
+            'step_memory_mib': 5.0,
+        }
+
+    rows = [
+        row(0, 8, 0, 'done', 0.70),
+        row(1, 8, 1, 'done', 0.80),
+        row(2, 8, 2, 'partial', 0.1),
+        row(3, 16, 0, 'done', 0.60),
+        row(4, 16, 1, 'failed', None),
+        row(5, 16, 2, 'missing', None),
+    ]
+    eight, sixteen = sweep_report.group_rows(rows, ['model.width_ratio', 'seed'])
     assert (eight['runs'], eight['done'], eight['not_done']) == (3, 2, 'partial 2')
     assert eight['test_accuracy_mean'] == pytest.approx(0.75)
     assert eight['test_accuracy_std'] == pytest.approx(0.0707107, rel=1e-5)
-    assert eight['test_accuracy_ci95'] == pytest.approx(12.7062 * 0.0707107 / 2 ** 0.5, rel=1e-4)
+    assert eight['test_accuracy_ci95'] == pytest.approx(12.7062 * 0.0707107 / 2**0.5, rel=1e-4)
     assert eight['examples_per_sec'] == pytest.approx(150.0)
     assert (sixteen['done'], sixteen['not_done']) == (1, 'failed 4, missing 5')
     assert sixteen['test_accuracy_mean'] == 0.60 and sixteen['test_accuracy_ci95'] is None
@@ -203,9 +261,11 @@ def test_groups_average_finished_seeds_only_and_count_the_rest():
 def test_seeds_flag_repeats_every_point(sweep_file, tmp_path, run_sweep):
     done = run_sweep(sweep_file, tmp_path / 'sweep', '--seeds=2', '--config.seed=5', '--list')
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split('\n')[:3] == ['  0  missing  model.width_ratio=8,seed=5',
-                                           '  1  missing  model.width_ratio=8,seed=6',
-                                           '  2  missing  model.width_ratio=16,seed=5']
+    assert done.stdout.split('\n')[:3] == [
+        '  0  missing  model.width_ratio=8,seed=5',
+        '  1  missing  model.width_ratio=8,seed=6',
+        '  2  missing  model.width_ratio=16,seed=5',
+    ]
     ratio_sweep = ROOT / 'experiments' / 'ratio_sweep.py'
     done = run_sweep(ratio_sweep, tmp_path / 'ratio', '--seeds=2', '--list')
     assert done.returncode == 1 and 'the sweep sets seed itself' in done.stderr
@@ -220,15 +280,24 @@ def test_a_population_sweep_reports_what_separate_runs_report(sweep_file, tmp_pa
         flags = ['--seeds=2'] + (['--population'] if mode == 'population' else [])
         done = run_sweep(sweep_file, tmp_path / mode, *flags)
         assert done.returncode == 1 and 'failed: model.width_ratio=3,seed=0' in done.stderr, (
-            done.stderr)
+            done.stderr
+        )
         reports[mode] = read_csv(tmp_path / mode / 'results.csv')
     assert (tmp_path / 'population' / 'model.width_ratio=8,seeds=0-1' / 'results.json').is_file()
     assert not (tmp_path / 'population' / 'model.width_ratio=8,seed=0').exists()
     separate, population = reports['separate'], reports['population']
-    assert [(r['model.width_ratio'], r['seed'], r['status']) for r in population] == [
-        (r['model.width_ratio'], r['seed'], r['status']) for r in separate] == [
-        ('8', '0', 'done'), ('8', '1', 'done'), ('16', '0', 'done'), ('16', '1', 'done'),
-        ('3', '0', 'failed'), ('3', '1', 'failed')]
+    assert (
+        [(r['model.width_ratio'], r['seed'], r['status']) for r in population]
+        == [(r['model.width_ratio'], r['seed'], r['status']) for r in separate]
+        == [
+            ('8', '0', 'done'),
+            ('8', '1', 'done'),
+            ('16', '0', 'done'),
+            ('16', '1', 'done'),
+            ('3', '0', 'failed'),
+            ('3', '1', 'failed'),
+        ]
+    )
     for a, b in zip(separate[:4], population[:4]):
         assert float(a['test_accuracy']) == pytest.approx(float(b['test_accuracy']), abs=0.03)
         assert a['params'] == b['params']
@@ -236,32 +305,41 @@ def test_a_population_sweep_reports_what_separate_runs_report(sweep_file, tmp_pa
     assert done.returncode == 1 and 'drop --index' in done.stderr
 
 
-def test_a_point_that_another_process_trains_is_skipped_and_left_alone(sweep_file, tmp_path,
-                                                                        run_sweep):
+def test_a_point_that_another_process_trains_is_skipped_and_left_alone(
+    sweep_file, tmp_path, run_sweep
+):
     """The same point started twice at once: the second sweep neither trains it nor marks it
     failed, says who holds it, and exits 1; the first one's directory is untouched."""
     workdir = tmp_path / 'sweep'
     point_dir = workdir / 'model.width_ratio=16'
-    with checkpointing.hold_workdir(str(point_dir)):
+    with run_dir.hold_workdir(str(point_dir)):
         listed = run_sweep(sweep_file, workdir, '--list')
         second = run_sweep(sweep_file, workdir, '--index=1')
     assert '  1  running  model.width_ratio=16' in listed.stdout
     assert second.returncode == 1
     assert '[1] model.width_ratio=16: in use by another run (host ' in second.stderr
     assert '1 point(s) in use by another run: model.width_ratio=16' in second.stderr
-    assert sorted(p.name for p in point_dir.iterdir()) == [checkpointing.LOCK_FILE]
+    assert sorted(p.name for p in point_dir.iterdir()) == [run_dir.LOCK_FILE]
     assert run_sweep(sweep_file, workdir, '--index=1').returncode == 0  # Once it has ended.
 
 
 def test_sigterm_mid_sweep_then_the_same_command_finishes_without_redoing_a_point(
-        tmp_path, idx_dir, run_sweep):
+    tmp_path, idx_dir, run_sweep
+):
     path = tmp_path / 'two_points.py'
-    path.write_text(SWEEP_FILE.format(idx_dir=str(idx_dir)).replace(
-        '[8, 16, 3]', '[16, 8]').replace('num_epochs = 1', 'num_epochs = 8'))
+    path.write_text(
+        SWEEP_FILE.format(idx_dir=str(idx_dir))
+        .replace('[8, 16, 3]', '[16, 8]')
+        .replace('num_epochs = 1', 'num_epochs = 8')
+    )
     workdir = tmp_path / 'sweep'
     process = subprocess.Popen(
         [sys.executable, '-m', 'vgg_flax.sweep', f'--config={path}', f'--workdir={workdir}'],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, stderr = sigterm_once_training(process, workdir / 'model.width_ratio=8' / 'steps.jsonl')
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert 'SIGTERM stopped the run at step' in stderr

@@ -17,8 +17,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vgg_flax import (checkpointing, evaluate, input_pipeline, metric_writers, train, train_steps,
-                      validation)
+from vgg_flax import (
+    checkpointing,
+    evaluate,
+    input_pipeline,
+    metric_writers,
+    run_dir,
+    train,
+    train_steps,
+    validation,
+)
 
 from conftest import ROOT, tiny_config
 
@@ -36,7 +44,8 @@ def test_steps_lower_the_loss(idx_dir):
     data = train_steps.TrainData(
         *jax.device_put((split.images, split.labels)),
         input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32)[:1],
-        jax.random.key(2))
+        jax.random.key(2),
+    )
     step = jax.jit(train_steps.train_step, static_argnums=2)
     options = train_steps.StepOptions(image_size=32)
     losses = []
@@ -53,12 +62,14 @@ def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     data = train_steps.TrainData(
         *jax.device_put((split.images, split.labels)),
         input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32),
-        jax.random.key(2))
+        jax.random.key(2),
+    )
     results = []
     for num_steps, calls in ((1, 3), (3, 1)):
         state = train_steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
-        fn = train_steps.lower_train_step(state, data, train_steps.StepOptions(image_size=32),
-                                          num_steps).compile()
+        fn = train_steps.lower_train_step(
+            state, data, train_steps.StepOptions(image_size=32), num_steps
+        ).compile()
         for _ in range(calls):
             state = fn(state, data)
         results.append(state)
@@ -66,8 +77,10 @@ def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     assert int(looped.step) == int(one_by_one.step) == 3  # Three batches, in the same order...
     assert int(looped.sums['count']) == 3 * 32
     np.testing.assert_allclose(looped.sums['loss_sum'], one_by_one.sums['loss_sum'], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves((looped.params, looped.batch_stats)),
-                    jax.tree.leaves((one_by_one.params, one_by_one.batch_stats))):
+    for a, b in zip(
+        jax.tree.leaves((looped.params, looped.batch_stats)),
+        jax.tree.leaves((one_by_one.params, one_by_one.batch_stats)),
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # ...to the same parameters.
 
 
@@ -85,7 +98,8 @@ def test_training_beats_chance_and_writes_the_run(idx_dir, tmp_path, capsys):
     assert [r['step'] for r in logged] == [4, 8, 10, 14, 18, 20]
     assert [r['epoch'] for r in logged] == pytest.approx([0.4, 0.8, 1, 1.4, 1.8, 2])
     assert [(r['train_loss'], r['train_accuracy']) for r in logged[2::3]] == [
-        (r['train_loss'], r['train_accuracy']) for r in history]
+        (r['train_loss'], r['train_accuracy']) for r in history
+    ]
     assert all(r['examples_per_sec'] > 0 and r['learning_rate'] == 0.05 for r in logged)
     # Without a terminal, each mid-epoch record is also a line of the log.
     progress = [line for line in capsys.readouterr().out.splitlines() if 'step ' in line]
@@ -103,7 +117,8 @@ def test_evaluation_counts_every_test_example(idx_dir, tmp_path):
 
 
 def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_set(
-        idx_dir, tmp_path):
+    idx_dir, tmp_path
+):
     """The last 64 of 320 training examples: the run trains exactly as one cut to the first 256
     does, and its validation accuracy is the restored model's accuracy on those 64."""
     config = tiny_config(str(idx_dir))
@@ -113,7 +128,8 @@ def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_
     config.data.validation_examples, config.data.max_train_examples = 0, 256
     cut = train.train_and_evaluate(config, str(tmp_path / 'cut'))
     assert metrics_of(metric_writers.read_history(str(tmp_path / 'held_out'))) == metrics_of(
-        metric_writers.read_history(str(tmp_path / 'cut')))
+        metric_writers.read_history(str(tmp_path / 'cut'))
+    )
     assert 'val_accuracy' not in cut and held_out['test_accuracy'] == cut['test_accuracy']
     history = metric_writers.read_history(str(tmp_path / 'held_out'))
     assert all(0 < record['val_accuracy'] <= 1 and record['val_loss'] > 0 for record in history)
@@ -122,19 +138,22 @@ def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_
     config.data.max_train_examples = 0
     train_split = input_pipeline.load_split(config.data, 'train')
     validation = input_pipeline.Split(train_split.images[256:], train_split.labels[256:])
-    state, _ = evaluate.restore_state(checkpointing.read_config(str(tmp_path / 'held_out')),
-                                      str(tmp_path / 'held_out'), None, 1)
+    state, _ = evaluate.restore_state(
+        run_dir.read_config(str(tmp_path / 'held_out')), str(tmp_path / 'held_out'), None, 1
+    )
     predictions = evaluate.predict(state, validation, 32, 40)
     assert np.mean(predictions == validation.labels) == pytest.approx(held_out['val_accuracy'])
 
 
-@pytest.mark.parametrize('held_out, limit, message', [
-    (-1, 0, 'config.data.validation_examples=-1 must be 0 (none) or a positive integer'),
-    (256, 256, 'config.data.validation_examples=256 leaves no training examples of the 256'),
-    (60_000, 0, 'leaves no training examples of the 60,000'),
-])
-def test_a_validation_set_that_leaves_no_training_examples_is_refused(held_out, limit,
-                                                                       message):
+@pytest.mark.parametrize(
+    'held_out, limit, message',
+    [
+        (-1, 0, 'config.data.validation_examples=-1 must be 0 (none) or a positive integer'),
+        (256, 256, 'config.data.validation_examples=256 leaves no training examples of the 256'),
+        (60_000, 0, 'leaves no training examples of the 60,000'),
+    ],
+)
+def test_a_validation_set_that_leaves_no_training_examples_is_refused(held_out, limit, message):
     config = tiny_config('unread')
     config.data.validation_examples, config.data.max_train_examples = held_out, limit
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -157,12 +176,18 @@ def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir,
     train.train_and_evaluate(config, str(tmp_path / 'resumed'))
     config.train.num_epochs = 3
     resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
-    histories = [metrics_of(metric_writers.read_history(str(tmp_path / name)))
-                 for name in ('straight', 'again', 'resumed')]
+    histories = [
+        metrics_of(metric_writers.read_history(str(tmp_path / name)))
+        for name in ('straight', 'again', 'resumed')
+    ]
     assert histories[0] == histories[1] == histories[2]
-    step_logs = [[{k: v for k, v in record.items() if k != 'examples_per_sec'}
-                  for record in metric_writers.read_steps(str(tmp_path / name))]
-                 for name in ('straight', 'resumed')]
+    step_logs = [
+        [
+            {k: v for k, v in record.items() if k != 'examples_per_sec'}
+            for record in metric_writers.read_steps(str(tmp_path / name))
+        ]
+        for name in ('straight', 'resumed')
+    ]
     assert step_logs[0] == step_logs[1] and len(step_logs[0]) == 3
     assert straight['test_accuracy'] == again['test_accuracy'] == resumed['test_accuracy']
 
@@ -170,8 +195,9 @@ def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir,
 def test_the_moving_average_ramps_its_decay_up_from_the_first_update():
     ema, value = {'w': jnp.zeros(3)}, {'w': jnp.ones(3)}
     for updates, rate in ((1, 2 / 11), (100, 0.9)):
-        np.testing.assert_allclose(train_steps.update_ema(ema, value, 0.9, jnp.asarray(updates))['w'],
-                                   1 - rate, rtol=1e-6)
+        np.testing.assert_allclose(
+            train_steps.update_ema(ema, value, 0.9, jnp.asarray(updates))['w'], 1 - rate, rtol=1e-6
+        )
 
 
 def test_a_moving_average_run_evaluates_it_saves_it_and_resumes_exactly(idx_dir, tmp_path):
@@ -185,29 +211,44 @@ def test_a_moving_average_run_evaluates_it_saves_it_and_resumes_exactly(idx_dir,
     config.train.num_epochs = 2
     resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
     assert resumed['test_accuracy'] == straight['test_accuracy']
-    histories = [metrics_of(metric_writers.read_history(str(tmp_path / name)))
-                 for name in ('straight', 'resumed')]
+    histories = [
+        metrics_of(metric_writers.read_history(str(tmp_path / name)))
+        for name in ('straight', 'resumed')
+    ]
     assert histories[0] == histories[1]
 
     state, _ = evaluate.restore_state(config, str(tmp_path / 'straight'))
     assert set(state.ema) == {'params', 'batch_stats'}
     variables = checkpointing.load_variables(str(tmp_path / 'straight'))
-    for saved, average in ((variables, state.ema), (variables['batch_stats'],
-                                                    state.ema['batch_stats'])):
+    for saved, average in (
+        (variables, state.ema),
+        (variables['batch_stats'], state.ema['batch_stats']),
+    ):
         for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(average)):
             np.testing.assert_array_equal(a, b)
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.ema['params']),
-                                                        jax.tree.leaves(state.params)))
+    assert not all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(state.ema['params']), jax.tree.leaves(state.params))
+    )
     split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     predictions = evaluate.predict(state, split, 32, config.train.eval_batch_size)
     assert np.mean(predictions == split.labels) == histories[0][-1]['test_accuracy']
     images, indices = jnp.asarray(split.images), jnp.arange(8)
     logits = train_steps.predict_step(state, images, indices, image_size=32)
-    np.testing.assert_array_equal(logits, train_steps.predict_step(
-        state.replace(params=state.ema['params'], batch_stats=state.ema['batch_stats'], ema=None),
-        images, indices, image_size=32))
-    assert not np.allclose(logits, train_steps.predict_step(state.replace(ema=None), images, indices,
-                                                      image_size=32))
+    np.testing.assert_array_equal(
+        logits,
+        train_steps.predict_step(
+            state.replace(
+                params=state.ema['params'], batch_stats=state.ema['batch_stats'], ema=None
+            ),
+            images,
+            indices,
+            image_size=32,
+        ),
+    )
+    assert not np.allclose(
+        logits, train_steps.predict_step(state.replace(ema=None), images, indices, image_size=32)
+    )
 
 
 def test_without_a_moving_average_the_checkpoint_layout_is_unchanged(idx_dir, tmp_path):
@@ -216,8 +257,11 @@ def test_without_a_moving_average_the_checkpoint_layout_is_unchanged(idx_dir, tm
     train.train_and_evaluate(config, str(tmp_path / 'run'))
     state, _ = evaluate.restore_state(config, str(tmp_path / 'run'))
     assert state.ema is None
-    saved = ocp.PyTreeCheckpointHandler().metadata(tmp_path / 'run' / 'checkpoints' / '10' /
-                                                   'arrays').tree
+    saved = (
+        ocp.PyTreeCheckpointHandler()
+        .metadata(tmp_path / 'run' / 'checkpoints' / '10' / 'arrays')
+        .tree
+    )
     assert set(saved['state']) == {'step', 'params', 'opt_state', 'batch_stats'}
 
 
@@ -269,8 +313,12 @@ def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_pat
     real_step, markers, queued = train_steps.train_step, [], []
 
     def slow_step(state, data, options):  # About 2 GFLOP more per step: the host outpaces
-        x = jax.lax.fori_loop(0, 60, lambda _, x: jnp.tanh(x @ x),  # the device.
-                              jnp.full((256, 256), 0.01))
+        x = jax.lax.fori_loop(
+            0,
+            60,
+            lambda _, x: jnp.tanh(x @ x),  # the device.
+            jnp.full((256, 256), 0.01),
+        )
         state = real_step(state, data, options)
         return state.replace(step=state.step + (x[0, 0] > 1e9).astype(state.step.dtype))
 
@@ -291,8 +339,9 @@ def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_pat
     assert len(queued) == 10 and max(queued) <= 2, queued
 
 
-def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(idx_dir, tmp_path,
-                                                                        monkeypatch):
+def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(
+    idx_dir, tmp_path, monkeypatch
+):
     config = tiny_config(str(idx_dir))  # 10 steps an epoch: with 4 to a call, 4 + 4 + 1 + 1.
     train.train_and_evaluate(config, str(tmp_path / 'one_by_one'))
     one_by_one = metrics_of(metric_writers.read_history(str(tmp_path / 'one_by_one')))
@@ -323,8 +372,11 @@ def test_a_multi_host_stop_falls_on_a_call_boundary(monkeypatch):
         polled.append(step)
         return step == 7
 
-    monkeypatch.setattr(train, 'multihost_utils', types.SimpleNamespace(
-        reached_preemption_sync_point=reached_preemption_sync_point))
+    monkeypatch.setattr(
+        train,
+        'multihost_utils',
+        types.SimpleNamespace(reached_preemption_sync_point=reached_preemption_sync_point),
+    )
     stop = train.StopSignals()
     stop._multi_process = True
     assert not stop.should_stop(4, num_steps=4)
@@ -332,8 +384,9 @@ def test_a_multi_host_stop_falls_on_a_call_boundary(monkeypatch):
     assert polled == [1, 2, 3, 4, 5, 6, 7]  # Every step, as the service expects.
 
 
-def test_a_multi_host_run_polls_the_preemption_service_at_every_step(idx_dir, tmp_path,
-                                                                     monkeypatch):
+def test_a_multi_host_run_polls_the_preemption_service_at_every_step(
+    idx_dir, tmp_path, monkeypatch
+):
     polled = []
 
     def reached_preemption_sync_point(step):
@@ -346,8 +399,11 @@ def test_a_multi_host_run_polls_the_preemption_service_at_every_step(idx_dir, tm
             self._multi_process = True
 
     # Only the loop's polls: orbax's saves poll the real service, which a single process lacks.
-    monkeypatch.setattr(train, 'multihost_utils', types.SimpleNamespace(
-        reached_preemption_sync_point=reached_preemption_sync_point))
+    monkeypatch.setattr(
+        train,
+        'multihost_utils',
+        types.SimpleNamespace(reached_preemption_sync_point=reached_preemption_sync_point),
+    )
     monkeypatch.setattr(train, 'StopSignals', MultiHostStopSignals)
     config = tiny_config(str(idx_dir))  # 10 steps an epoch: with 5 to a call, 5 + 5.
     config.train.steps_per_call = 5
@@ -356,10 +412,13 @@ def test_a_multi_host_run_polls_the_preemption_service_at_every_step(idx_dir, tm
 
 
 def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoch(
-        idx_dir, tmp_path, monkeypatch):
+    idx_dir, tmp_path, monkeypatch
+):
     config = tiny_config(str(idx_dir))
-    straight = metrics_of(train.train_and_evaluate(config, str(tmp_path / 'straight')) and
-                          metric_writers.read_history(str(tmp_path / 'straight')))
+    straight = metrics_of(
+        train.train_and_evaluate(config, str(tmp_path / 'straight'))
+        and metric_writers.read_history(str(tmp_path / 'straight'))
+    )
     real_tqdm = train.tqdm
 
     def signal_when_evaluation_starts(*args, **kwargs):
@@ -384,7 +443,7 @@ def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
     config.model.width_ratio = 8
     config.data.image_size = 64
-    with pytest.raises(checkpointing.RunDirError) as error:
+    with pytest.raises(run_dir.RunDirError) as error:
         train.train_and_evaluate(config, str(tmp_path / 'run'))
     message = str(error.value)
     assert 'data.image_size: 32 in the run, 64 now' in message
@@ -398,13 +457,13 @@ def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, 
     config.train.num_epochs = 1
     workdir = str(tmp_path / 'run')
     train.train_and_evaluate(config, workdir)
-    path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+    path = os.path.join(workdir, run_dir.CONFIG_FILE)
     with open(path) as f:
         saved = json.load(f)
     del saved['model']['first_conv']
     with open(path, 'w') as f:
         json.dump(saved, f)
-    assert checkpointing.read_config(workdir).model.first_conv == 'auto'
+    assert run_dir.read_config(workdir).model.first_conv == 'auto'
     config.train.num_epochs = 2
     config.model.first_conv = 'shifted_sum'
     assert train.train_and_evaluate(config, workdir)['epochs'] == 2
@@ -449,16 +508,19 @@ def test_learning_rate_schedules():
     assert [float(lr(s)) for s in (299, 300, 600)] == pytest.approx([0.05, 0.005, 0.0005])
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('batch_size', 0, 'config.train.batch_size=0 must be a positive integer'),
-    ('learning_rate', 0.0, 'config.train.learning_rate=0.0 must be > 0'),
-    ('momentum', -0.5, 'config.train.momentum=-0.5 must be a finite number >= 0'),
-    ('lr_schedule', 'linear', "config.train.lr_schedule='linear' is not supported"),
-    ('num_epochs', -1, 'config.train.num_epochs=-1 must be a positive integer'),
-    ('steps_per_call', 0, 'config.train.steps_per_call=0 must be a positive integer'),
-    ('ema_decay', 1.0, 'config.train.ema_decay=1.0 must be in [0, 1)'),
-    ('label_smoothing', -0.1, 'config.train.label_smoothing=-0.1 must be in [0, 1)'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('batch_size', 0, 'config.train.batch_size=0 must be a positive integer'),
+        ('learning_rate', 0.0, 'config.train.learning_rate=0.0 must be > 0'),
+        ('momentum', -0.5, 'config.train.momentum=-0.5 must be a finite number >= 0'),
+        ('lr_schedule', 'linear', "config.train.lr_schedule='linear' is not supported"),
+        ('num_epochs', -1, 'config.train.num_epochs=-1 must be a positive integer'),
+        ('steps_per_call', 0, 'config.train.steps_per_call=0 must be a positive integer'),
+        ('ema_decay', 1.0, 'config.train.ema_decay=1.0 must be in [0, 1)'),
+        ('label_smoothing', -0.1, 'config.train.label_smoothing=-0.1 must be in [0, 1)'),
+    ],
+)
 def test_invalid_train_config(field, value, message):
     config = tiny_config('unread')
     config.train[field] = value
@@ -477,7 +539,9 @@ def test_too_few_examples_for_one_batch_is_a_clear_error(idx_dir, tmp_path):
 def test_weight_decay_skips_biases():
     config = tiny_config()
     config.train.weight_decay = 0.5
-    tx = train_steps.create_optimizer(config.train, train_steps.create_learning_rate_fn(config.train, 1))
+    tx = train_steps.create_optimizer(
+        config.train, train_steps.create_learning_rate_fn(config.train, 1)
+    )
     params = {'kernel': np.ones((2, 2), np.float32), 'bias': np.ones((2,), np.float32)}
     zero = jax.tree.map(np.zeros_like, params)
     updates, _ = tx.update(zero, tx.init(params), params)
@@ -491,9 +555,17 @@ def test_results_json(idx_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
     with open(tmp_path / 'run' / 'results.json') as f:
         results = json.load(f)
-    for key in ('test_accuracy', 'best_test_accuracy', 'best_epoch', 'num_params',
-                'examples_per_sec', 'train_flops_per_example', 'compile_seconds',
-                'wall_seconds', 'device_kind'):
+    for key in (
+        'test_accuracy',
+        'best_test_accuracy',
+        'best_epoch',
+        'num_params',
+        'examples_per_sec',
+        'train_flops_per_example',
+        'compile_seconds',
+        'wall_seconds',
+        'device_kind',
+    ):
         assert key in results
     assert results['train_flops_per_example'] > 0
 
@@ -522,49 +594,68 @@ def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['test_accuracy'] > 0.5
     state, _ = checkpointing.Checkpointer(str(tmp_path / 'run'), keep=3).restore(
-        20, train_steps.create_train_state(config, jax.random.key(0)))
-    dtypes = {leaf.dtype for leaf in jax.tree.leaves((state.params, state.opt_state))
-              if np.issubdtype(leaf.dtype, np.floating)}
+        20, train_steps.create_train_state(config, jax.random.key(0))
+    )
+    dtypes = {
+        leaf.dtype
+        for leaf in jax.tree.leaves((state.params, state.opt_state))
+        if np.issubdtype(leaf.dtype, np.floating)
+    }
     assert dtypes == {np.dtype(np.float32)}  # bf16 is the compute dtype only.
 
 
-def test_a_held_workdir_refuses_a_second_run_and_the_hold_dies_with_its_process(idx_dir,
-                                                                                tmp_path):
+def test_a_held_workdir_refuses_a_second_run_and_the_hold_dies_with_its_process(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
     workdir = tmp_path / 'run'
     holder = subprocess.Popen(
-        [sys.executable, '-c', 'import sys, time\nfrom vgg_flax import checkpointing\n'
-         'with checkpointing.hold_workdir(sys.argv[1]):\n'
-         '    print("held", flush=True)\n    time.sleep(600)', str(workdir)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            '-c',
+            'import sys, time\nfrom vgg_flax import checkpointing\n'
+            'with run_dir.hold_workdir(sys.argv[1]):\n'
+            '    print("held", flush=True)\n    time.sleep(600)',
+            str(workdir),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == 'held\n'
-        with pytest.raises(checkpointing.RunDirError, match=re.escape(
-                f'is in use by another run (host {socket.gethostname()}, pid {holder.pid})')):
+        with pytest.raises(
+            run_dir.RunDirError,
+            match=re.escape(
+                f'is in use by another run (host {socket.gethostname()}, pid {holder.pid})'
+            ),
+        ):
             train.train_and_evaluate(config, str(workdir))
-        assert os.listdir(workdir) == [checkpointing.LOCK_FILE]  # The refused run wrote nothing.
+        assert os.listdir(workdir) == [run_dir.LOCK_FILE]  # The refused run wrote nothing.
     finally:
         holder.kill()  # kill -9: the OS drops its lock; none is left behind.
         holder.wait()
     assert train.train_and_evaluate(config, str(workdir))['epochs'] == 1
 
 
-@pytest.mark.parametrize('workdir,message', [
-    ('', '--workdir is empty'),
-    ('a_file', 'is a file, not a directory'),
-    ('/proc/vgg_flax_run', 'cannot write to --workdir=/proc/vgg_flax_run'),
-])
+@pytest.mark.parametrize(
+    'workdir,message',
+    [
+        ('', '--workdir is empty'),
+        ('a_file', 'is a file, not a directory'),
+        ('/proc/vgg_flax_run', 'cannot write to --workdir=/proc/vgg_flax_run'),
+    ],
+)
 def test_an_unusable_workdir_is_a_clear_error(idx_dir, tmp_path, monkeypatch, workdir, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'a_file').write_text('not a directory')
-    with pytest.raises(checkpointing.RunDirError, match=re.escape(message)):
+    with pytest.raises(run_dir.RunDirError, match=re.escape(message)):
         train.train_and_evaluate(tiny_config(str(idx_dir)), workdir)
 
 
 @pytest.mark.parametrize('learning_rate,kept', [(1e6, []), (300.0, [1])])
-def test_a_diverged_run_stops_and_never_saves_non_finite_values(idx_dir, tmp_path,
-                                                                learning_rate, kept):
+def test_a_diverged_run_stops_and_never_saves_non_finite_values(
+    idx_dir, tmp_path, learning_rate, kept
+):
     config = tiny_config(str(idx_dir))
     config.data.max_train_examples = 32  # One step an epoch.
     config.train.num_epochs = 4
@@ -572,12 +663,13 @@ def test_a_diverged_run_stops_and_never_saves_non_finite_values(idx_dir, tmp_pat
     workdir = str(tmp_path / 'run')
     with pytest.raises(train.NonFiniteLossError, match='became (non-finite|nan|inf)'):
         train.train_and_evaluate(config, workdir)
-    assert not os.path.exists(os.path.join(workdir, checkpointing.RESULTS_FILE))
+    assert not os.path.exists(os.path.join(workdir, run_dir.RESULTS_FILE))
     with checkpointing.Checkpointer(workdir, keep=3) as checkpointer:
         assert checkpointer.all_steps() == kept
         for step in kept:
-            state, history = checkpointer.restore(step, train_steps.create_train_state(
-                config, jax.random.key(0)))
+            state, history = checkpointer.restore(
+                step, train_steps.create_train_state(config, jax.random.key(0))
+            )
             assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
             assert all(np.isfinite(record['test_loss']) for record in history)
 
@@ -589,7 +681,7 @@ def test_a_failed_start_leaves_the_workdir_to_the_retry(idx_dir, tmp_path):
     workdir = tmp_path / 'run'
     with pytest.raises(ValueError, match='lower the batch size'):
         train.train_and_evaluate(config, str(workdir))
-    assert os.listdir(workdir) == [checkpointing.LOCK_FILE]
+    assert os.listdir(workdir) == [run_dir.LOCK_FILE]
     config.train.batch_size = 32  # The advised retry is this run, not "a different config".
     assert train.train_and_evaluate(config, str(workdir))['epochs'] == 1
 
@@ -601,8 +693,11 @@ def test_a_finished_run_run_again_changes_nothing(idx_dir, tmp_path, capsys):
     results = train.train_and_evaluate(config, str(workdir))
 
     def files():
-        return {str(path): (path.stat().st_mtime_ns, path.stat().st_size)
-                for path in workdir.rglob('*') if path.name != checkpointing.LOCK_FILE}
+        return {
+            str(path): (path.stat().st_mtime_ns, path.stat().st_size)
+            for path in workdir.rglob('*')
+            if path.name != run_dir.LOCK_FILE
+        }
 
     before = files()
     capsys.readouterr()

@@ -40,8 +40,10 @@ def from_config(augment_config: ml_collections.ConfigDict) -> Augment:
     values = augment_config.to_dict()
     translate, erase_prob = values['translate'], values['erase_prob']
     if isinstance(translate, bool) or not isinstance(translate, int) or not 0 <= translate < 14:
-        raise ValueError(f'config.augment.translate={translate!r} must be an integer from 0 to '
-                         '13 (pixels of the 28x28 image).')
+        raise ValueError(
+            f'config.augment.translate={translate!r} must be an integer from 0 to '
+            '13 (pixels of the 28x28 image).'
+        )
     if not isinstance(values['flip'], bool):
         raise ValueError(f'config.augment.flip={values["flip"]!r} must be True or False.')
     if not isinstance(erase_prob, (int, float)) or not 0 <= erase_prob <= 1:
@@ -49,11 +51,17 @@ def from_config(augment_config: ml_collections.ConfigDict) -> Augment:
     for field, low, high in (('erase_area', 0, 1), ('erase_aspect', 0, math.inf)):
         pair = tuple(values[field])
         if len(pair) != 2 or not low < pair[0] <= pair[1] <= high:
-            raise ValueError(f'config.augment.{field}={pair!r} must be (min, max) with '
-                             f'{low} < min <= max <= {high}.')
-    return Augment(translate, values['flip'], float(erase_prob),
-                   tuple(map(float, values['erase_area'])),
-                   tuple(map(float, values['erase_aspect'])))
+            raise ValueError(
+                f'config.augment.{field}={pair!r} must be (min, max) with '
+                f'{low} < min <= max <= {high}.'
+            )
+    return Augment(
+        translate,
+        values['flip'],
+        float(erase_prob),
+        tuple(map(float, values['erase_area'])),
+        tuple(map(float, values['erase_aspect'])),
+    )
 
 
 def augment(images: jax.Array, key: jax.Array, spec: Augment) -> jax.Array:
@@ -76,8 +84,9 @@ def _translate(images: jax.Array, key: jax.Array, pixels: int) -> jax.Array:
     offsets = jax.random.randint(key, (batch, 2), 0, 2 * pixels + 1)
 
     def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0),
-                                     (height, width, image.shape[-1]))
+        return jax.lax.dynamic_slice(
+            image, (offset[0], offset[1], 0), (height, width, image.shape[-1])
+        )
 
     return jax.vmap(crop)(padded, offsets)
 
@@ -87,17 +96,26 @@ def _erase(images: jax.Array, key: jax.Array, spec: Augment) -> jax.Array:
     batch, height, width, _ = images.shape
     keys = jax.random.split(key, 6)
     apply = jax.random.bernoulli(keys[0], spec.erase_prob, (batch,))
-    area = jax.random.uniform(keys[1], (batch,), minval=spec.erase_area[0],
-                              maxval=spec.erase_area[1]) * height * width
-    log_aspect = jax.random.uniform(keys[2], (batch,), minval=math.log(spec.erase_aspect[0]),
-                                    maxval=math.log(spec.erase_aspect[1]))
+    area = (
+        jax.random.uniform(keys[1], (batch,), minval=spec.erase_area[0], maxval=spec.erase_area[1])
+        * height
+        * width
+    )
+    log_aspect = jax.random.uniform(
+        keys[2],
+        (batch,),
+        minval=math.log(spec.erase_aspect[0]),
+        maxval=math.log(spec.erase_aspect[1]),
+    )
     h = jnp.clip(jnp.round(jnp.sqrt(area * jnp.exp(log_aspect))), 1, height).astype(jnp.int32)
     w = jnp.clip(jnp.round(jnp.sqrt(area / jnp.exp(log_aspect))), 1, width).astype(jnp.int32)
     top = (jax.random.uniform(keys[3], (batch,)) * (height - h + 1)).astype(jnp.int32)
     left = (jax.random.uniform(keys[4], (batch,)) * (width - w + 1)).astype(jnp.int32)
     rows, cols = jnp.arange(height), jnp.arange(width)
-    inside = (((rows[None, :] >= top[:, None]) & (rows[None, :] < (top + h)[:, None]))[:, :, None]
-              & ((cols[None, :] >= left[:, None]) & (cols[None, :] < (left + w)[:, None]))[:, None]
-              & apply[:, None, None])
+    inside = (
+        ((rows[None, :] >= top[:, None]) & (rows[None, :] < (top + h)[:, None]))[:, :, None]
+        & ((cols[None, :] >= left[:, None]) & (cols[None, :] < (left + w)[:, None]))[:, None]
+        & apply[:, None, None]
+    )
     noise = jax.random.randint(keys[5], images.shape, 0, 256).astype(images.dtype)
     return jnp.where(inside[..., None], noise, images)

@@ -29,8 +29,19 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_flax import (cli, device_data, distributed, environment, input_pipeline, metric_writers,
-                      models, profiling, train, train_steps, validation)
+from vgg_flax import (
+    cli,
+    device_data,
+    distributed,
+    environment,
+    input_pipeline,
+    metric_writers,
+    models,
+    profiling,
+    train,
+    train_steps,
+    validation,
+)
 
 # Dense peak FLOP/s by device kind (substring of jax's device_kind) and compute dtype. float32
 # convolutions and matmuls run as TF32 on tensor cores by default, so float32 uses the TF32 peak.
@@ -43,18 +54,26 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
 RANDOM_TRAIN, RANDOM_TEST = 60_000, 10_000
 PROFILE_CALLS = 10
 
-_DATA = flags.DEFINE_enum('data', 'random', ['random', 'config'],
-                          "Random bytes shaped like Fashion-MNIST, or the config's data.")
+_DATA = flags.DEFINE_enum(
+    'data',
+    'random',
+    ['random', 'config'],
+    "Random bytes shaped like Fashion-MNIST, or the config's data.",
+)
 _STEPS = flags.DEFINE_integer('steps', 30, 'Train steps per timed repeat.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats of the step benchmark.')
 _WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
-_LOOP_STEPS = flags.DEFINE_integer('loop_steps', None,
-                                   'Steps per epoch of the loop run (default: a whole epoch of '
-                                   'the training data); 0 skips it.')
+_LOOP_STEPS = flags.DEFINE_integer(
+    'loop_steps',
+    None,
+    'Steps per epoch of the loop run (default: a whole epoch of the training data); 0 skips it.',
+)
 _OUTPUT = flags.DEFINE_string('output', None, 'Write the result as JSON here.')
-_PROFILE_DIR = flags.DEFINE_string('profile_dir', None,
-                                   f'Trace {PROFILE_CALLS} train steps into this directory and '
-                                   'print where their time goes.')
+_PROFILE_DIR = flags.DEFINE_string(
+    'profile_dir',
+    None,
+    f'Trace {PROFILE_CALLS} train steps into this directory and print where their time goes.',
+)
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
@@ -67,26 +86,31 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
 def random_split(num_examples: int, seed: int) -> input_pipeline.Split:
     rng = np.random.default_rng(seed)
     return input_pipeline.Split(
-        images=rng.integers(0, 256, (num_examples, *input_pipeline.IMAGE_SHAPE),
-                            dtype=np.uint8),
-        labels=rng.integers(0, 10, num_examples).astype(np.int32))
+        images=rng.integers(0, 256, (num_examples, *input_pipeline.IMAGE_SHAPE), dtype=np.uint8),
+        labels=rng.integers(0, 10, num_examples).astype(np.int32),
+    )
 
 
-def write_idx_dir(directory: str, train_split: input_pipeline.Split,
-                  test_split: input_pipeline.Split) -> None:
+def write_idx_dir(
+    directory: str, train_split: input_pipeline.Split, test_split: input_pipeline.Split
+) -> None:
     """Writes splits as the four IDX files, so the real training loop can read them."""
     for split, names in zip((train_split, test_split), input_pipeline.IDX_FILES.values()):
         for name, array in zip(names, (split.images[..., 0], split.labels)):
             input_pipeline.write_idx(os.path.join(directory, name), array)
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {'median': float(np.median(values)), 'min': float(np.min(values)),
-            'max': float(np.max(values))}
+def median_and_range(values: list[float]) -> dict[str, float]:
+    return {
+        'median': float(np.median(values)),
+        'min': float(np.min(values)),
+        'max': float(np.max(values)),
+    }
 
 
-def time_calls(fn: Any, state: Any, data: Any, calls: int, repeats: int,
-               warmup: int) -> tuple[list[float], Any]:
+def time_calls(
+    fn: Any, state: Any, data: Any, calls: int, repeats: int, warmup: int
+) -> tuple[list[float], Any]:
     """Seconds of each of `repeats` timings of `calls` calls, after `warmup` untimed calls."""
     for _ in range(warmup):
         state = fn(state, data)
@@ -101,9 +125,14 @@ def time_calls(fn: Any, state: Any, data: Any, calls: int, repeats: int,
     return seconds, state
 
 
-def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
-                   steps: int, repeats: int, warmup: int,
-                   profile_dir: str | None = None) -> dict[str, Any]:
+def benchmark_step(
+    config: ml_collections.ConfigDict,
+    train_split: input_pipeline.Split,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    profile_dir: str | None = None,
+) -> dict[str, Any]:
     """The compiled step alone, data-parallel over all devices, on the on-device dataset.
 
     With `config.train.steps_per_call` above 1, also the same steps run that many to a call
@@ -121,7 +150,8 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
         distributed.put(train_split.images, replicated),
         distributed.put(train_split.labels, replicated),
         device_data.batch_maker(config, mesh)(shuffle_key, 0, len(train_split), batch_size),
-        dropout_key)
+        dropout_key,
+    )
     options = train_steps.step_options(config)
     examples_per_step = batch_size * config.num_seeds  # Of every member of a population.
 
@@ -135,30 +165,49 @@ def benchmark_step(config: ml_collections.ConfigDict, train_split: input_pipelin
         compile_seconds = time.perf_counter() - start
         calls = math.ceil(steps / num_steps)
         seconds, state = time_calls(fn, state, data, calls, repeats, warmup)
-        return lowered, fn, {'compile_seconds': compile_seconds,
-                             'images_per_sec': spread([calls * num_steps * examples_per_step / s
-                                                       for s in seconds])}
+        return (
+            lowered,
+            fn,
+            {
+                'compile_seconds': compile_seconds,
+                'images_per_sec': median_and_range(
+                    [calls * num_steps * examples_per_step / s for s in seconds]
+                ),
+            },
+        )
 
     lowered, step_fn, result = measure(1)
     if profile_dir:
+
         def call() -> Any:
             nonlocal state
             state = step_fn(state, data)
             return state
 
         result['profile'] = profiling.summarize(
-            profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS)
+            profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS
+        )
     flops = train_steps.flops_of(lowered)
-    result.update(flops_per_step=flops, num_devices=mesh.size,
-                  achieved_flops=flops * result['images_per_sec']['median'] / examples_per_step)
-    result['compiled_loop'] = ({'steps_per_call': steps_per_call, **measure(steps_per_call)[2]}
-                               if steps_per_call > 1 else None)
+    result.update(
+        flops_per_step=flops,
+        num_devices=mesh.size,
+        achieved_flops=flops * result['images_per_sec']['median'] / examples_per_step,
+    )
+    result['compiled_loop'] = (
+        {'steps_per_call': steps_per_call, **measure(steps_per_call)[2]}
+        if steps_per_call > 1
+        else None
+    )
     return result
 
 
-def benchmark_loop(config: ml_collections.ConfigDict, train_split: input_pipeline.Split,
-                   test_split: input_pipeline.Split, loop_steps: int | None,
-                   data_dir: str) -> dict[str, Any]:
+def benchmark_loop(
+    config: ml_collections.ConfigDict,
+    train_split: input_pipeline.Split,
+    test_split: input_pipeline.Split,
+    loop_steps: int | None,
+    data_dir: str,
+) -> dict[str, Any]:
     """Two epochs of `train.train_and_evaluate`; the second (warm) one is measured.
 
     Epochs of `loop_steps` steps (default: the whole training split) and evaluation on as many
@@ -166,18 +215,21 @@ def benchmark_loop(config: ml_collections.ConfigDict, train_split: input_pipelin
     """
     config = ml_collections.ConfigDict(config.to_dict())
     config.data.source, config.data.idx_dir = 'idx', data_dir
-    config.data.max_train_examples = min((loop_steps or len(train_split)) *
-                                         config.train.batch_size, len(train_split))
+    config.data.max_train_examples = min(
+        (loop_steps or len(train_split)) * config.train.batch_size, len(train_split)
+    )
     config.data.max_test_examples = min(config.data.max_train_examples, len(test_split))
     config.train.num_epochs = 2
     config.train.checkpoint_every_epochs = 10**6  # Saves only at the end.
     with tempfile.TemporaryDirectory() as workdir:
         results = train.train_and_evaluate(config, workdir)
         warm = metric_writers.read_history(workdir)[-1]
-    return {'images_per_sec': warm['examples_per_sec'],
-            'eval_images_per_sec': config.data.max_test_examples / warm['eval_seconds'],
-            'compile_seconds': results['compile_seconds'],
-            'epoch_images': config.data.max_train_examples}
+    return {
+        'images_per_sec': warm['examples_per_sec'],
+        'eval_images_per_sec': config.data.max_test_examples / warm['eval_seconds'],
+        'compile_seconds': results['compile_seconds'],
+        'epoch_images': config.data.max_train_examples,
+    }
 
 
 def peak_memory_bytes() -> int | None:
@@ -185,8 +237,15 @@ def peak_memory_bytes() -> int | None:
     return int(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
 
 
-def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, warmup: int,
-        loop_steps: int | None, profile_dir: str | None = None) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict,
+    data: str,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    loop_steps: int | None,
+    profile_dir: str | None = None,
+) -> dict[str, Any]:
     validation.validate_config(config)
     with tempfile.TemporaryDirectory() as data_dir:
         if data == 'random':
@@ -196,22 +255,31 @@ def run(config: ml_collections.ConfigDict, data: str, steps: int, repeats: int, 
             test_split = input_pipeline.load_split(config.data, 'test')
         write_idx_dir(data_dir, train_split, test_split)
         step = benchmark_step(config, train_split, steps, repeats, warmup, profile_dir)
-        loop = (benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
-                if loop_steps != 0 else None)
+        loop = (
+            benchmark_loop(config, train_split, test_split, loop_steps, data_dir)
+            if loop_steps != 0
+            else None
+        )
     env = environment.describe()
     peak = peak_flops(env['device_kind'], config.model.dtype)
     return {
-        'config': {'arch': models.arch_name(config.model), 'width_ratio': config.model.width_ratio,
-                   'image_size': config.data.image_size, 'batch_size': config.train.batch_size,
-                   'dtype': config.model.dtype, 'use_bn': config.model.use_bn, 'data': data,
-                   'first_conv': models.resolve_first_conv(config.model.first_conv,
-                                                           jax.default_backend()),
-                   'steps_per_call': config.train.steps_per_call,
-                   'num_seeds': config.num_seeds},
+        'config': {
+            'arch': models.arch_name(config.model),
+            'width_ratio': config.model.width_ratio,
+            'image_size': config.data.image_size,
+            'batch_size': config.train.batch_size,
+            'dtype': config.model.dtype,
+            'use_bn': config.model.use_bn,
+            'data': data,
+            'first_conv': models.resolve_first_conv(config.model.first_conv, jax.default_backend()),
+            'steps_per_call': config.train.steps_per_call,
+            'num_seeds': config.num_seeds,
+        },
         'step': step,
         'loop': loop,
-        'loop_vs_step': (loop['images_per_sec'] / step['images_per_sec']['median']
-                         if loop else None),
+        'loop_vs_step': (
+            loop['images_per_sec'] / step['images_per_sec']['median'] if loop else None
+        ),
         'peak_memory_bytes': peak_memory_bytes(),
         'peak_flops_per_device': peak,
         'mfu': step['achieved_flops'] / (peak * step['num_devices']) if peak else None,
@@ -225,46 +293,66 @@ def format_result(result: dict[str, Any]) -> str:
     rate = step['images_per_sec']
     memory = result['peak_memory_bytes']
     examples_per_step = c['batch_size'] * c['num_seeds']
-    population = (f"a population of {c['num_seeds']} (images/sec of all members), "
-                  if c['num_seeds'] > 1 else '')
+    population = (
+        f'a population of {c["num_seeds"]} (images/sec of all members), '
+        if c['num_seeds'] > 1
+        else ''
+    )
     lines = [
-        f"{c['arch']} ratio {c['width_ratio']}, {c['image_size']} px, batch {c['batch_size']}, "
-        f"{population}"
-        f"{c['dtype']}{', BN' if c['use_bn'] else ''}, first conv {c['first_conv']}, "
-        f"{c['data']} data, on "
-        f"{step['num_devices']} x {result['environment']['device_kind']}",
-        f"train step alone   {rate['median']:>10,.1f} images/sec "
-        f"(min {rate['min']:,.1f}, max {rate['max']:,.1f})",
+        f'{c["arch"]} ratio {c["width_ratio"]}, {c["image_size"]} px, batch {c["batch_size"]}, '
+        f'{population}'
+        f'{c["dtype"]}{", BN" if c["use_bn"] else ""}, first conv {c["first_conv"]}, '
+        f'{c["data"]} data, on '
+        f'{step["num_devices"]} x {result["environment"]["device_kind"]}',
+        f'train step alone   {rate["median"]:>10,.1f} images/sec '
+        f'(min {rate["min"]:,.1f}, max {rate["max"]:,.1f})',
     ]
     if compiled_loop:
         looped = compiled_loop['images_per_sec']
-        lines.append(f"{compiled_loop['steps_per_call']} steps per call".ljust(19) +
-                     f"{looped['median']:>10,.1f} images/sec (min {looped['min']:,.1f}, max "
-                     f"{looped['max']:,.1f}; {looped['median'] / rate['median']:.1%} of one "
-                     "step per call)")
+        lines.append(
+            f'{compiled_loop["steps_per_call"]} steps per call'.ljust(19)
+            + f'{looped["median"]:>10,.1f} images/sec (min {looped["min"]:,.1f}, max '
+            f'{looped["max"]:,.1f}; {looped["median"] / rate["median"]:.1%} of one '
+            'step per call)'
+        )
     if loop:
         lines += [
-            f"training loop      {loop['images_per_sec']:>10,.1f} images/sec "
-            f"({result['loop_vs_step']:.1%} of the step alone" +
-            (f"; {c['steps_per_call']} steps per call)" if compiled_loop else ')'),
-            f"evaluation         {loop['eval_images_per_sec']:>10,.1f} images/sec",
+            f'training loop      {loop["images_per_sec"]:>10,.1f} images/sec '
+            f'({result["loop_vs_step"]:.1%} of the step alone'
+            + (f'; {c["steps_per_call"]} steps per call)' if compiled_loop else ')'),
+            f'evaluation         {loop["eval_images_per_sec"]:>10,.1f} images/sec',
         ]
     lines += [
-        f"compile            {step['compile_seconds']:>10.1f} s (train step)" +
-        (f"; {compiled_loop['compile_seconds']:.1f} s ({compiled_loop['steps_per_call']} steps "
-         "per call)" if compiled_loop else '') +
-        (f"; {loop['compile_seconds']:.1f} s (loop: train + eval step)" if loop else ''),
-        f"FLOPs per image    {step['flops_per_step'] / examples_per_step / 1e9:>10.3f} G "
-        "(train step, XLA cost analysis)",
-        'peak memory        ' + (f'{memory / 2**30:>10.2f} GiB' if memory is not None else
-                                 '       n/a (this backend reports none)'),
-        'MFU                ' + (f"{result['mfu']:>10.1%} of "
-                                 f"{result['peak_flops_per_device'] / 1e12:.0f} TFLOP/s per "
-                                 'device' if result['mfu'] is not None else
-                                 '       n/a (no peak known for this device)'),
-        'peak table (dense TFLOP/s; float32 as TF32): ' + '; '.join(
+        f'compile            {step["compile_seconds"]:>10.1f} s (train step)'
+        + (
+            f'; {compiled_loop["compile_seconds"]:.1f} s ({compiled_loop["steps_per_call"]} steps '
+            'per call)'
+            if compiled_loop
+            else ''
+        )
+        + (f'; {loop["compile_seconds"]:.1f} s (loop: train + eval step)' if loop else ''),
+        f'FLOPs per image    {step["flops_per_step"] / examples_per_step / 1e9:>10.3f} G '
+        '(train step, XLA cost analysis)',
+        'peak memory        '
+        + (
+            f'{memory / 2**30:>10.2f} GiB'
+            if memory is not None
+            else '       n/a (this backend reports none)'
+        ),
+        'MFU                '
+        + (
+            f'{result["mfu"]:>10.1%} of '
+            f'{result["peak_flops_per_device"] / 1e12:.0f} TFLOP/s per '
+            'device'
+            if result['mfu'] is not None
+            else '       n/a (no peak known for this device)'
+        ),
+        'peak table (dense TFLOP/s; float32 as TF32): '
+        + '; '.join(
             f'{name} ' + '/'.join(f'{v / 1e12:g}' for v in peaks.values())
-            for name, peaks in PEAK_FLOPS.items()) + ' (bf16/fp16/fp32)',
+            for name, peaks in PEAK_FLOPS.items()
+        )
+        + ' (bf16/fp16/fp32)',
     ]
     if 'profile' in step:
         lines.append(profiling.format_summary(step['profile']))
@@ -274,8 +362,15 @@ def format_result(result: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     environment.start_cli(argv, compilation_cache=False)  # Measure real compiles.
     try:
-        result = run(cli.CONFIG.value, _DATA.value, _STEPS.value, _REPEATS.value, _WARMUP.value,
-                     _LOOP_STEPS.value, _PROFILE_DIR.value)
+        result = run(
+            cli.CONFIG.value,
+            _DATA.value,
+            _STEPS.value,
+            _REPEATS.value,
+            _WARMUP.value,
+            _LOOP_STEPS.value,
+            _PROFILE_DIR.value,
+        )
     except (ValueError, input_pipeline.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

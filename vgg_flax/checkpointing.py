@@ -1,4 +1,4 @@
-"""The run directory: its config, its checkpoints (orbax) and the checks that make resuming safe.
+"""The run's checkpoints (orbax): saved in the background, restored with a fallback from a damaged one.
 
 A checkpoint holds the train state, the running sums of the epoch in progress and the metrics
 history, so a resumed run continues exactly where the saved one stopped, mid-epoch included.
@@ -8,39 +8,26 @@ history, so a resumed run continues exactly where the saved one stopped, mid-epo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import gc
-import json
 import logging
 import os
 import pathlib
 import shutil
-import socket
 import sys
 import tempfile
 import time
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vgg_flax import config_utils, environment
+from vgg_flax.run_dir import RunDirError
 
-CONFIG_FILE = 'config.json'
-ENVIRONMENT_FILE = 'environment.json'
-DATA_FILE = 'data.json'  # The fingerprint of the data the run trains and evaluates on.
-RESULTS_FILE = 'results.json'
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'checkpoints.damaged'  # Where a run moves the damaged checkpoints it skipped.
-LOCK_FILE = '.lock'
-
-
-class RunDirError(Exception):
-    """The workdir cannot be used as asked; the message names the problem and the fix."""
 
 
 class SaveError(RuntimeError):
@@ -49,10 +36,14 @@ class SaveError(RuntimeError):
     def __init__(self, step: int, kept_step: int | None, reason: str):
         self.kept_step = kept_step
         super().__init__(
-            f'saving the checkpoint of step {step} failed ({reason}); the run stopped. ' +
-            (f'The last saved checkpoint is step {kept_step}' if kept_step is not None else
-             'No checkpoint is saved yet') +
-            ': free some disk space (or fix the cause) and run the same command to resume.')
+            f'saving the checkpoint of step {step} failed ({reason}); the run stopped. '
+            + (
+                f'The last saved checkpoint is step {kept_step}'
+                if kept_step is not None
+                else 'No checkpoint is saved yet'
+            )
+            + ': free some disk space (or fix the cause) and run the same command to resume.'
+        )
 
 
 def _reason(error: BaseException) -> str:
@@ -69,185 +60,8 @@ def _quiet_orbax() -> None:
     """Keeps orbax's logged errors off the console (for the rest of the process): each one
     reaches the run as an exception, which it says in one line."""
     logging.getLogger('absl').addFilter(
-        lambda record: record.levelno < logging.ERROR or 'orbax' not in record.pathname)
-
-
-CONFIG_FIX = ('restore it from a copy (it holds the config the run was launched with), or pass '
-              'another --workdir to start afresh.')
-
-
-def read_json(path: str, fix: str) -> Any:
-    """The JSON value in `path`; RunDirError naming the file and `fix` if it does not parse."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError.
-        raise RunDirError(f'{path} is damaged ({e}); {fix}') from None
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in `workdir` was launched with.
-
-    Fields added to the package since then take their defaults. A file that is not such a
-    config (damaged, or edited by hand into another shape) is a RunDirError naming it.
-    """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise RunDirError(f'{path} is missing: {workdir} holds no run of vgg_flax.main. Pass the '
-                          'workdir that a training run wrote.')
-    plain = read_json(path, CONFIG_FIX)
-    config = config_utils.default_config()
-    try:
-        if not isinstance(plain, dict):
-            raise TypeError(f'a JSON {type(plain).__name__}, not an object')
-        config.update(config_utils.from_plain(plain))
-    except (TypeError, ValueError, AttributeError, KeyError) as e:
-        raise RunDirError(f'{path} does not hold a config of this package ({e}); '
-                          f'{CONFIG_FIX}') from None
-    return config
-
-
-@contextlib.contextmanager
-def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
-    """Holds `workdir` for this run alone, or refuses it, naming the run that holds it.
-
-    The hold is an OS lock (flock) on `workdir/.lock`, which the OS drops when the process ends,
-    however it ends (kill -9 too), so a dead run never leaves a stale lock. Only one process of a
-    multi-process job takes it (`active`).
-    """
-    if not active:
-        yield
-        return
-    if not workdir:
-        raise RunDirError('--workdir is empty; pass the directory this run should write to.')
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        lock = open(os.path.join(workdir, LOCK_FILE), 'a+')
-    except FileExistsError:
-        raise RunDirError(f'--workdir={workdir} is a file, not a directory; pass a directory '
-                          'path.') from None
-    except OSError as e:
-        raise RunDirError(f'cannot write to --workdir={workdir} ({e.strerror}); pass a '
-                          'directory you can write to.') from None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or 'a process that has not written its name yet'
-            raise RunDirError(f'{workdir} is in use by another run ({holder}); wait for it to end '
-                              'or stop it, or pass another --workdir.') from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f'host {socket.gethostname()}, pid {os.getpid()}\n')
-        lock.flush()
-        yield
-
-
-def held_by(workdir: str) -> str | None:
-    """Who holds `workdir` (a run still in progress), or None if no run does."""
-    try:
-        lock = open(os.path.join(workdir, LOCK_FILE))
-    except OSError:
-        return None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return lock.read().strip() or 'a process that has not written its name yet'
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        return None
-
-
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
-    """Whether `workdir` holds a run of this config already; refuses another config's run.
-
-    A config that computes something else (another model, data, seed or optimiser) is refused,
-    since resuming it would mix two experiments.
-    """
-    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
-        return False
-    # A field added to the package since the run began counts as its default there.
-    conflicts = config_utils.resume_conflicts(config_utils.to_plain(read_config(workdir)),
-                                              config_utils.to_plain(config))
-    if conflicts:
-        raise RunDirError(
-            f'{workdir} holds a run of a different config, which cannot be resumed with '
-            'this one:\n  ' + '\n  '.join(conflicts) +
-            '\nUse a new --workdir, or set those fields back to resume that run.')
-    return True
-
-
-def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
-    """Refuses to resume a run on data other than it was trained on (other or changed files under
-    the same config), which would mix two datasets into one run silently. A run that has no
-    record of its data yet (none is written before its first launch passes every check) is
-    accepted."""
-    path = os.path.join(workdir, DATA_FILE)
-    if not os.path.isfile(path):
-        return
-    recorded = read_json(path, 'delete it to accept the data config.data gives now as the '
-                               "run's.")
-    if recorded != fingerprints:
-        differ = '; '.join(f'{split}: {recorded.get(split)} in the run, {now} now'
-                           for split, now in fingerprints.items() if recorded.get(split) != now)
-        raise RunDirError(f'{workdir} was trained on other data than config.data gives now '
-                          f'({differ}). Point config.data at the files the run used, or pass '
-                          'another --workdir.')
-
-
-def last_num_devices(workdir: str) -> int | None:
-    """How many devices the run's last launch used (from its environment.json), if known."""
-    try:
-        return int(read_json(os.path.join(workdir, ENVIRONMENT_FILE), '')['num_devices'])
-    except (OSError, RunDirError, KeyError, TypeError, ValueError):
-        return None
-
-
-def write_run_files(workdir: str, config: ml_collections.ConfigDict,
-                    data_fingerprints: dict[str, Any]) -> None:
-    """Writes the run's config, its data's fingerprints and the environment this launch runs
-    in."""
-    os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_utils.to_plain(config))
-    write_json_atomic(os.path.join(workdir, DATA_FILE), data_fingerprints)
-    write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
-
-
-RESULTS_FIX = ('the run writes it when it finishes: delete it, and the same command writes it '
-               'again.')
-
-
-def finished_results(workdir: str, num_epochs: int) -> dict[str, Any] | None:
-    """The results of the run in `workdir` if it has trained all `num_epochs` epochs."""
-    path = os.path.join(workdir, RESULTS_FILE)
-    if not os.path.isfile(path):
-        return None
-    results = read_json(path, RESULTS_FIX)
-    return results if isinstance(results, dict) and results.get('epochs') == num_epochs else None
-
-
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
-    """A file that replaces `path` only once written in full.
-
-    A killed process never leaves half a file, nor do processes that write the same file at
-    once (a sweep's job-array tasks finishing together): each writes a temporary file of its own.
-    """
-    tmp = f'{path}.tmp{os.getpid()}'
-    try:
-        with open(tmp, mode, **({} if 'b' in mode else {'newline': ''})) as f:
-            yield f
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomic(path: str, value: Any) -> None:
-    with atomic_write(path) as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write('\n')
+        lambda record: record.levelno < logging.ERROR or 'orbax' not in record.pathname
+    )
 
 
 class Checkpointer:
@@ -266,7 +80,8 @@ class Checkpointer:
         self._damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
         _quiet_orbax()
         self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        )
         self._saving: int | None = None  # The step whose save is in flight.
 
     def latest_step(self) -> int | None:
@@ -289,12 +104,20 @@ class Checkpointer:
         needed = sum(leaf.nbytes for leaf in jax.tree.leaves(arrays)) + 2**20
         free = shutil.disk_usage(self.directory).free
         if free < needed:  # Said here in one line; a write cut short says it in hundreds.
-            raise SaveError(step, self.latest_step(), f'it needs about {needed / 2**20:,.0f} MiB '
-                            f'and {free / 2**20:,.0f} MiB are free on the disk of {self.directory}')
+            raise SaveError(
+                step,
+                self.latest_step(),
+                f'it needs about {needed / 2**20:,.0f} MiB '
+                f'and {free / 2**20:,.0f} MiB are free on the disk of {self.directory}',
+            )
         try:
-            self._manager.save(step, args=ocp.args.Composite(
-                arrays=ocp.args.StandardSave(arrays),
-                history=ocp.args.JsonSave(history)), force=True)
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    arrays=ocp.args.StandardSave(arrays), history=ocp.args.JsonSave(history)
+                ),
+                force=True,
+            )
         except Exception as e:  # pylint: disable=broad-except  # Whatever the storage raised.
             raise SaveError(step, self.latest_step(), _reason(e)) from e
         self._saving = step
@@ -317,16 +140,20 @@ class Checkpointer:
     def restore(self, step: int, like: Any) -> tuple[Any, list[dict[str, Any]]]:
         """The state saved at `step`, on the shapes, dtypes and shardings of `like`'s arrays."""
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-            _layout(like))
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(abstract),
-            history=ocp.args.JsonRestore()))
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _layout(like)
+        )
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                arrays=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
+            ),
+        )
         arrays = restored['arrays']
         return like.replace(**arrays['state'], sums=arrays['sums']), list(restored['history'])
 
-    def restore_latest(self, like: Any,
-                       set_aside_damaged: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+    def restore_latest(
+        self, like: Any, set_aside_damaged: bool = True
+    ) -> tuple[Any, list[dict[str, Any]]]:
         """`restore` of the newest readable checkpoint; `like` and no history when there is none.
 
         A damaged checkpoint (a truncated or missing file) is skipped with a warning that names
@@ -346,16 +173,20 @@ class Checkpointer:
                 discard()
         if restored is None and damaged:
             raise RunDirError(
-                f'no checkpoint in {self.directory} is readable (' +
-                '; '.join(f'step {step}: {reason}' for step, reason in damaged) +
-                f'). Move {self.directory} elsewhere to train from scratch, or pass another '
-                '--workdir.')
+                f'no checkpoint in {self.directory} is readable ('
+                + '; '.join(f'step {step}: {reason}' for step, reason in damaged)
+                + f'). Move {self.directory} elsewhere to train from scratch, or pass another '
+                '--workdir.'
+            )
         if damaged and set_aside_damaged:
             self._set_aside([step for step, _ in damaged])
         for bad, reason in damaged:
-            _warn(f'warning: the checkpoint of step {bad} in {self.directory} is damaged '
-                  f'({reason}); ' + (f'moved it to {self._damaged_directory} and ' if
-                                     set_aside_damaged else '') + f'using step {step}.')
+            _warn(
+                f'warning: the checkpoint of step {bad} in {self.directory} is damaged '
+                f'({reason}); '
+                + (f'moved it to {self._damaged_directory} and ' if set_aside_damaged else '')
+                + f'using step {step}.'
+            )
         return restored or (like, [])
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -363,8 +194,10 @@ class Checkpointer:
         if jax.process_index() == 0:
             os.makedirs(self._damaged_directory, exist_ok=True)
             for step in steps:
-                os.replace(os.path.join(self.directory, str(step)),
-                           os.path.join(self._damaged_directory, str(step)))
+                os.replace(
+                    os.path.join(self.directory, str(step)),
+                    os.path.join(self._damaged_directory, str(step)),
+                )
         multihost_utils.sync_global_devices('checkpoints set aside')
         self._manager.reload()
 
@@ -388,8 +221,10 @@ def check_step(workdir: str, step: int | None, steps: list[int]) -> None:
     if not steps:
         raise RunDirError(f'{workdir} has no checkpoint yet; train first.')
     if step is not None and step not in steps:
-        raise RunDirError(f'{workdir} has no checkpoint at step {step}; it has '
-                          f'{", ".join(map(str, sorted(steps)))}.')
+        raise RunDirError(
+            f'{workdir} has no checkpoint at step {step}; it has '
+            f'{", ".join(map(str, sorted(steps)))}.'
+        )
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
@@ -401,15 +236,21 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     A population's arrays have the member axis in front (`jax.vmap` the apply over it).
     """
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    steps = [int(name) for name in (os.listdir(directory) if os.path.isdir(directory) else ())
-             if name.isdigit()]
+    steps = [
+        int(name)
+        for name in (os.listdir(directory) if os.path.isdir(directory) else ())
+        if name.isdigit()
+    ]
     check_step(workdir, step, steps)
     path = pathlib.Path(directory, str(max(steps) if step is None else step), 'arrays')
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                            ocp.PyTreeCheckpointHandler().metadata(path).tree)
+    as_numpy = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+        ocp.PyTreeCheckpointHandler().metadata(path).tree,
+    )
     with ocp.PyTreeCheckpointer() as checkpointer:
         state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))[
-            'state']
+            'state'
+        ]
     variables = state.get('ema') or state
     return {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
 
@@ -450,8 +291,12 @@ def _warn(message: str) -> None:
 
 def _layout(state: Any) -> dict[str, Any]:
     """The arrays of a train state as a checkpoint holds them."""
-    arrays = {'step': state.step, 'params': state.params, 'opt_state': state.opt_state,
-              'batch_stats': state.batch_stats}
+    arrays = {
+        'step': state.step,
+        'params': state.params,
+        'opt_state': state.opt_state,
+        'batch_stats': state.batch_stats,
+    }
     if state.ema is not None:
         arrays['ema'] = state.ema
     return {'state': arrays, 'sums': state.sums}

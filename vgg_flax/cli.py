@@ -19,12 +19,17 @@ from ml_collections import config_flags
 from vgg_flax import config_utils
 
 CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file: a Python file with get_config() (a sweep also has '
+    'config',
+    None,
+    'Experiment config file: a Python file with get_config() (a sweep also has '
     'get_sweep()); its fields can be overridden, e.g. --config.train.num_epochs=10.',
-    lock_config=True)
+    lock_config=True,
+)
 WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory: config, checkpoints, metrics, plots (a sweep: one '
-    'subdirectory per point).')
+    'workdir',
+    None,
+    'Run directory: config, checkpoints, metrics, plots (a sweep: one subdirectory per point).',
+)
 
 
 def run(main: Callable[[list[str]], int | None], grace_seconds: float = 5.0) -> None:
@@ -35,8 +40,11 @@ def run(main: Callable[[list[str]], int | None], grace_seconds: float = 5.0) -> 
     try:
         app.run(main, flags_parser=parse_flags)
     except SystemExit as e:
-        left = [thread for thread in threading.enumerate()
-                if thread is not threading.main_thread() and not thread.daemon]
+        left = [
+            thread
+            for thread in threading.enumerate()
+            if thread is not threading.main_thread() and not thread.daemon
+        ]
         deadline = time.monotonic() + grace_seconds
         for thread in left:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -52,9 +60,12 @@ def run(main: Callable[[list[str]], int | None], grace_seconds: float = 5.0) -> 
 def interrupted_while_starting() -> int:
     """Says in one line that Ctrl-C came before a run caught signals (while it loaded data or
     compiled, before its first step), and returns the exit status of an interrupt."""
-    print(f'SIGINT stopped the run while it started (loading data or compiling), before it '
-          f'trained a step; what {WORKDIR.value} held is intact: run the same command again to '
-          'start or resume.', file=sys.stderr)
+    print(
+        f'SIGINT stopped the run while it started (loading data or compiling), before it '
+        f'trained a step; what {WORKDIR.value} held is intact: run the same command again to '
+        'start or resume.',
+        file=sys.stderr,
+    )
     return 128 + signal.SIGINT
 
 
@@ -68,15 +79,18 @@ def parse_flags(argv: list[str]) -> list[str]:
             CONFIG.value.keys()  # The file loads lazily: a missing one fails here, not in main.
         return remaining
     except flags.Error as e:  # absl's own message, as its default parser gives it.
-        sys.exit(f'FATAL Flags parsing error: {e}\n'
-                 'Pass --helpshort or --helpfull to see help on flags.')
+        sys.exit(
+            f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.'
+        )
     except (AttributeError, KeyError):  # ml_collections found no such field to override.
         sys.exit(f'error: {_unknown_override(argv)}')
     except Exception as e:  # pylint: disable=broad-except  # Whatever the config file raised.
         path = _config_path(argv)
         if not os.path.isfile(path):
-            sys.exit(f'error: the config file {path} does not exist; pass the path of an '
-                     'experiment config, e.g. --config=experiments/quick.py.')
+            sys.exit(
+                f'error: the config file {path} does not exist; pass the path of an '
+                'experiment config, e.g. --config=experiments/quick.py.'
+            )
         lines = str(e).strip().splitlines()
         reason = lines[-1].strip() if lines else type(e).__name__
         sys.exit(f'error: the config file {path} does not load: {reason}')
@@ -94,9 +108,15 @@ def _config_path(argv: list[str]) -> str:
 def _unknown_override(argv: list[str]) -> str:
     """Which --config.FIELD override names no field of the config file."""
     module = config_utils.load_module(_config_path(argv))
-    overrides = [arg.split('=', 1)[0].removeprefix('--config.') for arg in argv
-                 if arg.startswith('--config.')]
+    overrides = [
+        arg.split('=', 1)[0].removeprefix('--config.')
+        for arg in argv
+        if arg.startswith('--config.')
+    ]
     field, close = config_utils.unknown_field(module.get_config(), overrides) or (
-        ','.join(overrides), None)
-    return (f'--config.{field}: the config has no such field' +
-            (f'; did you mean --config.{close}?' if close else '.'))
+        ','.join(overrides),
+        None,
+    )
+    return f'--config.{field}: the config has no such field' + (
+        f'; did you mean --config.{close}?' if close else '.'
+    )

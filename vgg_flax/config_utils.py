@@ -121,8 +121,7 @@ def train_defaults() -> ml_collections.ConfigDict:
 
 def load_module(path: str | os.PathLike) -> types.ModuleType:
     """The Python file at `path` (an experiment file), imported under its file's stem."""
-    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
-                                                  path)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
     if spec is None or spec.loader is None:
         raise ValueError(f'{path} is not a Python file that can be imported.')
     module = importlib.util.module_from_spec(spec)
@@ -133,8 +132,9 @@ def load_module(path: str | os.PathLike) -> types.ModuleType:
 def experiment_config(beside: str, name: str) -> ml_collections.ConfigDict:
     """`get_config()` of the experiment file `name`.py in the directory of the file `beside`:
     a variant of an experiment starts from it and states only what differs."""
-    return load_module(os.path.join(os.path.dirname(os.path.abspath(beside)),
-                                    f'{name}.py')).get_config()
+    return load_module(
+        os.path.join(os.path.dirname(os.path.abspath(beside)), f'{name}.py')
+    ).get_config()
 
 
 def to_plain(value: Any) -> Any:
@@ -178,20 +178,25 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     """
     saved_flat, current_flat = flatten(saved), flatten(current)
     keys = sorted(set(saved_flat) | set(current_flat))
-    conflicts = [f'{key}: {saved_flat.get(key, "<absent>")!r} in the run, '
-                 f'{current_flat.get(key, "<absent>")!r} now'
-                 for key in keys
-                 if key not in RESUMABLE_CHANGES and saved_flat.get(key) != current_flat.get(key)]
+    conflicts = [
+        f'{key}: {saved_flat.get(key, "<absent>")!r} in the run, '
+        f'{current_flat.get(key, "<absent>")!r} now'
+        for key in keys
+        if key not in RESUMABLE_CHANGES and saved_flat.get(key) != current_flat.get(key)
+    ]
     epochs = (saved_flat.get('train.num_epochs'), current_flat.get('train.num_epochs'))
     if current_flat.get('train.lr_schedule') == 'cosine' and epochs[0] != epochs[1]:
-        conflicts.append(f'train.num_epochs: {epochs[0]!r} in the run, {epochs[1]!r} now (the '
-                         "cosine schedule spans the run's epochs, so every step still to come "
-                         'would change)')
+        conflicts.append(
+            f'train.num_epochs: {epochs[0]!r} in the run, {epochs[1]!r} now (the '
+            "cosine schedule spans the run's epochs, so every step still to come "
+            'would change)'
+        )
     return conflicts
 
 
-def unknown_field(config: ml_collections.ConfigDict,
-                  fields: Iterable[str]) -> tuple[str, str | None] | None:
+def unknown_field(
+    config: ml_collections.ConfigDict, fields: Iterable[str]
+) -> tuple[str, str | None] | None:
     """The first dotted field that `config` lacks, and the field it most likely meant."""
     known = flatten(to_plain(config))
     for field in fields:
@@ -204,8 +209,10 @@ def unknown_field(config: ml_collections.ConfigDict,
 def check_choice(field: str, value: Any, allowed: Sequence[Any]) -> None:
     """Raises ValueError naming `config.<field>` and the allowed values."""
     if value not in allowed:
-        raise ValueError(f'config.{field}={value!r} is not supported; use one of '
-                         f'{", ".join(map(repr, allowed))}.')
+        raise ValueError(
+            f'config.{field}={value!r} is not supported; use one of '
+            f'{", ".join(map(repr, allowed))}.'
+        )
 
 
 def check_positive_int(field: str, value: Any) -> None:

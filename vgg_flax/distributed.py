@@ -20,8 +20,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax._src import distributed as jax_distributed
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = 'data'
@@ -31,8 +31,13 @@ PEER_TIMEOUT_ENV = 'VGG_FLAX_PEER_TIMEOUT'
 DEFAULT_PEER_TIMEOUT_S = 60.0
 _ALIVE_KEY = 'vgg_flax/alive/'
 _EXITED = 'exited'
-ACCELERATOR_PLUGINS = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
-                       'jax_rocm7_plugin', 'libtpu')
+ACCELERATOR_PLUGINS = (
+    'jax_cuda12_plugin',
+    'jax_cuda13_plugin',
+    'jax_rocm60_plugin',
+    'jax_rocm7_plugin',
+    'libtpu',
+)
 
 
 def initialize_if_launched() -> None:
@@ -57,7 +62,8 @@ def initialize_if_launched() -> None:
         jax.distributed.initialize(
             coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
             num_processes=int(os.environ['JAX_NUM_PROCESSES']),
-            process_id=int(os.environ['JAX_PROCESS_ID']))
+            process_id=int(os.environ['JAX_PROCESS_ID']),
+        )
     else:
         jax.distributed.initialize()
     PeerWatch(timeout).start()
@@ -71,8 +77,10 @@ def peer_timeout() -> float:
     except ValueError:
         timeout = math.nan
     if not timeout > 0:
-        raise ValueError(f'{PEER_TIMEOUT_ENV}={text!r} must be a positive number of seconds '
-                         f'(default {DEFAULT_PEER_TIMEOUT_S:.0f}).')
+        raise ValueError(
+            f'{PEER_TIMEOUT_ENV}={text!r} must be a positive number of seconds '
+            f'(default {DEFAULT_PEER_TIMEOUT_S:.0f}).'
+        )
     return timeout
 
 
@@ -113,8 +121,9 @@ class PeerWatch(threading.Thread):
             count += 1
             try:
                 if not self._exited:
-                    self._client.key_value_set(f'{_ALIVE_KEY}{self._me}', str(count),
-                                               allow_overwrite=True)
+                    self._client.key_value_set(
+                        f'{_ALIVE_KEY}{self._me}', str(count), allow_overwrite=True
+                    )
                 beats = dict(self._client.key_value_dir_get(_ALIVE_KEY))
             except Exception:  # Whatever the failure, the service is gone (or shut down).
                 if not self._exited:
@@ -126,13 +135,18 @@ class PeerWatch(threading.Thread):
                 if beat != seen[key][0]:
                     seen[key] = (beat, now)
                 elif beat != _EXITED and now - seen[key][1] > self.timeout:
-                    self._stop_job(f'process {key.rsplit("/", 1)[-1]} has given no sign of life '
-                                   f'for {self.timeout:.0f} s (killed, crashed or cut off)')
+                    self._stop_job(
+                        f'process {key.rsplit("/", 1)[-1]} has given no sign of life '
+                        f'for {self.timeout:.0f} s (killed, crashed or cut off)'
+                    )
 
     def _stop_job(self, why: str) -> None:
-        print(f'error: {why}; process {self._me} of {self._processes} stops too. Start the '
-              'job again with the same command: it resumes from the last checkpoint.',
-              file=sys.stderr, flush=True)
+        print(
+            f'error: {why}; process {self._me} of {self._processes} stops too. Start the '
+            'job again with the same command: it resumes from the last checkpoint.',
+            file=sys.stderr,
+            flush=True,
+        )
         sys.stdout.flush()
         os._exit(1)  # The main thread may be waiting in a collective that will never finish.
 
@@ -176,12 +190,14 @@ def replicate_from_processes(local: np.ndarray, mesh: Mesh) -> jax.Array:
     devices_per_process = mesh.local_mesh.size
     length = -(-max(counts) // devices_per_process) * devices_per_process
     padded = np.zeros((length,) + local.shape[1:], local.dtype)
-    padded[:len(local)] = local
+    padded[: len(local)] = local
     stacked = jax.make_array_from_process_local_data(
-        split_along(mesh, 0), padded, (length * jax.process_count(),) + local.shape[1:])
-    unpad = jax.jit(lambda a: jnp.concatenate([a[p * length:p * length + n]
-                                               for p, n in enumerate(counts)]),
-                    out_shardings=replicated(mesh))
+        split_along(mesh, 0), padded, (length * jax.process_count(),) + local.shape[1:]
+    )
+    unpad = jax.jit(
+        lambda a: jnp.concatenate([a[p * length : p * length + n] for p, n in enumerate(counts)]),
+        out_shardings=replicated(mesh),
+    )
     return unpad(stacked)
 
 
@@ -192,6 +208,7 @@ def is_chief() -> bool:
 
 def check_divisible(field: str, value: int, mesh: Mesh) -> None:
     if value % mesh.size:
-        raise ValueError(f'config.{field}={value} does not split evenly over {mesh.size} '
-                         f'devices; use a multiple of {mesh.size}.')
-
+        raise ValueError(
+            f'config.{field}={value} does not split evenly over {mesh.size} '
+            f'devices; use a multiple of {mesh.size}.'
+        )

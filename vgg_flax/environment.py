@@ -74,9 +74,11 @@ def tune_cpu_backend() -> bool:
     Returns whether the flags were added.
     """
     current = os.environ.get('XLA_FLAGS', '')
-    if (os.environ.get('VGG_FLAX_CPU_TUNING', '1') == '0' or
-            not importlib.metadata.version('jaxlib').startswith(CPU_FLAGS_JAXLIB) or
-            distributed.accelerator_plugin_installed()):
+    if (
+        os.environ.get('VGG_FLAX_CPU_TUNING', '1') == '0'
+        or not importlib.metadata.version('jaxlib').startswith(CPU_FLAGS_JAXLIB)
+        or distributed.accelerator_plugin_installed()
+    ):
         return False
     missing = [flag for flag in CPU_XLA_FLAGS if flag.split('=')[0] not in current]
     if missing:
@@ -90,7 +92,8 @@ def enable_compilation_cache() -> str:
     The cache lives in $JAX_COMPILATION_CACHE_DIR, else ~/.cache/vgg_flax/xla. Returns the path.
     """
     path = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
-        os.path.expanduser('~'), '.cache', 'vgg_flax', 'xla')
+        os.path.expanduser('~'), '.cache', 'vgg_flax', 'xla'
+    )
     jax.config.update('jax_compilation_cache_dir', path)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
     return path

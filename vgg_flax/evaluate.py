@@ -21,37 +21,57 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_flax import checkpointing, cli, environment, input_pipeline, train_steps, validation
+from vgg_flax import (
+    checkpointing,
+    cli,
+    environment,
+    input_pipeline,
+    run_dir,
+    train_steps,
+    validation,
+)
 
 EVALUATION_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.png'
 
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
-_DATA_SOURCE = flags.DEFINE_enum('data_source', None, list(input_pipeline.SOURCES),
-                                 'Override config.data.source of the run.')
+_DATA_SOURCE = flags.DEFINE_enum(
+    'data_source', None, list(input_pipeline.SOURCES), 'Override config.data.source of the run.'
+)
 _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of the run.')
-_TFDS_DATA_DIR = flags.DEFINE_string('tfds_data_dir', None,
-                                     'Override config.data.tfds_data_dir of the run.')
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    'tfds_data_dir', None, 'Override config.data.tfds_data_dir of the run.'
+)
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 18, 'Test images shown in predictions.png.')
 
 
-def restore_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None,
-                  num_channels: int = 1) -> tuple[train_steps.TrainState, int]:
+def restore_state(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None, num_channels: int = 1
+) -> tuple[train_steps.TrainState, int]:
     """The train state saved at `step` (default: the latest readable) of the run in `workdir`."""
     checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     try:
         checkpointing.check_step(workdir, step, checkpointer.all_steps())
-        like = train_steps.create_train_state(config, train_steps.run_keys(config)[0],
-                                        num_channels=num_channels)
-        state, _ = (checkpointer.restore_latest(like, set_aside_damaged=False) if step is None
-                    else checkpointer.restore(step, like))
+        like = train_steps.create_train_state(
+            config, train_steps.run_keys(config)[0], num_channels=num_channels
+        )
+        state, _ = (
+            checkpointer.restore_latest(like, set_aside_damaged=False)
+            if step is None
+            else checkpointer.restore(step, like)
+        )
     finally:
         checkpointer.close()
     return state, int(state.step)
 
 
-def predict(state: train_steps.TrainState, split: input_pipeline.Split, image_size: int,
-            batch_size: int, tta: bool = False) -> np.ndarray:
+def predict(
+    state: train_steps.TrainState,
+    split: input_pipeline.Split,
+    image_size: int,
+    batch_size: int,
+    tta: bool = False,
+) -> np.ndarray:
     """Predicted class of every example of `split` (with `tta`, from it and its mirror).
 
     For a population, shape (members + 1, examples): each member's predictions, then those of
@@ -61,10 +81,12 @@ def predict(state: train_steps.TrainState, split: input_pipeline.Split, image_si
     predict_one = functools.partial(train_steps.predict_step, image_size=image_size, tta=tta)
 
     @jax.jit
-    def predict_fn(state: train_steps.TrainState, images: jax.Array,
-                   indices: jax.Array) -> jax.Array:
-        logits = train_steps.per_member(predict_one, state.num_members,
-                                  in_axes=(state.member_axes(), None, None))(state, images, indices)
+    def predict_fn(
+        state: train_steps.TrainState, images: jax.Array, indices: jax.Array
+    ) -> jax.Array:
+        logits = train_steps.per_member(
+            predict_one, state.num_members, in_axes=(state.member_axes(), None, None)
+        )(state, images, indices)
         if not state.is_population:
             return logits
         return jnp.concatenate([logits, logits.mean(axis=0, keepdims=True)])
@@ -74,8 +96,7 @@ def predict(state: train_steps.TrainState, split: input_pipeline.Split, image_si
     return np.concatenate(predictions, axis=-1)[..., mask.reshape(-1) > 0]
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
-                     num_classes: int) -> np.ndarray:
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
     matrix = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(matrix, (labels, predictions), 1)
@@ -93,20 +114,32 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
 
 
 def format_report(matrix: np.ndarray, names: list[str], step: int) -> str:
-    lines = [f'checkpoint step {step}: test accuracy {matrix.trace() / matrix.sum():.4f} '
-             f'on {matrix.sum()} images', '', f'{"class":<12} {"accuracy":>8} {"images":>7}']
-    lines += [f'{name:<12} {acc:>8.4f} {total:>7}'
-              for name, acc, total in zip(names, per_class_accuracy(matrix), matrix.sum(axis=1))]
+    lines = [
+        f'checkpoint step {step}: test accuracy {matrix.trace() / matrix.sum():.4f} '
+        f'on {matrix.sum()} images',
+        '',
+        f'{"class":<12} {"accuracy":>8} {"images":>7}',
+    ]
+    lines += [
+        f'{name:<12} {acc:>8.4f} {total:>7}'
+        for name, acc, total in zip(names, per_class_accuracy(matrix), matrix.sum(axis=1))
+    ]
     width = max(5, len(str(matrix.max())) + 1)
-    lines += ['', 'confusion matrix (rows: true class, columns: predicted class)',
-              ' ' * 12 + ''.join(f'{i:>{width}}' for i in range(len(names)))]
-    lines += [f'{i} {name[:10]:<10}' + ''.join(f'{n:>{width}}' for n in row)
-              for i, (name, row) in enumerate(zip(names, matrix))]
+    lines += [
+        '',
+        'confusion matrix (rows: true class, columns: predicted class)',
+        ' ' * 12 + ''.join(f'{i:>{width}}' for i in range(len(names))),
+    ]
+    lines += [
+        f'{i} {name[:10]:<10}' + ''.join(f'{n:>{width}}' for n in row)
+        for i, (name, row) in enumerate(zip(names, matrix))
+    ]
     return '\n'.join(lines)
 
 
-def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                     names: list[str], path: str) -> None:
+def plot_predictions(
+    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, names: list[str], path: str
+) -> None:
     """A grid of images titled 'true / predicted'; wrong predictions in red."""
     from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
@@ -118,27 +151,36 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray, predictions: np.nda
         ax.axis('off')
     for ax, image, label, prediction in zip(axes.flat, images, labels, predictions):
         ax.imshow(image[..., 0], cmap='gray')
-        ax.set_title(f'{names[label]}\n{names[prediction]}', fontsize=7,
-                     color='black' if label == prediction else 'red')
+        ax.set_title(
+            f'{names[label]}\n{names[prediction]}',
+            fontsize=7,
+            color='black' if label == prediction else 'red',
+        )
     fig.suptitle('true (top) and predicted (bottom) class; red: wrong', fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
 
 
-def evaluate_run(workdir: str, step: int | None = None,
-                 data_overrides: dict[str, Any] | None = None,
-                 num_images: int = 18) -> dict[str, Any]:
+def evaluate_run(
+    workdir: str,
+    step: int | None = None,
+    data_overrides: dict[str, Any] | None = None,
+    num_images: int = 18,
+) -> dict[str, Any]:
     """Restores the run's checkpoint, evaluates it on the test split and writes the reports."""
-    config = checkpointing.read_config(workdir)
+    config = run_dir.read_config(workdir)
     config.data.update({k: v for k, v in (data_overrides or {}).items() if v is not None})
     validation.validate_config(config)
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
-    if holder := checkpointing.held_by(workdir):
-        print(f'{workdir} is still training ({holder}): evaluating its latest checkpoint so far, '
-              f'step {step}.\n')
-    predictions = predict(state, test_split, config.data.image_size,
-                          config.train.eval_batch_size, config.eval.tta)
+    if holder := run_dir.held_by(workdir):
+        print(
+            f'{workdir} is still training ({holder}): evaluating its latest checkpoint so far, '
+            f'step {step}.\n'
+        )
+    predictions = predict(
+        state, test_split, config.data.image_size, config.train.eval_batch_size, config.eval.tta
+    )
     members = []
     if state.is_population:  # Each member's predictions, then the ensemble's.
         members = [float(np.mean(p == test_split.labels)) for p in predictions[:-1]]
@@ -147,13 +189,21 @@ def evaluate_run(workdir: str, step: int | None = None,
     matrix = confusion_matrix(test_split.labels, predictions, num_classes)
     names = class_names(num_classes)
     if members:
-        print(f'a population of {len(members)}: test accuracy of each member ' +
-              ', '.join(f'{a:.4f}' for a in members) + f' (mean {np.mean(members):.4f}); '
-              'below, their ensemble (the mean of their logits)\n')
+        print(
+            f'a population of {len(members)}: test accuracy of each member '
+            + ', '.join(f'{a:.4f}' for a in members)
+            + f' (mean {np.mean(members):.4f}); '
+            'below, their ensemble (the mean of their logits)\n'
+        )
     print(format_report(matrix, names, step))
     shown = min(num_images, len(test_split))
-    plot_predictions(test_split.images[:shown], test_split.labels[:shown], predictions[:shown],
-                     names, os.path.join(workdir, PREDICTIONS_FILE))
+    plot_predictions(
+        test_split.images[:shown],
+        test_split.labels[:shown],
+        predictions[:shown],
+        names,
+        os.path.join(workdir, PREDICTIONS_FILE),
+    )
     evaluation = {
         'step': step,
         'test_accuracy': float(matrix.trace() / matrix.sum()),
@@ -162,17 +212,20 @@ def evaluate_run(workdir: str, step: int | None = None,
         'confusion_matrix': matrix.tolist(),
         **({'members_test_accuracy': members} if members else {}),
     }
-    checkpointing.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
+    run_dir.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
     return evaluation
 
 
 def main(argv: list[str]) -> int:
     environment.start_cli(argv)
-    overrides = {'source': _DATA_SOURCE.value, 'idx_dir': _IDX_DIR.value,
-                 'tfds_data_dir': _TFDS_DATA_DIR.value}
+    overrides = {
+        'source': _DATA_SOURCE.value,
+        'idx_dir': _IDX_DIR.value,
+        'tfds_data_dir': _TFDS_DATA_DIR.value,
+    }
     try:
         evaluate_run(cli.WORKDIR.value, _STEP.value, overrides, _NUM_IMAGES.value)
-    except (ValueError, input_pipeline.DataError, checkpointing.RunDirError) as e:
+    except (ValueError, input_pipeline.DataError, run_dir.RunDirError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     return 0

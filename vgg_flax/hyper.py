@@ -23,8 +23,10 @@ def axis(field: str, values: Iterable[Any]) -> list[Point]:
 
 def product(*axes: list[Point]) -> list[Point]:
     """Every combination of the axes' points (the first axis varies slowest)."""
-    return [dict(itertools.chain.from_iterable(p.items() for p in combo))
-            for combo in itertools.product(*axes)]
+    return [
+        dict(itertools.chain.from_iterable(p.items() for p in combo))
+        for combo in itertools.product(*axes)
+    ]
 
 
 def chain(*sweeps: list[Point]) -> list[Point]:
@@ -45,3 +47,28 @@ def cumulative(*steps: tuple[str, Point]) -> list[Point]:
         fields = {**fields, **point}
         points.append(named(name, fields))
     return points
+
+
+def shown_fields(point: Point) -> Point:
+    """What names the point in its directory and report row: its fields, or for a named point
+    its name (and its seed)."""
+    if NAME not in point:
+        return point
+    return {key: point[key] for key in (NAME, 'seed') if key in point}
+
+
+def point_name(point: Point) -> str:
+    """The point's directory name: 'model.width_ratio=4,seed=1', or 'NAME,seed=1'."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, (tuple, list)):
+            return '-'.join(map(text, value))
+        return str(value)
+
+    return (
+        ','.join(
+            str(value) if field == NAME else f'{field}={text(value)}'
+            for field, value in shown_fields(point).items()
+        )
+        or 'base'
+    )

@@ -23,8 +23,18 @@ import numpy as np
 
 from vgg_flax import config_utils, models
 
-CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
-               'Sneaker', 'Bag', 'Ankle boot')
+CLASS_NAMES = (
+    'T-shirt/top',
+    'Trouser',
+    'Pullover',
+    'Dress',
+    'Coat',
+    'Sandal',
+    'Shirt',
+    'Sneaker',
+    'Bag',
+    'Ankle boot',
+)
 SOURCES = ('tfds', 'idx')
 NUM_EXAMPLES = {'train': 60_000, 'test': 10_000}  # Fashion-MNIST's split sizes.
 IMAGE_SHAPE = (28, 28, 1)  # Height, width, channels of every Fashion-MNIST image.
@@ -34,11 +44,13 @@ IDX_FILES = {
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
 _IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the only type these files use.
-OFFLINE_HINT = ('Without internet, use the four original IDX files instead: '
-                '--config.data.source=idx --config.data.idx_dir=DIR, where DIR holds '
-                'train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
-                't10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz '
-                '(https://github.com/zalandoresearch/fashion-mnist).')
+OFFLINE_HINT = (
+    'Without internet, use the four original IDX files instead: '
+    '--config.data.source=idx --config.data.idx_dir=DIR, where DIR holds '
+    'train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
+    't10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz '
+    '(https://github.com/zalandoresearch/fashion-mnist).'
+)
 
 
 class DataError(Exception):
@@ -56,37 +68,50 @@ class Split:
         return len(self.labels)
 
 
-def validate_data_config(data_config: ml_collections.ConfigDict,
-                         model_config: ml_collections.ConfigDict) -> None:
+def validate_data_config(
+    data_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict
+) -> None:
     """Raises ValueError naming the field and the fix for any bad `config.data` value (the
     model's number of blocks sets the smallest image size)."""
     config_utils.check_choice('data.source', data_config.source, SOURCES)
     if data_config.source == 'idx' and not data_config.idx_dir:
-        raise ValueError('config.data.source=idx needs config.data.idx_dir: the directory of '
-                         'the four Fashion-MNIST IDX files.')
+        raise ValueError(
+            'config.data.source=idx needs config.data.idx_dir: the directory of '
+            'the four Fashion-MNIST IDX files.'
+        )
     num_blocks = len(models.full_width_blocks(model_config))
     least = models.min_image_size(num_blocks)
     if not isinstance(data_config.image_size, int) or data_config.image_size < least:
-        raise ValueError(f'config.data.image_size={data_config.image_size!r} is too small: '
-                         f'{models.arch_name(model_config)} halves the image {num_blocks} '
-                         f'times, so it must be an integer of at least {least}.')
+        raise ValueError(
+            f'config.data.image_size={data_config.image_size!r} is too small: '
+            f'{models.arch_name(model_config)} halves the image {num_blocks} '
+            f'times, so it must be an integer of at least {least}.'
+        )
     for field in ('max_train_examples', 'max_test_examples'):
         value = data_config[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f'config.data.{field}={value!r} must be 0 (all) or a positive '
-                             'integer.')
+            raise ValueError(
+                f'config.data.{field}={value!r} must be 0 (all) or a positive integer.'
+            )
     held_out, limit = data_config.validation_examples, data_config.max_train_examples
     if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
-        raise ValueError(f'config.data.validation_examples={held_out!r} must be 0 (none) or a '
-                         'positive integer.')
+        raise ValueError(
+            f'config.data.validation_examples={held_out!r} must be 0 (none) or a positive integer.'
+        )
     if held_out and held_out >= (limit or NUM_EXAMPLES['train']):
-        raise ValueError(f'config.data.validation_examples={held_out} leaves no training '
-                         f'examples of the {limit or NUM_EXAMPLES["train"]:,} in the split; hold '
-                         'out fewer (e.g. 5000).')
+        raise ValueError(
+            f'config.data.validation_examples={held_out} leaves no training '
+            f'examples of the {limit or NUM_EXAMPLES["train"]:,} in the split; hold '
+            'out fewer (e.g. 5000).'
+        )
 
 
-def load_split(data_config: ml_collections.ConfigDict, split: str, num_classes: int = 10,
-               shard: tuple[int, int] = (0, 1)) -> Split:
+def load_split(
+    data_config: ml_collections.ConfigDict,
+    split: str,
+    num_classes: int = 10,
+    shard: tuple[int, int] = (0, 1),
+) -> Split:
     """Reads share `shard` = (index, count) of `split` ('train' or 'test') and checks it.
 
     The split is the first `data_config.max_<split>_examples` examples (0: all). Shares are
@@ -101,9 +126,11 @@ def load_split(data_config: ml_collections.ConfigDict, split: str, num_classes: 
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         where = f' of share {shard[0]} of {shard[1]}' if shard[1] > 1 else ''
-        raise DataError(f'the {split} labels from source {data_config.source!r} hold '
-                        f'{int(bad.sum())} values outside 0..{num_classes - 1} (first: '
-                        f'{int(labels[bad][0])} at index {int(np.argmax(bad))}{where}).')
+        raise DataError(
+            f'the {split} labels from source {data_config.source!r} hold '
+            f'{int(bad.sum())} values outside 0..{num_classes - 1} (first: '
+            f'{int(labels[bad][0])} at index {int(np.argmax(bad))}{where}).'
+        )
     return Split(images=images, labels=labels.astype(np.int32))
 
 
@@ -118,27 +145,33 @@ def shard_bounds(num_examples: int, shard: tuple[int, int]) -> tuple[int, int]:
     return start, start + size + (index < remainder)
 
 
-def _load_tfds(split: str, data_dir: str, limit: int | None,
-               shard: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _load_tfds(
+    split: str, data_dir: str, limit: int | None, shard: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST through tensorflow-datasets; TensorFlow is imported only here."""
     try:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-        raise DataError('config.data.source=tfds needs tensorflow-datasets and tensorflow '
-                        f'(pip install -e ".[tfds]"): {e}. {OFFLINE_HINT}') from e
+        raise DataError(
+            'config.data.source=tfds needs tensorflow-datasets and tensorflow '
+            f'(pip install -e ".[tfds]"): {e}. {OFFLINE_HINT}'
+        ) from e
     index, count = shard
     try:
         builder = tfds.builder('fashion_mnist', data_dir=data_dir or None)
         unreachable = _unreachable_download_host(builder)
         if unreachable:
-            raise DataError(f'fashion_mnist is not prepared in the TFDS data_dir '
-                            f'{builder.data_dir_root} and its download server does not answer: '
-                            f'{unreachable}. TFDS would retry for minutes before '
-                            'failing. If it is prepared elsewhere, set config.data.tfds_data_dir '
-                            f'to that directory. {OFFLINE_HINT}')
+            raise DataError(
+                f'fashion_mnist is not prepared in the TFDS data_dir '
+                f'{builder.data_dir_root} and its download server does not answer: '
+                f'{unreachable}. TFDS would retry for minutes before '
+                'failing. If it is prepared elsewhere, set config.data.tfds_data_dir '
+                f'to that directory. {OFFLINE_HINT}'
+            )
         share = tfds.even_splits(f'{split}[:{limit}]' if limit else split, n=count)[index]
-        dataset = tfds.load('fashion_mnist', split=share, data_dir=data_dir or None,
-                            shuffle_files=False)
+        dataset = tfds.load(
+            'fashion_mnist', split=share, data_dir=data_dir or None, shuffle_files=False
+        )
         images, labels = [], []
         for batch in tfds.as_numpy(dataset.batch(10_000)):
             images.append(batch['image'])
@@ -146,9 +179,11 @@ def _load_tfds(split: str, data_dir: str, limit: int | None,
     except DataError:
         raise
     except Exception as e:  # TFDS raises many types for a failed download or a bad cache.
-        raise DataError(f'TFDS could not load fashion_mnist/{split} (data_dir='
-                        f'{data_dir or "default"}): {type(e).__name__}: {e}. '
-                        f'{OFFLINE_HINT}') from e
+        raise DataError(
+            f'TFDS could not load fashion_mnist/{split} (data_dir='
+            f'{data_dir or "default"}): {type(e).__name__}: {e}. '
+            f'{OFFLINE_HINT}'
+        ) from e
     if not images:  # An empty share: more processes than examples.
         return np.zeros((0, *IMAGE_SHAPE), np.uint8), np.zeros((0,), np.int64)
     return np.concatenate(images), np.concatenate(labels)
@@ -168,8 +203,9 @@ def _unreachable_download_host(builder: Any) -> str | None:
     if downloads.is_dir() and any(downloads.iterdir()):
         return None
     urls = map(urllib.parse.urlsplit, builder.url_infos or {})
-    for host, port in sorted({(url.hostname, url.port or (443 if url.scheme == 'https' else 80))
-                              for url in urls}):
+    for host, port in sorted(
+        {(url.hostname, url.port or (443 if url.scheme == 'https' else 80)) for url in urls}
+    ):
         try:
             socket.create_connection((host, port), timeout=5).close()
         except OSError as e:
@@ -177,17 +213,20 @@ def _unreachable_download_host(builder: Any) -> str | None:
     return None
 
 
-def _load_idx(split: str, idx_dir: str, limit: int | None,
-              shard: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _load_idx(
+    split: str, idx_dir: str, limit: int | None, shard: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Share `shard` of the split's first `limit` rows; every process checks the whole files."""
     images_name, labels_name = IDX_FILES[split]
     images_path = _find_idx_file(idx_dir, images_name)
     labels = read_idx(_find_idx_file(idx_dir, labels_name), ndim=1)
     num_images = read_idx_shape(images_path, ndim=3)[0]
     if num_images != len(labels):
-        raise DataError(f'{idx_dir}: {images_name} holds {num_images} images but {labels_name} '
-                        f'holds {len(labels)} labels; the two files must come from the same '
-                        'release.')
+        raise DataError(
+            f'{idx_dir}: {images_name} holds {num_images} images but {labels_name} '
+            f'holds {len(labels)} labels; the two files must come from the same '
+            'release.'
+        )
     start, stop = shard_bounds(min(len(labels), limit or len(labels)), shard)
     images = read_idx(images_path, ndim=3, rows=(start, stop))
     return images[..., None], labels[start:stop]
@@ -198,9 +237,11 @@ def _find_idx_file(idx_dir: str, name: str) -> str:
         path = os.path.join(idx_dir, candidate)
         if os.path.isfile(path):
             return path
-    raise DataError(f'{os.path.join(idx_dir, name)}(.gz) is missing. config.data.idx_dir must '
-                    f'hold the four Fashion-MNIST IDX files: '
-                    f'{", ".join(n + ".gz" for pair in IDX_FILES.values() for n in pair)}.')
+    raise DataError(
+        f'{os.path.join(idx_dir, name)}(.gz) is missing. config.data.idx_dir must '
+        f'hold the four Fashion-MNIST IDX files: '
+        f'{", ".join(n + ".gz" for pair in IDX_FILES.values() for n in pair)}.'
+    )
 
 
 def read_idx_shape(path: str, ndim: int) -> tuple[int, ...]:
@@ -225,8 +266,10 @@ def read_idx(path: str, ndim: int, rows: tuple[int, int] | None = None) -> np.nd
     size = int(np.prod(shape))
     if held != size:
         state = 'truncated' if held < size else 'longer than its header says'
-        raise DataError(f'{path} is {state}: its header gives shape {shape} ({size} bytes of '
-                        f'data) but it holds {held}; download it again.')
+        raise DataError(
+            f'{path} is {state}: its header gives shape {shape} ({size} bytes of '
+            f'data) but it holds {held}; download it again.'
+        )
     return np.frombuffer(data, dtype=np.uint8).reshape((stop - start,) + shape[1:])
 
 
@@ -240,8 +283,9 @@ def _read(f: BinaryIO, path: str, size: int) -> bytes:
     try:
         return f.read(size)
     except (OSError, EOFError) as e:
-        raise DataError(f'{path} cannot be read ({e}); the file is corrupt or truncated, '
-                        'download it again.') from e
+        raise DataError(
+            f'{path} cannot be read ({e}); the file is corrupt or truncated, download it again.'
+        ) from e
 
 
 def _skip(f: BinaryIO, size: int | None, path: str) -> int:
@@ -258,22 +302,24 @@ def _skip(f: BinaryIO, size: int | None, path: str) -> int:
 def _read_idx_header(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
     header = _read(f, path, 4 + 4 * ndim)
     if len(header) < 4 + 4 * ndim:
-        raise DataError(f'{path} is truncated: {len(header)} bytes, shorter than an IDX '
-                        'header.')
+        raise DataError(f'{path} is truncated: {len(header)} bytes, shorter than an IDX header.')
     magic = int.from_bytes(header[:4], 'big')
     expected_magic = (_IDX_UBYTE << 8) | ndim
     if magic != expected_magic:
-        raise DataError(f'{path} has magic number 0x{magic:08x}, expected 0x'
-                        f'{expected_magic:08x} (unsigned bytes, {ndim} dimensions); it is not '
-                        f'the right IDX file.')
-    return tuple(int.from_bytes(header[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+        raise DataError(
+            f'{path} has magic number 0x{magic:08x}, expected 0x'
+            f'{expected_magic:08x} (unsigned bytes, {ndim} dimensions); it is not '
+            f'the right IDX file.'
+        )
+    return tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
 
 
 def write_idx(path: str, array: np.ndarray) -> None:
     """Writes a uint8 array as an IDX file (gzipped when `path` ends in .gz)."""
     array = np.asarray(array, np.uint8)
     header = ((_IDX_UBYTE << 8) | array.ndim).to_bytes(4, 'big') + b''.join(
-        d.to_bytes(4, 'big') for d in array.shape)
+        d.to_bytes(4, 'big') for d in array.shape
+    )
     with _open_idx(path, 'wb') as f:
         f.write(header + array.tobytes())
 
@@ -300,8 +346,10 @@ def checksum(array: jax.Array) -> jax.Array:
 
 def fingerprint(images: jax.Array, labels: jax.Array) -> dict[str, Any]:
     """What a run records of a split, to tell on resuming whether the data is still the same."""
-    return {'examples': int(labels.shape[0]),
-            'checksum': f'{int(checksum(images)):08x}-{int(checksum(labels)):08x}'}
+    return {
+        'examples': int(labels.shape[0]),
+        'checksum': f'{int(checksum(images)):08x}-{int(checksum(labels)):08x}',
+    }
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -309,15 +357,14 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
-def epoch_batches(key: jax.Array, epoch: int, num_examples: int,
-                  batch_size: int) -> jax.Array:
+def epoch_batches(key: jax.Array, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
     """The indices of every training batch of `epoch`: int32 (steps, batch_size).
 
     A function of (key, epoch) alone, so a resumed run sees the same batches.
     """
     perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
     steps = steps_per_epoch(num_examples, batch_size)
-    return perm[:steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+    return perm[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
 
 
 def eval_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -331,4 +378,3 @@ def eval_batches(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.nda
     mask = np.zeros(steps * batch_size, np.float32)
     mask[:num_examples] = 1.0
     return indices.reshape(steps, batch_size), mask.reshape(steps, batch_size)
-

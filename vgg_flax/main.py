@@ -10,15 +10,20 @@ import sys
 
 from absl import flags
 
-from vgg_flax import checkpointing, cli, environment, input_pipeline, train
+from vgg_flax import checkpointing, cli, environment, input_pipeline, run_dir, train
 
 
 def main(argv: list[str]) -> int:
     environment.start_cli(argv)
     try:
         results = train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
-    except (ValueError, input_pipeline.DataError, checkpointing.RunDirError,
-            checkpointing.SaveError, train.NonFiniteLossError) as e:
+    except (
+        ValueError,
+        input_pipeline.DataError,
+        run_dir.RunDirError,
+        checkpointing.SaveError,
+        train.NonFiniteLossError,
+    ) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     except train.TrainingInterrupted as e:
@@ -26,8 +31,10 @@ def main(argv: list[str]) -> int:
         return 128 + e.signum
     except KeyboardInterrupt:  # Ctrl-C before the loop catches signals.
         return cli.interrupted_while_starting()
-    print(f'test accuracy {results["test_accuracy"]:.4f} after {results["epochs"]} epochs; '
-          f'results in {cli.WORKDIR.value}/results.json')
+    print(
+        f'test accuracy {results["test_accuracy"]:.4f} after {results["epochs"]} epochs; '
+        f'results in {cli.WORKDIR.value}/results.json'
+    )
     return 0
 
 

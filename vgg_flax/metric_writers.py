@@ -15,7 +15,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 from tqdm import tqdm
 
-from vgg_flax import checkpointing
+from vgg_flax import checkpointing, run_dir
 
 METRICS_FILE = 'metrics.jsonl'
 STEPS_FILE = 'steps.jsonl'
@@ -24,7 +24,7 @@ TENSORBOARD_DIR = 'tensorboard'
 
 
 def _write_jsonl(path: str, records: Sequence[dict[str, Any]]) -> None:
-    with checkpointing.atomic_write(path) as f:
+    with run_dir.atomic_write(path) as f:
         f.writelines(json.dumps(record) + '\n' for record in records)
 
 
@@ -40,11 +40,13 @@ def _read_jsonl(path: str, skip_damaged: bool = False) -> list[dict[str, Any]]:
                 records.append(json.loads(line))
             except ValueError as e:
                 if not skip_damaged:
-                    raise checkpointing.RunDirError(
+                    raise run_dir.RunDirError(
                         f'{path} line {number} is damaged ({e}); the run writes this file from the '
-                        "history in its checkpoints, which a resumed run writes again.") from None
-                print(f'warning: {path} line {number} is damaged ({e}); dropped it.',
-                      file=sys.stderr)
+                        'history in its checkpoints, which a resumed run writes again.'
+                    ) from None
+                print(
+                    f'warning: {path} line {number} is damaged ({e}); dropped it.', file=sys.stderr
+                )
     return records
 
 
@@ -66,8 +68,9 @@ def read_steps(workdir: str) -> list[dict[str, Any]]:
     return _read_jsonl(path, skip_damaged=True) if os.path.exists(path) else []
 
 
-def train_curve(history: Sequence[dict[str, Any]],
-                steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def train_curve(
+    history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """The points of the train curves, by step: the step log's and the epochs' ends.
 
     The step log's points are the epoch's running means at fractions of an epoch, as D2L's
@@ -77,8 +80,9 @@ def train_curve(history: Sequence[dict[str, Any]],
     return sorted({r['step']: r for r in [*history, *steps]}.values(), key=lambda r: r['step'])
 
 
-def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]],
-                path: str) -> None:
+def plot_curves(
+    history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], path: str
+) -> None:
     """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson
     (and validation accuracy, where the run holds out a validation set); for a population, the members' mean with their range as a band.
 
@@ -90,18 +94,26 @@ def plot_curves(history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any
     epochs = [record['epoch'] for record in history]
     fig = Figure(figsize=(5, 3.5), dpi=120)
     ax = fig.subplots()
-    for records, key, style, label in ((train, 'train_loss', '.-', 'train loss'),
-                                       (train, 'train_accuracy', '.--', 'train acc'),
-                                       (history, 'val_accuracy', 'v:', 'val acc'),
-                                       (history, 'test_accuracy', '^-.', 'test acc')):
+    for records, key, style, label in (
+        (train, 'train_loss', '.-', 'train loss'),
+        (train, 'train_accuracy', '.--', 'train acc'),
+        (history, 'val_accuracy', 'v:', 'val acc'),
+        (history, 'test_accuracy', '^-.', 'test acc'),
+    ):
         if key not in records[0]:  # No validation set.
             continue
         xs = [r['epoch'] for r in records]
-        line, = ax.plot(xs, [r[key] for r in records], style, label=label)
+        (line,) = ax.plot(xs, [r[key] for r in records], style, label=label)
         if all('members' in r for r in records):  # A population: its mean, its range shaded.
             values = [[m[key] for m in r['members']] for r in records]
-            ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(
+                xs,
+                [min(v) for v in values],
+                [max(v) for v in values],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     ax.set_xlabel('epoch')
     ax.set_xlim(0, max(epochs) + 0.1)
     ax.set_xticks(range(max(epochs) + 1) if max(epochs) <= 20 else ax.get_xticks())
@@ -131,16 +143,27 @@ class SummaryWriter:
         self._writer.flush()
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-        self._write(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=[
-            summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
-            for tag, value in scalars.items()])))
+        self._write(
+            event_pb2.Event(
+                step=step,
+                summary=summary_pb2.Summary(
+                    value=[
+                        summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+                        for tag, value in scalars.items()
+                    ]
+                ),
+            )
+        )
 
     def drop_after(self, step: int) -> None:
         """Makes TensorBoard drop the points logged after `step` (by a run killed after its last
         checkpoint, which a resumed run logs again), as the step log does: a session restart at
         `step + 1` purges every earlier event of that step or later."""
-        self._write(event_pb2.Event(step=step + 1, session_log=event_pb2.SessionLog(
-            status=event_pb2.SessionLog.START)))
+        self._write(
+            event_pb2.Event(
+                step=step + 1, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            )
+        )
 
     def close(self) -> None:
         self._writer.close()
@@ -159,12 +182,26 @@ class RunLog:
     the chief process of a multi-process job) writes anything.
     """
 
-    SCALARS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy', 'test_loss',
-               'test_accuracy', 'examples_per_sec', 'learning_rate')
+    SCALARS = (
+        'train_loss',
+        'train_accuracy',
+        'val_loss',
+        'val_accuracy',
+        'test_loss',
+        'test_accuracy',
+        'examples_per_sec',
+        'learning_rate',
+    )
     STEP_SCALARS = ('train_loss', 'train_accuracy', 'examples_per_sec', 'learning_rate')
 
-    def __init__(self, workdir: str, num_epochs: int,
-                 history: Sequence[dict[str, Any]] = (), step: int = 0, active: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        num_epochs: int,
+        history: Sequence[dict[str, Any]] = (),
+        step: int = 0,
+        active: bool = True,
+    ):
         self._workdir = workdir
         self._num_epochs = num_epochs
         self._active = active
@@ -189,8 +226,9 @@ class RunLog:
         with stops_the_run_if_a_write_fails():
             with open(os.path.join(self._workdir, STEPS_FILE), 'a') as f:
                 f.write(json.dumps(record) + '\n')
-            self._tensorboard.write_scalars(record['step'], scalars(record, self.STEP_SCALARS,
-                                                                    'steps/'))
+            self._tensorboard.write_scalars(
+                record['step'], scalars(record, self.STEP_SCALARS, 'steps/')
+            )
         if print_line:
             print(format_progress(record, self._num_epochs), flush=True)
 
@@ -209,8 +247,12 @@ class RunLog:
         write_history(self._workdir, self._history)
         if self._history:
             self._wait_for_plot()
-            self._plot = self._plotter.submit(plot_curves, self._history, list(self._steps),
-                                              os.path.join(self._workdir, CURVES_FILE))
+            self._plot = self._plotter.submit(
+                plot_curves,
+                self._history,
+                list(self._steps),
+                os.path.join(self._workdir, CURVES_FILE),
+            )
 
     def _wait_for_plot(self) -> None:
         """Waits for the last plot; raises what it raised."""
@@ -260,10 +302,11 @@ def stops_the_run_if_a_write_fails() -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise checkpointing.RunDirError(
+        raise run_dir.RunDirError(
             f'writing {e.filename or "the run log"} failed ({e.strerror or e}); the run stopped, '
             'its last checkpoint intact: fix the cause (a read-only or full disk, a file-size '
-            'limit) and run the same command to resume.') from None
+            'limit) and run the same command to resume.'
+        ) from None
 
 
 def scalars(record: dict[str, Any], keys: Sequence[str], prefix: str = '') -> dict[str, float]:
@@ -279,17 +322,20 @@ def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
     """One line per epoch, like the lesson's printout (a population's means, and the range of
     its members' test accuracy)."""
     members = [member['test_accuracy'] for member in record.get('members', ())]
-    return (f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
-            f'train acc {record["train_accuracy"]:.4f}  ' +
-            (f'val acc {record["val_accuracy"]:.4f}  ' if 'val_accuracy' in record else '') +
-            f'test acc {record["test_accuracy"]:.4f}  '
-            + (f'({len(members)} members: {min(members):.4f}-{max(members):.4f})  '
-               if members else '') +
-            f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s')
+    return (
+        f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
+        f'train acc {record["train_accuracy"]:.4f}  '
+        + (f'val acc {record["val_accuracy"]:.4f}  ' if 'val_accuracy' in record else '')
+        + f'test acc {record["test_accuracy"]:.4f}  '
+        + (f'({len(members)} members: {min(members):.4f}-{max(members):.4f})  ' if members else '')
+        + f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s'
+    )
 
 
 def format_progress(record: dict[str, Any], num_epochs: int) -> str:
     """One line of the step log, for a log file where no progress bar is drawn."""
-    return (f'  step {record["step"]}  epoch {record["epoch"]:.2f}/{num_epochs}  '
-            f'loss {record["train_loss"]:.4f}  train acc {record["train_accuracy"]:.4f}  '
-            f'{record["examples_per_sec"]:.1f} examples/sec')
+    return (
+        f'  step {record["step"]}  epoch {record["epoch"]:.2f}/{num_epochs}  '
+        f'loss {record["train_loss"]:.4f}  train acc {record["train_accuracy"]:.4f}  '
+        f'{record["examples_per_sec"]:.1f} examples/sec'
+    )

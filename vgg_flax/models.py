@@ -42,11 +42,7 @@ BIAS_INITS: dict[str, Callable[..., Any]] = {
     'normal': nn.initializers.normal(stddev=0.01),
 }
 
-DTYPES: dict[str, Any] = {
-    'float32': jnp.float32,
-    'bfloat16': jnp.bfloat16,
-    'float16': jnp.float16,
-}
+DTYPES: dict[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
@@ -57,7 +53,7 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     backward pass of the first block cost twice as much on CPU.
     """
     batch, height, width, channels = x.shape
-    x = x[:, :height // 2 * 2, :width // 2 * 2]
+    x = x[:, : height // 2 * 2, : width // 2 * 2]
     return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
@@ -87,7 +83,7 @@ class ShiftedSumConv(nn.Module):
         for i in range(3):
             for j in range(3):
                 for c in range(channels):
-                    y = y + padded[:, i:i + height, j:j + width, c:c + 1] * kernel[i, j, c]
+                    y = y + padded[:, i : i + height, j : j + width, c : c + 1] * kernel[i, j, c]
         return y.astype(self.dtype)
 
 
@@ -105,13 +101,22 @@ class VGGBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         for k in range(self.num_convs):
-            conv = ShiftedSumConv if k == 0 and self.first_conv == 'shifted_sum' else (
-                functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME'))
-            x = conv(self.features, dtype=self.dtype, kernel_init=self.kernel_init,
-                     bias_init=self.bias_init, name=f'Conv_{k}')(x)
+            conv = (
+                ShiftedSumConv
+                if k == 0 and self.first_conv == 'shifted_sum'
+                else (functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME'))
+            )
+            x = conv(
+                self.features,
+                dtype=self.dtype,
+                kernel_init=self.kernel_init,
+                bias_init=self.bias_init,
+                name=f'Conv_{k}',
+            )(x)
             if self.use_bn:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 dtype=self.dtype)(x)
+                x = nn.BatchNorm(
+                    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+                )(x)
             x = nn.relu(x)
         return max_pool_2x2(x)
 
@@ -139,21 +144,38 @@ class VGG(nn.Module):
             raise ValueError(
                 f'images of {x.shape[1]}x{x.shape[2]} are too small: {len(self.conv_arch)} VGG '
                 f'blocks halve them {len(self.conv_arch)} times, so data.image_size must be at '
-                f'least {least}.')
+                f'least {least}.'
+            )
         x = x.astype(self.dtype)
         for i, (num_convs, features) in enumerate(self.conv_arch):
-            x = VGGBlock(num_convs, features, use_bn=self.use_bn, dtype=self.dtype,
-                         kernel_init=self.kernel_init, bias_init=self.bias_init,
-                         first_conv=self.first_conv if i == 0 else 'lax',
-                         name=f'block{i + 1}')(x, train=train)
+            x = VGGBlock(
+                num_convs,
+                features,
+                use_bn=self.use_bn,
+                dtype=self.dtype,
+                kernel_init=self.kernel_init,
+                bias_init=self.bias_init,
+                first_conv=self.first_conv if i == 0 else 'lax',
+                name=f'block{i + 1}',
+            )(x, train=train)
         x = x.reshape((x.shape[0], -1))
         for i, features in enumerate(self.dense_features):
-            x = nn.Dense(features, dtype=self.dtype, kernel_init=self.kernel_init,
-                         bias_init=self.bias_init, name=f'dense{i + 1}')(x)
+            x = nn.Dense(
+                features,
+                dtype=self.dtype,
+                kernel_init=self.kernel_init,
+                bias_init=self.bias_init,
+                name=f'dense{i + 1}',
+            )(x)
             x = nn.relu(x)
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=self.kernel_init,
-                     bias_init=self.bias_init, name='head')(x)
+        x = nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
+            name='head',
+        )(x)
         return x.astype(jnp.float32)
 
 
@@ -187,7 +209,7 @@ def conv_arch_for(blocks: Blocks, width_ratio: int) -> Blocks:
 
 def min_image_size(num_blocks: int) -> int:
     """Each block halves the image, so it must be at least 2**num_blocks pixels wide."""
-    return 2 ** num_blocks
+    return 2**num_blocks
 
 
 def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
@@ -195,8 +217,10 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
     config_utils.check_choice('model.arch', model_config.arch, list(ARCHS))
     for block in model_config.conv_arch:
         if not isinstance(block, (tuple, list)) or len(block) != 2:  # A config file's lists.
-            raise ValueError(f'config.model.conv_arch={model_config.conv_arch!r} must be () or '
-                             '(num_convs, features) pairs, e.g. ((1, 64), (1, 128)).')
+            raise ValueError(
+                f'config.model.conv_arch={model_config.conv_arch!r} must be () or '
+                '(num_convs, features) pairs, e.g. ((1, 64), (1, 128)).'
+            )
         for value in block:
             config_utils.check_positive_int('model.conv_arch[*][*]', value)
     config_utils.check_positive_int('model.width_ratio', model_config.width_ratio)
@@ -207,13 +231,15 @@ def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f'config.model.width_ratio={model_config.width_ratio} does not divide every conv '
             f'width of {arch_name(model_config)} {widths}; use one of '
-            f'{", ".join(map(str, ratios))}.')
+            f'{", ".join(map(str, ratios))}.'
+        )
     config_utils.check_positive_int('model.num_classes', model_config.num_classes)
     for features in model_config.dense_features:
         config_utils.check_positive_int('model.dense_features[*]', features)
     if not 0.0 <= model_config.dropout_rate < 1.0:
-        raise ValueError(f'config.model.dropout_rate={model_config.dropout_rate!r} must lie in '
-                         '[0, 1).')
+        raise ValueError(
+            f'config.model.dropout_rate={model_config.dropout_rate!r} must lie in [0, 1).'
+        )
     config_utils.check_choice('model.dtype', model_config.dtype, list(DTYPES))
     config_utils.check_choice('model.kernel_init', model_config.kernel_init, list(KERNEL_INITS))
     config_utils.check_choice('model.bias_init', model_config.bias_init, list(BIAS_INITS))

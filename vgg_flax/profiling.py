@@ -25,8 +25,9 @@ from absl import app, flags
 
 from vgg_flax import cli
 
-_TRACE = flags.DEFINE_string('trace', None, 'A *trace.json.gz, or a directory holding one (the '
-                             'newest is read).')
+_TRACE = flags.DEFINE_string(
+    'trace', None, 'A *trace.json.gz, or a directory holding one (the newest is read).'
+)
 _CALLS = flags.DEFINE_integer('calls', None, 'Calls traced, for times per call.')
 _TOP = flags.DEFINE_integer('top', 15, 'Ops listed, most costly first.')
 
@@ -51,8 +52,10 @@ def latest_trace(path: str) -> str:
         return path
     traces = glob.glob(os.path.join(path, '**', '*trace.json.gz'), recursive=True)
     if not traces:
-        raise FileNotFoundError(f'no *trace.json.gz under {path}; capture one with '
-                                'python -m vgg_flax.benchmark --profile_dir=DIR.')
+        raise FileNotFoundError(
+            f'no *trace.json.gz under {path}; capture one with '
+            'python -m vgg_flax.benchmark --profile_dir=DIR.'
+        )
     return max(traces, key=os.path.getmtime)
 
 
@@ -75,9 +78,13 @@ def summarize(trace_path: str, calls: int | None = None) -> dict[str, Any]:
     """
     with gzip.open(trace_path, 'rt') as f:
         trace_events = json.load(f)['traceEvents']
-    devices = {e['pid'] for e in trace_events if e.get('ph') == 'M' and
-               e.get('name') == 'process_name' and
-               e.get('args', {}).get('name', '').startswith('/device:')}
+    devices = {
+        e['pid']
+        for e in trace_events
+        if e.get('ph') == 'M'
+        and e.get('name') == 'process_name'
+        and e.get('args', {}).get('name', '').startswith('/device:')
+    }
     events = [e for e in trace_events if e.get('ph') == 'X' and 'hlo_op' in e.get('args', {})]
     if any(e['pid'] in devices for e in events):
         events = [e for e in events if e['pid'] in devices]
@@ -86,8 +93,9 @@ def summarize(trace_path: str, calls: int | None = None) -> dict[str, Any]:
     ops: dict[tuple[str, str], dict[str, Any]] = {}
     for e in events:
         key = (e['args'].get('hlo_module', ''), e['args']['hlo_op'])
-        op = ops.setdefault(key, {'module': key[0], 'op': key[1], 'kernel': e['name'],
-                                  'count': 0, 'total_us': 0.0})
+        op = ops.setdefault(
+            key, {'module': key[0], 'op': key[1], 'kernel': e['name'], 'count': 0, 'total_us': 0.0}
+        )
         op['count'] += 1
         op['total_us'] += e['dur']
     intervals = [(e['ts'], e['ts'] + e['dur']) for e in events]
@@ -103,23 +111,30 @@ def summarize(trace_path: str, calls: int | None = None) -> dict[str, Any]:
 def format_summary(summary: dict[str, Any], top: int = 15) -> str:
     ops, calls = summary['ops'], summary['calls']
     if not ops:
-        return (f"profile: no device ops in {summary['trace']} (on a GPU the profiler needs "
-                'CUPTI, which jax[cuda12] installs)')
+        return (
+            f'profile: no device ops in {summary["trace"]} (on a GPU the profiler needs '
+            'CUPTI, which jax[cuda12] installs)'
+        )
     busy, span = summary['busy_us'], summary['span_us']
     total = sum(op['total_us'] for op in ops)
     per = f' ({calls} calls: {busy / calls / 1e3:.3f} ms busy per call)' if calls else ''
-    lines = [f'profile: device busy {busy / span:.1%} of the {span / 1e3:.1f} ms from the '
-             f'first op to the last{per}; {len(ops)} ops, {total / 1e3:.1f} ms summed over '
-             'streams and threads',
-             f"{'op':<28} {'kernel or thunk':<44} {'count':>6} {'ms':>9} {'share':>6}"]
+    lines = [
+        f'profile: device busy {busy / span:.1%} of the {span / 1e3:.1f} ms from the '
+        f'first op to the last{per}; {len(ops)} ops, {total / 1e3:.1f} ms summed over '
+        'streams and threads',
+        f'{"op":<28} {"kernel or thunk":<44} {"count":>6} {"ms":>9} {"share":>6}',
+    ]
     for op in ops[:top]:
         kernel = op['kernel'] if op['kernel'] != op['op'] else ''  # A CPU thunk is named so.
-        lines.append(f"{op['op'][:28]:<28} {kernel[:44]:<44} {op['count']:>6} "
-                     f"{op['total_us'] / 1e3:>9.3f} {op['total_us'] / total:>6.1%}")
+        lines.append(
+            f'{op["op"][:28]:<28} {kernel[:44]:<44} {op["count"]:>6} '
+            f'{op["total_us"] / 1e3:>9.3f} {op["total_us"] / total:>6.1%}'
+        )
     if len(ops) > top:
         rest = sum(op['total_us'] for op in ops[top:])
-        lines.append(f"{f'({len(ops) - top} more ops)':<73} {'':>6} {rest / 1e3:>9.3f} "
-                     f'{rest / total:>6.1%}')
+        lines.append(
+            f'{f"({len(ops) - top} more ops)":<73} {"":>6} {rest / 1e3:>9.3f} {rest / total:>6.1%}'
+        )
     return '\n'.join(lines)
 
 

@@ -12,16 +12,29 @@ import optax
 from vgg_flax.train_steps import Sums, mean_metrics
 
 
-def train_record(sums: Sums, step: int, steps_per_epoch: int, since: tuple[int, float],
-                 now: float, examples_per_step: int,
-                 learning_rate_fn: optax.Schedule) -> dict[str, Any]:
+def train_record(
+    sums: Sums,
+    step: int,
+    steps_per_epoch: int,
+    since: tuple[int, float],
+    now: float,
+    examples_per_step: int,
+    learning_rate_fn: optax.Schedule,
+) -> dict[str, Any]:
     """The epoch's running train metrics at `step` (fetched from the devices), with the
     examples/sec since `since`, a (step, time) pair, and the learning rate of the last step."""
     loss, accuracy = mean_metrics(sums)
-    return to_record({'step': step, 'epoch': step / steps_per_epoch, 'train_loss': loss,
-                      'train_accuracy': accuracy,
-                      'examples_per_sec': (step - since[0]) * examples_per_step / (now - since[1]),
-                      'learning_rate': float(learning_rate_fn(step - 1))})
+    return to_record(
+        {
+            'step': step,
+            'epoch': step / steps_per_epoch,
+            'train_loss': loss,
+            'train_accuracy': accuracy,
+            'examples_per_sec': (step - since[0]) * examples_per_step / (now - since[1]),
+            'learning_rate': float(learning_rate_fn(step - 1)),
+        }
+    )
+
 
 def to_record(values: dict[str, Any]) -> dict[str, Any]:
     """Host values as a JSON record. A population's per-member arrays become their mean under
@@ -45,18 +58,33 @@ def merge_records(first: dict[str, Any], second: dict[str, Any]) -> dict[str, An
         merged['members'] = [{**a, **b} for a, b in zip(first['members'], second['members'])]
     return merged
 
+
 def model_results(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The final and the best test metrics of one model's history."""
     final = history[-1]
     best = max(history, key=lambda record: record['test_accuracy'])
-    return {key: final[key] for key in ('test_accuracy', 'test_loss', 'val_accuracy', 'val_loss',
-                                        'train_accuracy', 'train_loss') if key in final} | {
-        'best_test_accuracy': best['test_accuracy'], 'best_epoch': best['epoch']}
+    return {
+        key: final[key]
+        for key in (
+            'test_accuracy',
+            'test_loss',
+            'val_accuracy',
+            'val_loss',
+            'train_accuracy',
+            'train_loss',
+        )
+        if key in final
+    } | {'best_test_accuracy': best['test_accuracy'], 'best_epoch': best['epoch']}
 
 
-def summarize_run(history: list[dict[str, Any]], *, num_params: int,
-                  train_flops_per_step: float, compile_seconds: float,
-                  examples_per_step: int) -> dict[str, Any]:
+def summarize_run(
+    history: list[dict[str, Any]],
+    *,
+    num_params: int,
+    train_flops_per_step: float,
+    compile_seconds: float,
+    examples_per_step: int,
+) -> dict[str, Any]:
     """The numbers a sweep table or a paper needs from one finished run.
 
     For a population, the model's numbers are the means over its members, with their standard
@@ -66,12 +94,16 @@ def summarize_run(history: list[dict[str, Any]], *, num_params: int,
     final = history[-1]
     results = model_results(history)
     if 'members' in final:
-        members = [model_results([{**record, **record['members'][i]} for record in history])
-                   for i in range(len(final['members']))]
+        members = [
+            model_results([{**record, **record['members'][i]} for record in history])
+            for i in range(len(final['members']))
+        ]
         for key in list(results):
             values = [member[key] for member in members]
-            results[key], results[f'{key}_std'] = float(np.mean(values)), float(np.std(values,
-                                                                                       ddof=1))
+            results[key], results[f'{key}_std'] = (
+                float(np.mean(values)),
+                float(np.std(values, ddof=1)),
+            )
         results['members'] = members
     devices = jax.devices()
     return {

@@ -48,22 +48,27 @@ def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
     model = models.create_model(config.model)
     size = config.data.image_size
     x = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
-    variables = jax.eval_shape(functools.partial(model.init, train=False),
-                               jax.random.key(0), x)
+    variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
 
     def is_layer(module: Any, _) -> bool:
         return module.name is not None and module.name.startswith(('block', 'dense', 'head'))
 
     _, state = jax.eval_shape(
-        functools.partial(model.apply, train=False, capture_intermediates=is_layer),
-        variables, x)
+        functools.partial(model.apply, train=False, capture_intermediates=is_layer), variables, x
+    )
     itemsize = jnp.dtype(models.DTYPES[config.model.dtype]).itemsize
     layers = [Layer('input', x.shape[1:], 0, int(np.prod(x.shape[1:])) * itemsize)]
     for name, captured in state['intermediates'].items():
         (output,) = captured['__call__']
         params = train_steps.count_params(variables['params'][name])
-        layers.append(Layer(name, output.shape[1:], params,
-                            int(np.prod(output.shape[1:])) * output.dtype.itemsize))
+        layers.append(
+            Layer(
+                name,
+                output.shape[1:],
+                params,
+                int(np.prod(output.shape[1:])) * output.dtype.itemsize,
+            )
+        )
     return layers
 
 
@@ -73,37 +78,53 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     model = models.create_model(config.model)
     size = config.data.image_size
     state = jax.eval_shape(
-        lambda: train_steps.init_train_state(config, jax.random.key(0), num_channels=CHANNELS))
+        lambda: train_steps.init_train_state(config, jax.random.key(0), num_channels=CHANNELS)
+    )
     one_image = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     forward = jax.jit(functools.partial(model.apply, train=False)).lower(
-        {'params': state.params, 'batch_stats': state.batch_stats}, one_image)
+        {'params': state.params, 'batch_stats': state.batch_stats}, one_image
+    )
 
     batch_size = config.train.batch_size
     images = jax.ShapeDtypeStruct((TRAIN_EXAMPLES, *input_pipeline.IMAGE_SHAPE), jnp.uint8)
     labels = jax.ShapeDtypeStruct((TRAIN_EXAMPLES,), jnp.int32)
     batches = jax.ShapeDtypeStruct((TRAIN_EXAMPLES // batch_size, batch_size), jnp.int32)
     step = train_steps.lower_train_step(
-        state, train_steps.TrainData(images, labels, batches, jax.random.key(0)),  # type: ignore
-        train_steps.step_options(config)).compile()
+        state,
+        train_steps.TrainData(images, labels, batches, jax.random.key(0)),  # type: ignore
+        train_steps.step_options(config),
+    ).compile()
     memory = step.memory_analysis()
-    step_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes -
-                  memory.alias_size_in_bytes + memory.temp_size_in_bytes)
-    return Summary(layers=layer_table(config), num_params=train_steps.count_params(state.params),
-                   forward_flops_per_example=train_steps.flops_of(forward),
-                   train_step_bytes=int(step_bytes), batch_size=batch_size,
-                   backend=jax.default_backend())
+    step_bytes = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
+    return Summary(
+        layers=layer_table(config),
+        num_params=train_steps.count_params(state.params),
+        forward_flops_per_example=train_steps.flops_of(forward),
+        train_step_bytes=int(step_bytes),
+        batch_size=batch_size,
+        backend=jax.default_backend(),
+    )
 
 
 def format_summary(config: ml_collections.ConfigDict, summary: Summary) -> str:
     size = config.data.image_size
-    lines = [f'{models.arch_name(config.model)}, width ratio {config.model.width_ratio}, '
-             f'{"BN, " if config.model.use_bn else ""}{size}x{size}x{CHANNELS} input, '
-             f'{config.model.dtype}',
-             f'{"layer":<8} {"output shape":>14} {"params":>12} {"activations/img":>16}']
+    lines = [
+        f'{models.arch_name(config.model)}, width ratio {config.model.width_ratio}, '
+        f'{"BN, " if config.model.use_bn else ""}{size}x{size}x{CHANNELS} input, '
+        f'{config.model.dtype}',
+        f'{"layer":<8} {"output shape":>14} {"params":>12} {"activations/img":>16}',
+    ]
     for layer in summary.layers:
         shape = 'x'.join(map(str, layer.output_shape))
-        lines.append(f'{layer.name:<8} {shape:>14} {layer.params:>12,} '
-                     f'{layer.activation_bytes / 1024:>12.1f} KiB')
+        lines.append(
+            f'{layer.name:<8} {shape:>14} {layer.params:>12,} '
+            f'{layer.activation_bytes / 1024:>12.1f} KiB'
+        )
     lines += [
         f'parameters: {summary.num_params:,} ({summary.num_params * 4 / 2**20:.1f} MiB float32)',
         f'forward FLOPs per image: {summary.forward_flops_per_example / 1e9:.3f} G '

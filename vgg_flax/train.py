@@ -26,8 +26,16 @@ import optax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from vgg_flax import (checkpointing, device_data, distributed, metric_writers, records,
-                      train_steps, validation)
+from vgg_flax import (
+    checkpointing,
+    device_data,
+    distributed,
+    metric_writers,
+    records,
+    run_dir,
+    train_steps,
+    validation,
+)
 from vgg_flax.train_steps import EvalData, TrainData, TrainState
 
 Record = dict[str, Any]
@@ -41,8 +49,10 @@ class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM stopped the run after it saved a checkpoint."""
 
     def __init__(self, signum: int, step: int):
-        super().__init__(f'{signal.Signals(signum).name} stopped the run at step {step}, after '
-                         'it saved a checkpoint there; run the same command again to resume.')
+        super().__init__(
+            f'{signal.Signals(signum).name} stopped the run at step {step}, after '
+            'it saved a checkpoint there; run the same command again to resume.'
+        )
         self.signum = signum
 
 
@@ -73,8 +83,12 @@ class StopSignals:
         self.signum = signum
         signal.signal(signum, signal.SIG_DFL)
         name = signal.Signals(signum).name
-        print(f'{name}: saving a checkpoint after the current step, then stopping ({name} again '
-              'stops at once, without saving).', file=sys.stderr, flush=True)
+        print(
+            f'{name}: saving a checkpoint after the current step, then stopping ({name} again '
+            'stops at once, without saving).',
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc_info: Any) -> None:
         for signum, handler in self._previous.items():
@@ -93,8 +107,10 @@ class StopSignals:
         So after a call that ran several steps each of them is polled, and a stop that falls
         among them takes effect at `step`, on every process alike.
         """
-        if self._multi_process and any(multihost_utils.reached_preemption_sync_point(polled)
-                                       for polled in range(step - num_steps + 1, step + 1)):
+        if self._multi_process and any(
+            multihost_utils.reached_preemption_sync_point(polled)
+            for polled in range(step - num_steps + 1, step + 1)
+        ):
             self.signum = signal.SIGTERM
         return self.signum is not None
 
@@ -145,17 +161,25 @@ def check_finite(state: TrainState, loop: Loop, test_loss: float = 0.0) -> None:
         return
     loop.checkpointer.wait()
     kept = loop.checkpointer.latest_step()
-    what = (f'the training loss became non-finite in {nonfinite_steps} step'
-            f'{"s" if nonfinite_steps != 1 else ""}' if nonfinite_steps else
-            'the parameters became non-finite' if not finite_params else
-            f'the test loss became {test_loss}')
+    what = (
+        f'the training loss became non-finite in {nonfinite_steps} step'
+        f'{"s" if nonfinite_steps != 1 else ""}'
+        if nonfinite_steps
+        else 'the parameters became non-finite'
+        if not finite_params
+        else f'the test loss became {test_loss}'
+    )
     step = int(state.step)
     raise NonFiniteLossError(
-        f'{what} in epoch {(step - 1) // loop.steps_per_epoch + 1} (by step {step}); ' +
-        (f'the last good checkpoint (step {kept}) is kept in {loop.checkpointer.directory}'
-         if kept is not None else 'no checkpoint had been saved yet') +
-        '. Lower config.train.learning_rate, add warmup (config.train.warmup_epochs) or check '
-        'the data.')
+        f'{what} in epoch {(step - 1) // loop.steps_per_epoch + 1} (by step {step}); '
+        + (
+            f'the last good checkpoint (step {kept}) is kept in {loop.checkpointer.directory}'
+            if kept is not None
+            else 'no checkpoint had been saved yet'
+        )
+        + '. Lower config.train.learning_rate, add warmup (config.train.warmup_epochs) or check '
+        'the data.'
+    )
 
 
 def wait_for_previous_call(previous: jax.Array | None, state: TrainState) -> jax.Array:
@@ -183,14 +207,21 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, 
         running = wait_for_previous_call(running, state)
         step += num_steps
         loop.bar.update(num_steps)
-        if is_due(step - end + per_epoch, loop.config.train.log_every_steps, num_steps,
-                  per_epoch):
+        if is_due(step - end + per_epoch, loop.config.train.log_every_steps, num_steps, per_epoch):
             now = time.perf_counter()
-            record = records.train_record(state.sums, step, per_epoch, logged, now,
-                                          loop.examples_per_step, loop.learning_rate_fn)
+            record = records.train_record(
+                state.sums,
+                step,
+                per_epoch,
+                logged,
+                now,
+                loop.examples_per_step,
+                loop.learning_rate_fn,
+            )
             check_finite(state, loop)
-            loop.bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                                 acc=f"{record['train_accuracy']:.3f}")
+            loop.bar.set_postfix(
+                loss=f'{record["train_loss"]:.4f}', acc=f'{record["train_accuracy"]:.3f}'
+            )
             loop.log.write_step(record, print_line=loop.bar.disable and step < end)
             logged = (step, now)
         # Every call is polled (every step, in a multi-host job); a stop at an epoch's last call
@@ -199,8 +230,15 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, 
         loop.checkpointer.check()
         if stopped and step < end:
             return state, None
-    record = records.train_record(state.sums, step, per_epoch, epoch_begin, logged[1],
-                                  loop.examples_per_step, loop.learning_rate_fn)
+    record = records.train_record(
+        state.sums,
+        step,
+        per_epoch,
+        epoch_begin,
+        logged[1],
+        loop.examples_per_step,
+        loop.learning_rate_fn,
+    )
     record.update(epoch=epoch, train_seconds=logged[1] - epoch_begin[1])
     return state.replace(sums=train_steps.zero_sums_like(state)), record
 
@@ -213,8 +251,12 @@ def evaluate_sets(loop: Loop, state: TrainState) -> Record | None:
     metrics = {}
     for name, data in loop.eval_sets.items():
         sums = train_steps.zero_sums_like(state)
-        for batch in tqdm(range(data.batches.shape[0]), desc=f'eval {name}', leave=False,
-                          disable=None if loop.chief else True):
+        for batch in tqdm(
+            range(data.batches.shape[0]),
+            desc=f'eval {name}',
+            leave=False,
+            disable=None if loop.chief else True,
+        ):
             if loop.signals.should_stop(int(state.step)):
                 return None
             sums = loop.compiled.eval[name](state, sums, data, batch)
@@ -227,28 +269,39 @@ def announce_resume(workdir: str, step: int, steps_per_epoch: int) -> None:
     if not step:
         print(f'{workdir} has this config but no checkpoint yet; starting from scratch.')
         return
-    print(f'Resuming {workdir} from the checkpoint at step {step} (epoch '
-          f'{step // steps_per_epoch}, batch {step % steps_per_epoch}).', flush=True)
-    last, now = checkpointing.last_num_devices(workdir), jax.device_count()
+    print(
+        f'Resuming {workdir} from the checkpoint at step {step} (epoch '
+        f'{step // steps_per_epoch}, batch {step % steps_per_epoch}).',
+        flush=True,
+    )
+    last, now = run_dir.last_num_devices(workdir), jax.device_count()
     if last not in (None, now):
-        print(f'The run last ran on {last} devices, now on {now}: the same batches, keys and '
-              'steps, each batch split differently over the devices, so its metrics match an '
-              'uninterrupted run to float rounding, not bit for bit.', flush=True)
+        print(
+            f'The run last ran on {last} devices, now on {now}: the same batches, keys and '
+            'steps, each batch split differently over the devices, so its metrics match an '
+            'uninterrupted run to float rounding, not bit for bit.',
+            flush=True,
+        )
 
 
 def check_resumable(workdir: str, step: int, steps_per_epoch: int, num_epochs: int) -> None:
     """Refuses a checkpoint beyond `num_epochs`: the run would report a longer one as this."""
     if step > num_epochs * steps_per_epoch:
-        raise checkpointing.RunDirError(
+        raise run_dir.RunDirError(
             f'{workdir} has trained {step // steps_per_epoch} epochs already, more than '
             f'config.train.num_epochs={num_epochs}; ask for at least that many to train on, '
             'or pass another --workdir (python -m vgg_flax.evaluate --step=N evaluates any '
-            'checkpoint it keeps).')
+            'checkpoint it keeps).'
+        )
 
 
-def set_up(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-           resuming: bool, stack: contextlib.ExitStack
-           ) -> tuple[Loop, TrainState, list[Record], Record | None]:
+def set_up(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mesh: jax.sharding.Mesh,
+    resuming: bool,
+    stack: contextlib.ExitStack,
+) -> tuple[Loop, TrainState, list[Record], Record | None]:
     """The loop, the state (restored where the run has a checkpoint), its history and the train
     record of an epoch that a stop left unevaluated; every check that can refuse the run comes
     before the files that make the workdir this run's are written."""
@@ -256,21 +309,24 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
     init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
     train_data, eval_sets = device_data.load_data(config, mesh, dropout_key)
     fingerprints = device_data.data_fingerprints(train_data, eval_sets)
-    checkpointing.check_data(workdir, fingerprints)
+    run_dir.check_data(workdir, fingerprints)
     per_epoch = train_data.batches.shape[-2]
-    state = train_steps.create_train_state(config, init_key, per_epoch, train_data.images.shape[-1],
-                                     mesh)
+    state = train_steps.create_train_state(
+        config, init_key, per_epoch, train_data.images.shape[-1], mesh
+    )
     checkpointer = stack.enter_context(
-        checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints))
+        checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+    )
     state, history = checkpointer.restore_latest(state)
     step = int(state.step)
     check_resumable(workdir, step, per_epoch, num_epochs)
     if chief and (step or resuming):
         announce_resume(workdir, step, per_epoch)
-    compiled = train_steps.compile_steps(state, train_data, eval_sets, train_steps.step_options(config),
-                                   config.train.steps_per_call)
+    compiled = train_steps.compile_steps(
+        state, train_data, eval_sets, train_steps.step_options(config), config.train.steps_per_call
+    )
     if chief:
-        checkpointing.write_run_files(workdir, config, fingerprints)
+        run_dir.write_run_files(workdir, config, fingerprints)
     # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
     trained = history.pop() if history and 'test_accuracy' not in history[-1] else None
     batch_maker = device_data.batch_maker(config, mesh)
@@ -280,13 +336,28 @@ def set_up(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.M
         return batch_maker(shuffle_key, epoch, num_train, config.train.batch_size)
 
     loop = Loop(
-        config, compiled, train_data, eval_sets, epoch_batches, per_epoch,
-        train_steps.create_learning_rate_fn(config.train, per_epoch), checkpointer,
-        log=stack.enter_context(metric_writers.RunLog(workdir, num_epochs, history, step,
-                                                      active=chief)),
-        bar=stack.enter_context(tqdm(total=num_epochs * per_epoch, initial=step, unit='step',
-                                     disable=None if chief else True)),
-        signals=stack.enter_context(StopSignals()), chief=chief)
+        config,
+        compiled,
+        train_data,
+        eval_sets,
+        epoch_batches,
+        per_epoch,
+        train_steps.create_learning_rate_fn(config.train, per_epoch),
+        checkpointer,
+        log=stack.enter_context(
+            metric_writers.RunLog(workdir, num_epochs, history, step, active=chief)
+        ),
+        bar=stack.enter_context(
+            tqdm(
+                total=num_epochs * per_epoch,
+                initial=step,
+                unit='step',
+                disable=None if chief else True,
+            )
+        ),
+        signals=stack.enter_context(StopSignals()),
+        chief=chief,
+    )
     return loop, state, history, trained
 
 
@@ -301,9 +372,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
     device_data.check_fits_devices(config, mesh)
     num_epochs = config.train.num_epochs
     with contextlib.ExitStack() as stack:
-        stack.enter_context(checkpointing.hold_workdir(workdir, active=distributed.is_chief()))
-        resuming = checkpointing.check_workdir(workdir, config)
-        if finished := checkpointing.finished_results(workdir, num_epochs):
+        stack.enter_context(run_dir.hold_workdir(workdir, active=distributed.is_chief()))
+        resuming = run_dir.check_workdir(workdir, config)
+        if finished := run_dir.finished_results(workdir, num_epochs):
             print(f'{workdir} has finished its {num_epochs} epochs already; nothing to do.')
             return finished
         loop, state, history, trained = set_up(config, workdir, mesh, resuming, stack)
@@ -318,8 +389,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
             if evaluation is None:  # A stop came as the epoch was evaluated.
                 break
             check_finite(state, loop, evaluation['test_loss'])
-            history.append({**records.merge_records(trained, evaluation), 'epoch_seconds':
-                            trained['train_seconds'] + evaluation['eval_seconds']})
+            history.append(
+                {
+                    **records.merge_records(trained, evaluation),
+                    'epoch_seconds': trained['train_seconds'] + evaluation['eval_seconds'],
+                }
+            )
             trained = None
             loop.log.write_epoch(history)
             if is_due(epoch, config.train.checkpoint_every_epochs, last=num_epochs):
@@ -333,10 +408,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
             raise TrainingInterrupted(loop.signals.signum or signal.SIGTERM, step)
 
         results = records.summarize_run(
-            history, num_params=train_steps.count_params(state.params) // config.num_seeds,
+            history,
+            num_params=train_steps.count_params(state.params) // config.num_seeds,
             train_flops_per_step=loop.compiled.train_flops_per_step,
-            compile_seconds=loop.compiled.seconds, examples_per_step=loop.examples_per_step)
+            compile_seconds=loop.compiled.seconds,
+            examples_per_step=loop.examples_per_step,
+        )
         if loop.chief:
-            checkpointing.write_json_atomic(os.path.join(workdir, checkpointing.RESULTS_FILE),
-                                            results)
+            run_dir.write_json_atomic(os.path.join(workdir, run_dir.RESULTS_FILE), results)
     return results

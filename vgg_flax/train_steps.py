@@ -65,8 +65,9 @@ class TrainState(train_state.TrainState):
         return jax.tree.map(lambda _: 0, self).replace(step=None)
 
 
-def per_member(fn: Callable[..., Any], num_members: int, in_axes: Any = 0,
-               out_axes: Any = 0) -> Callable[..., Any]:
+def per_member(
+    fn: Callable[..., Any], num_members: int, in_axes: Any = 0, out_axes: Any = 0
+) -> Callable[..., Any]:
     """`fn` of one model, mapped over the leading member axis of a population of
     `num_members`; `fn` itself for a single model."""
     if num_members == 1:
@@ -86,8 +87,13 @@ class StepOptions:
 
 
 def step_options(config: ml_collections.ConfigDict) -> StepOptions:
-    return StepOptions(config.data.image_size, augment.from_config(config.augment),
-                       config.train.label_smoothing, config.train.ema_decay, config.eval.tta)
+    return StepOptions(
+        config.data.image_size,
+        augment.from_config(config.augment),
+        config.train.label_smoothing,
+        config.train.ema_decay,
+        config.eval.tta,
+    )
 
 
 @flax.struct.dataclass
@@ -112,8 +118,9 @@ class EvalData:
     masks: jax.Array  # float32 (steps, batch_size): 0 for the padding of the last batch
 
 
-def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> optax.Schedule:
+def create_learning_rate_fn(
+    train_config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
     """The configured schedule, with an optional linear warmup, as a function of the step."""
     lr = train_config.learning_rate
     warmup = train_config.warmup_epochs * steps_per_epoch
@@ -121,9 +128,13 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
     if train_config.lr_schedule == 'cosine':
         main = optax.cosine_decay_schedule(lr, decay_steps=max(total - warmup, 1))
     elif train_config.lr_schedule == 'step':
-        main = optax.piecewise_constant_schedule(lr, {
-            epoch * steps_per_epoch - warmup: train_config.lr_decay_factor
-            for epoch in train_config.lr_decay_epochs})
+        main = optax.piecewise_constant_schedule(
+            lr,
+            {
+                epoch * steps_per_epoch - warmup: train_config.lr_decay_factor
+                for epoch in train_config.lr_decay_epochs
+            },
+        )
     else:
         main = optax.constant_schedule(lr)
     if not warmup:
@@ -131,23 +142,28 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def create_optimizer(train_config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(
+    train_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
     """SGD (optionally with momentum) and L2 weight decay on kernels only."""
-    sgd = optax.sgd(learning_rate_fn, momentum=train_config.momentum or None,
-                    nesterov=train_config.nesterov)
+    sgd = optax.sgd(
+        learning_rate_fn, momentum=train_config.momentum or None, nesterov=train_config.nesterov
+    )
     if not train_config.weight_decay:
         return sgd
 
     def kernels_only(params: Any) -> Any:
         return jax.tree.map(lambda p: p.ndim > 1, params)
 
-    return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=kernels_only),
-                       sgd)
+    return optax.chain(optax.add_decayed_weights(train_config.weight_decay, mask=kernels_only), sgd)
 
 
-def init_train_state(config: ml_collections.ConfigDict, key: jax.Array,
-                     steps_per_epoch: int = 1, num_channels: int = 1) -> TrainState:
+def init_train_state(
+    config: ml_collections.ConfigDict,
+    key: jax.Array,
+    steps_per_epoch: int = 1,
+    num_channels: int = 1,
+) -> TrainState:
     """The initial state of one model for `config.data.image_size` images with `num_channels`
     (traceable).
 
@@ -157,23 +173,36 @@ def init_train_state(config: ml_collections.ConfigDict, key: jax.Array,
     model = models.create_model(config.model)
     tx = create_optimizer(config.train, create_learning_rate_fn(config.train, steps_per_epoch))
     size = config.data.image_size
-    variables = model.init(key, jnp.zeros((1, size, size, num_channels), jnp.float32),
-                           train=False)
+    variables = model.init(key, jnp.zeros((1, size, size, num_channels), jnp.float32), train=False)
     batch_stats = variables.get('batch_stats', {})
-    ema = ({'params': variables['params'], 'batch_stats': batch_stats}
-           if config.train.ema_decay else None)
-    state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                              batch_stats=batch_stats, sums=zero_sums(),
-                              nonfinite_steps=jnp.zeros((), jnp.int32), ema=ema)
+    ema = (
+        {'params': variables['params'], 'batch_stats': batch_stats}
+        if config.train.ema_decay
+        else None
+    )
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables['params'],
+        tx=tx,
+        batch_stats=batch_stats,
+        sums=zero_sums(),
+        nonfinite_steps=jnp.zeros((), jnp.int32),
+        ema=ema,
+    )
     # An int32 array, not Python's 0, so fresh and restored states compile to the same step.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def init_population(config: ml_collections.ConfigDict, keys: jax.Array,
-                    steps_per_epoch: int = 1, num_channels: int = 1) -> TrainState:
+def init_population(
+    config: ml_collections.ConfigDict,
+    keys: jax.Array,
+    steps_per_epoch: int = 1,
+    num_channels: int = 1,
+) -> TrainState:
     """`init_train_state` of each of `keys`, stacked along a leading axis; one shared step."""
-    states = per_member(lambda key: init_train_state(config, key, steps_per_epoch, num_channels),
-                        len(keys))(keys)
+    states = per_member(
+        lambda key: init_train_state(config, key, steps_per_epoch, num_channels), len(keys)
+    )(keys)
     return states.replace(step=states.step[0], num_members=len(keys))
 
 
@@ -183,37 +212,45 @@ def run_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, j
     if config.num_seeds == 1:
         init, dropout, shuffle = jax.random.split(jax.random.key(config.seed), 3)
         return init, dropout, shuffle
-    keys = jnp.stack([jax.random.split(jax.random.key(config.seed + i), 3)
-                      for i in range(config.num_seeds)])
+    keys = jnp.stack(
+        [jax.random.split(jax.random.key(config.seed + i), 3) for i in range(config.num_seeds)]
+    )
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
-def create_train_state(config: ml_collections.ConfigDict, key: jax.Array,
-                       steps_per_epoch: int = 1, num_channels: int = 1,
-                       mesh: jax.sharding.Mesh | None = None) -> TrainState:
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    key: jax.Array,
+    steps_per_epoch: int = 1,
+    num_channels: int = 1,
+    mesh: jax.sharding.Mesh | None = None,
+) -> TrainState:
     """`init_train_state` (or with one key per member, `init_population`), compiled and run
     once; replicated over the devices of `mesh`, or with `config.members_over_devices` each
     member on one of them."""
-    init = functools.partial(init_population if key.ndim else init_train_state, config,
-                             steps_per_epoch=steps_per_epoch, num_channels=num_channels)
+    init = functools.partial(
+        init_population if key.ndim else init_train_state,
+        config,
+        steps_per_epoch=steps_per_epoch,
+        num_channels=num_channels,
+    )
     sharding = None
     if mesh is not None:
         sharding = distributed.replicated(mesh)
         if config.members_over_devices and key.ndim:
             split = distributed.split_along(mesh, 0)
             sharding = jax.tree.map(lambda _: split, jax.eval_shape(init, key)).replace(
-                step=sharding)
+                step=sharding
+            )
     return run_unoptimised(init, key, sharding=sharding)
 
 
-def run_unoptimised(fn: Callable[..., Any], *args: Any,
-                    sharding: Any = None) -> Any:
+def run_unoptimised(fn: Callable[..., Any], *args: Any, sharding: Any = None) -> Any:
     """`fn(*args)`, compiled for this one call (on a CPU without LLVM's optimisations: the same
     values in a fraction of the compile time, benchmarks/README), outputs placed with
     `sharding`."""
     options = {'xla_backend_optimization_level': '0'} if jax.default_backend() == 'cpu' else None
-    return jax.jit(fn, out_shardings=sharding).lower(*args).compile(
-        compiler_options=options)(*args)
+    return jax.jit(fn, out_shardings=sharding).lower(*args).compile(compiler_options=options)(*args)
 
 
 def count_params(params: Any) -> int:
@@ -223,22 +260,27 @@ def count_params(params: Any) -> int:
 def zero_sums(shape: tuple[int, ...] = ()) -> Sums:
     """Running sums of an epoch: summed loss, correct predictions and examples (for a
     population, each of shape (members,))."""
-    return {'loss_sum': jnp.zeros(shape, jnp.float32), 'correct': jnp.zeros(shape, jnp.int32),
-            'count': jnp.zeros(shape, jnp.int32)}
+    return {
+        'loss_sum': jnp.zeros(shape, jnp.float32),
+        'correct': jnp.zeros(shape, jnp.int32),
+        'count': jnp.zeros(shape, jnp.int32),
+    }
 
 
 def zero_sums_like(state: TrainState) -> Sums:
     """`zero_sums` for `state` (a single run's or a population's), placed as its members are."""
-    return jax.device_put(zero_sums(state.nonfinite_steps.shape),
-                          state.nonfinite_steps.sharding)
+    return jax.device_put(zero_sums(state.nonfinite_steps.shape), state.nonfinite_steps.sharding)
 
 
-def _add_to_sums(sums: Sums, losses: jax.Array, logits: jax.Array, labels: jax.Array,
-                 mask: jax.Array) -> Sums:
+def _add_to_sums(
+    sums: Sums, losses: jax.Array, logits: jax.Array, labels: jax.Array, mask: jax.Array
+) -> Sums:
     correct = (jnp.argmax(logits, axis=-1) == labels) & mask
-    return {'loss_sum': sums['loss_sum'] + jnp.sum(jnp.where(mask, losses, 0.0)),
-            'correct': sums['correct'] + jnp.sum(correct, dtype=jnp.int32),
-            'count': sums['count'] + jnp.sum(mask, dtype=jnp.int32)}
+    return {
+        'loss_sum': sums['loss_sum'] + jnp.sum(jnp.where(mask, losses, 0.0)),
+        'correct': sums['correct'] + jnp.sum(correct, dtype=jnp.int32),
+        'count': sums['count'] + jnp.sum(mask, dtype=jnp.int32),
+    }
 
 
 def mean_metrics(sums: Sums) -> tuple[np.ndarray, np.ndarray]:
@@ -260,27 +302,41 @@ def train_step(state: TrainState, data: TrainData, options: StepOptions) -> Trai
 
     def loss_fn(params: Any) -> tuple[jax.Array, Any]:
         logits, updates = state.apply_fn(
-            {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-            rngs={'dropout': key}, mutable=['batch_stats'])
+            {'params': params, 'batch_stats': state.batch_stats},
+            x,
+            train=True,
+            rngs={'dropout': key},
+            mutable=['batch_stats'],
+        )
         if options.label_smoothing:
-            targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]),
-                                          options.label_smoothing)
+            targets = optax.smooth_labels(
+                jax.nn.one_hot(y, logits.shape[-1]), options.label_smoothing
+            )
             losses = optax.softmax_cross_entropy(logits, targets)
         else:
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return losses.mean(), (losses, logits, updates)
 
     (loss, (losses, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+        state.params
+    )
     state = state.apply_gradients(
-        grads=grads, batch_stats=updates.get('batch_stats', state.batch_stats),
-        sums=_add_to_sums(state.sums, losses, logits, y, jnp.ones_like(y, dtype=bool)))
+        grads=grads,
+        batch_stats=updates.get('batch_stats', state.batch_stats),
+        sums=_add_to_sums(state.sums, losses, logits, y, jnp.ones_like(y, dtype=bool)),
+    )
     if state.ema is not None:
-        state = state.replace(ema=update_ema(state.ema, {
-            'params': state.params, 'batch_stats': state.batch_stats}, options.ema_decay,
-            state.step))
+        state = state.replace(
+            ema=update_ema(
+                state.ema,
+                {'params': state.params, 'batch_stats': state.batch_stats},
+                options.ema_decay,
+                state.step,
+            )
+        )
     return state.replace(
-        nonfinite_steps=state.nonfinite_steps + (~jnp.isfinite(loss)).astype(jnp.int32))
+        nonfinite_steps=state.nonfinite_steps + (~jnp.isfinite(loss)).astype(jnp.int32)
+    )
 
 
 def update_ema(ema: Any, variables: Any, decay: float, updates: jax.Array | int) -> Any:
@@ -291,12 +347,12 @@ def update_ema(ema: Any, variables: Any, decay: float, updates: jax.Array | int)
     hold the random initialisation for thousands of steps.
     """
     rate = jnp.minimum(decay, (1.0 + updates) / (10.0 + updates))
-    return jax.tree.map(lambda average, value: rate * average + (1 - rate) * value, ema,
-                        variables)
+    return jax.tree.map(lambda average, value: rate * average + (1 - rate) * value, ema, variables)
 
 
-def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
-                 image_size: int, tta: bool = False) -> jax.Array:
+def predict_step(
+    state: TrainState, images: jax.Array, indices: jax.Array, *, image_size: int, tta: bool = False
+) -> jax.Array:
     """Logits of the examples at `indices` of the on-device `images`, in inference mode (with
     the moving average of the weights where the state has one); with `tta`, the mean of the
     logits of each image and its mirror image."""
@@ -308,28 +364,34 @@ def predict_step(state: TrainState, images: jax.Array, indices: jax.Array, *,
     return logits
 
 
-def eval_step(state: TrainState, sums: Sums, data: EvalData, batch: jax.Array,
-              options: StepOptions) -> Sums:
+def eval_step(
+    state: TrainState, sums: Sums, data: EvalData, batch: jax.Array, options: StepOptions
+) -> Sums:
     """Adds evaluation batch `batch` to `sums`; masked-out padding counts for nothing."""
     indices = data.batches[batch]
-    logits = predict_step(state, data.images, indices, image_size=options.image_size,
-                          tta=options.tta)
+    logits = predict_step(
+        state, data.images, indices, image_size=options.image_size, tta=options.tta
+    )
     y = data.labels[indices]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return _add_to_sums(sums, losses, logits, y, data.masks[batch].astype(bool))
 
 
-def lower_train_step(state: TrainState, data: TrainData, options: StepOptions,
-                     num_steps: int = 1) -> jax.stages.Lowered:
+def lower_train_step(
+    state: TrainState, data: TrainData, options: StepOptions, num_steps: int = 1
+) -> jax.stages.Lowered:
     """`train_step` (each member's) lowered for these (possibly abstract) arguments.
 
     With `num_steps` > 1, one call runs that many steps under a compiled loop: one dispatch for
     all of them. The state is donated: its buffers are reused for the updated one.
     """
     member_data = TrainData(images=None, labels=None, batches=0, dropout_key=0)  # type: ignore
-    step_fn = per_member(functools.partial(train_step, options=options), state.num_members,
-                         in_axes=(state.member_axes(), member_data),
-                         out_axes=state.member_axes())
+    step_fn = per_member(
+        functools.partial(train_step, options=options),
+        state.num_members,
+        in_axes=(state.member_axes(), member_data),
+        out_axes=state.member_axes(),
+    )
 
     def steps(state: TrainState, data: TrainData) -> TrainState:
         return jax.lax.fori_loop(0, num_steps, lambda _, state: step_fn(state, data), state)
@@ -339,8 +401,11 @@ def lower_train_step(state: TrainState, data: TrainData, options: StepOptions,
 
 def compile_eval_step(state: TrainState, data: EvalData, options: StepOptions) -> Any:
     """`eval_step` (each member's), compiled ahead of time; the sums are donated."""
-    step_fn = per_member(functools.partial(eval_step, options=options), state.num_members,
-                         in_axes=(state.member_axes(), 0, None, None))
+    step_fn = per_member(
+        functools.partial(eval_step, options=options),
+        state.num_members,
+        in_axes=(state.member_axes(), 0, None, None),
+    )
     return jax.jit(step_fn, donate_argnums=1).lower(state, state.sums, data, 0).compile()
 
 
@@ -363,8 +428,13 @@ class CompiledSteps(NamedTuple):
     seconds: float  # Lowering and compiling them took.
 
 
-def compile_steps(state: TrainState, train_data: TrainData, eval_sets: dict[str, EvalData],
-                  options: StepOptions, steps_per_call: int) -> CompiledSteps:
+def compile_steps(
+    state: TrainState,
+    train_data: TrainData,
+    eval_sets: dict[str, EvalData],
+    options: StepOptions,
+    steps_per_call: int,
+) -> CompiledSteps:
     """The train step compiled for calls of 1 and of `steps_per_call` steps and the eval step of
     each evaluation set, each lowered once (a lowering costs about as much as a compile from the
     cache)."""

@@ -17,8 +17,15 @@ LR_SCHEDULES = ('constant', 'cosine', 'step')
 
 def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the field and the allowed values for a bad `config.train`."""
-    for field in ('batch_size', 'eval_batch_size', 'num_epochs', 'checkpoint_every_epochs',
-                  'keep_checkpoints', 'log_every_steps', 'steps_per_call'):
+    for field in (
+        'batch_size',
+        'eval_batch_size',
+        'num_epochs',
+        'checkpoint_every_epochs',
+        'keep_checkpoints',
+        'log_every_steps',
+        'steps_per_call',
+    ):
         config_utils.check_positive_int(f'train.{field}', train_config[field])
     for field in ('learning_rate', 'momentum', 'weight_decay', 'lr_decay_factor'):
         value = train_config[field]
@@ -29,12 +36,12 @@ def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise ValueError(f'config.train.{field}={value!r} must be in [0, 1).')
     if train_config.learning_rate <= 0:
-        raise ValueError(f'config.train.learning_rate={train_config.learning_rate!r} must be '
-                         '> 0.')
+        raise ValueError(f'config.train.learning_rate={train_config.learning_rate!r} must be > 0.')
     config_utils.check_choice('train.lr_schedule', train_config.lr_schedule, LR_SCHEDULES)
     if not isinstance(train_config.warmup_epochs, int) or train_config.warmup_epochs < 0:
-        raise ValueError(f'config.train.warmup_epochs={train_config.warmup_epochs!r} must be an '
-                         'integer >= 0.')
+        raise ValueError(
+            f'config.train.warmup_epochs={train_config.warmup_epochs!r} must be an integer >= 0.'
+        )
     for epoch in train_config.lr_decay_epochs:
         config_utils.check_positive_int('train.lr_decay_epochs[*]', epoch)
 
@@ -45,9 +52,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f'config.seed={config.seed!r} must be an integer.')
     config_utils.check_positive_int('num_seeds', config.num_seeds)
     if config.members_over_devices not in (False, True) or (
-            config.members_over_devices and config.num_seeds == 1):
-        raise ValueError(f'config.members_over_devices={config.members_over_devices!r} must be '
-                         'False, or True for a population (config.num_seeds > 1).')
+        config.members_over_devices and config.num_seeds == 1
+    ):
+        raise ValueError(
+            f'config.members_over_devices={config.members_over_devices!r} must be '
+            'False, or True for a population (config.num_seeds > 1).'
+        )
     models.validate_model_config(config.model)
     input_pipeline.validate_data_config(config.data, config.model)
     validate_train_config(config.train)
@@ -69,8 +79,9 @@ def check_fits_memory(config: ml_collections.ConfigDict) -> None:
     member) alone exceeds the devices' memory: a lower bound on what the step needs, so a run
     that cannot fit fails here in one line instead of in minutes of compiling or swapping."""
     size, batch = config.data.image_size, config.train.batch_size * config.num_seeds
-    channels = models.conv_arch_for(models.full_width_blocks(config.model),
-                                    config.model.width_ratio)[0][1]
+    channels = models.conv_arch_for(
+        models.full_width_blocks(config.model), config.model.width_ratio
+    )[0][1]
     needed = batch * size * size * channels * jnp.dtype(models.DTYPES[config.model.dtype]).itemsize
     available = device_memory_bytes()
     if needed > available:
@@ -78,4 +89,5 @@ def check_fits_memory(config: ml_collections.ConfigDict) -> None:
             f'config.data.image_size={size} needs at least {needed / 2**30:,.1f} GiB for the first '
             f"convolution's output of a batch of {batch} ({size}x{size}x{channels} per image), "
             f'more than the {available / 2**30:,.1f} GiB of memory of the devices; lower '
-            'config.data.image_size or config.train.batch_size.')
+            'config.data.image_size or config.train.batch_size.'
+        )

@@ -1,0 +1,223 @@
+"""The run directory's own files: the config it was launched with, the fingerprint of its data,
+its results, the environment of its last launch, and the lock that keeps it to one run at a time;
+and the checks that refuse a directory a run cannot use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from typing import IO, Any
+
+import ml_collections
+
+from vgg_flax import config_utils, environment
+
+CONFIG_FILE = 'config.json'
+ENVIRONMENT_FILE = 'environment.json'
+DATA_FILE = 'data.json'  # The fingerprint of the data the run trains and evaluates on.
+RESULTS_FILE = 'results.json'
+LOCK_FILE = '.lock'
+
+
+class RunDirError(Exception):
+    """The workdir cannot be used as asked; the message names the problem and the fix."""
+
+
+CONFIG_FIX = (
+    'restore it from a copy (it holds the config the run was launched with), or pass '
+    'another --workdir to start afresh.'
+)
+
+
+def read_json(path: str, fix: str) -> Any:
+    """The JSON value in `path`; RunDirError naming the file and `fix` if it does not parse."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError.
+        raise RunDirError(f'{path} is damaged ({e}); {fix}') from None
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in `workdir` was launched with.
+
+    Fields added to the package since then take their defaults. A file that is not such a
+    config (damaged, or edited by hand into another shape) is a RunDirError naming it.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise RunDirError(
+            f'{path} is missing: {workdir} holds no run of vgg_flax.main. Pass the '
+            'workdir that a training run wrote.'
+        )
+    plain = read_json(path, CONFIG_FIX)
+    config = config_utils.default_config()
+    try:
+        if not isinstance(plain, dict):
+            raise TypeError(f'a JSON {type(plain).__name__}, not an object')
+        config.update(config_utils.from_plain(plain))
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise RunDirError(
+            f'{path} does not hold a config of this package ({e}); {CONFIG_FIX}'
+        ) from None
+    return config
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
+    """Holds `workdir` for this run alone, or refuses it, naming the run that holds it.
+
+    The hold is an OS lock (flock) on `workdir/.lock`, which the OS drops when the process ends,
+    however it ends (kill -9 too), so a dead run never leaves a stale lock. Only one process of a
+    multi-process job takes it (`active`).
+    """
+    if not active:
+        yield
+        return
+    if not workdir:
+        raise RunDirError('--workdir is empty; pass the directory this run should write to.')
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        lock = open(os.path.join(workdir, LOCK_FILE), 'a+')
+    except FileExistsError:
+        raise RunDirError(
+            f'--workdir={workdir} is a file, not a directory; pass a directory path.'
+        ) from None
+    except OSError as e:
+        raise RunDirError(
+            f'cannot write to --workdir={workdir} ({e.strerror}); pass a '
+            'directory you can write to.'
+        ) from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or 'a process that has not written its name yet'
+            raise RunDirError(
+                f'{workdir} is in use by another run ({holder}); wait for it to end '
+                'or stop it, or pass another --workdir.'
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f'host {socket.gethostname()}, pid {os.getpid()}\n')
+        lock.flush()
+        yield
+
+
+def held_by(workdir: str) -> str | None:
+    """Who holds `workdir` (a run still in progress), or None if no run does."""
+    try:
+        lock = open(os.path.join(workdir, LOCK_FILE))
+    except OSError:
+        return None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return lock.read().strip() or 'a process that has not written its name yet'
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return None
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether `workdir` holds a run of this config already; refuses another config's run.
+
+    A config that computes something else (another model, data, seed or optimiser) is refused,
+    since resuming it would mix two experiments.
+    """
+    if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
+        return False
+    # A field added to the package since the run began counts as its default there.
+    conflicts = config_utils.resume_conflicts(
+        config_utils.to_plain(read_config(workdir)), config_utils.to_plain(config)
+    )
+    if conflicts:
+        raise RunDirError(
+            f'{workdir} holds a run of a different config, which cannot be resumed with '
+            'this one:\n  '
+            + '\n  '.join(conflicts)
+            + '\nUse a new --workdir, or set those fields back to resume that run.'
+        )
+    return True
+
+
+def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
+    """Refuses to resume a run on data other than it was trained on (other or changed files under
+    the same config), which would mix two datasets into one run silently. A run that has no
+    record of its data yet (none is written before its first launch passes every check) is
+    accepted."""
+    path = os.path.join(workdir, DATA_FILE)
+    if not os.path.isfile(path):
+        return
+    recorded = read_json(path, "delete it to accept the data config.data gives now as the run's.")
+    if recorded != fingerprints:
+        differ = '; '.join(
+            f'{split}: {recorded.get(split)} in the run, {now} now'
+            for split, now in fingerprints.items()
+            if recorded.get(split) != now
+        )
+        raise RunDirError(
+            f'{workdir} was trained on other data than config.data gives now '
+            f'({differ}). Point config.data at the files the run used, or pass '
+            'another --workdir.'
+        )
+
+
+def last_num_devices(workdir: str) -> int | None:
+    """How many devices the run's last launch used (from its environment.json), if known."""
+    try:
+        return int(read_json(os.path.join(workdir, ENVIRONMENT_FILE), '')['num_devices'])
+    except (OSError, RunDirError, KeyError, TypeError, ValueError):
+        return None
+
+
+def write_run_files(
+    workdir: str, config: ml_collections.ConfigDict, data_fingerprints: dict[str, Any]
+) -> None:
+    """Writes the run's config, its data's fingerprints and the environment this launch runs
+    in."""
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_utils.to_plain(config))
+    write_json_atomic(os.path.join(workdir, DATA_FILE), data_fingerprints)
+    write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
+
+
+RESULTS_FIX = 'the run writes it when it finishes: delete it, and the same command writes it again.'
+
+
+def finished_results(workdir: str, num_epochs: int) -> dict[str, Any] | None:
+    """The results of the run in `workdir` if it has trained all `num_epochs` epochs."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    if not os.path.isfile(path):
+        return None
+    results = read_json(path, RESULTS_FIX)
+    return results if isinstance(results, dict) and results.get('epochs') == num_epochs else None
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
+    """A file that replaces `path` only once written in full.
+
+    A killed process never leaves half a file, nor do processes that write the same file at
+    once (a sweep's job-array tasks finishing together): each writes a temporary file of its own.
+    """
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        with open(tmp, mode, **({} if 'b' in mode else {'newline': ''})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str, value: Any) -> None:
+    with atomic_write(path) as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write('\n')

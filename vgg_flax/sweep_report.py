@@ -1,0 +1,288 @@
+"""A sweep's report: a row per run, a row per group of seeds with its mean and spread, as CSV,
+Markdown and a plot."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import scipy.stats
+
+from vgg_flax import config_utils, hyper, run_dir, summary
+
+if TYPE_CHECKING:
+    from vgg_flax.sweep import PointRun
+
+Point = hyper.Point
+REPORT_FILES = ('results.csv', 'summary.csv', 'results.md', 'sweep.png')
+# Reported as mean, std, 95% CI, min and max over a group's finished runs.
+SPREAD_KEYS = ('test_accuracy', 'best_test_accuracy', 'val_accuracy')
+
+
+@functools.lru_cache(maxsize=None)
+def point_cost(config_json: str) -> summary.Summary:
+    """A point's parameters, FLOPs and step memory, once per process: it compiles a step."""
+    return summary.summarize(config_utils.from_plain(json.loads(config_json)))
+
+
+def report_fields(runs: Sequence[PointRun]) -> list[str]:
+    """The columns that tell the points apart: every field any point shows, in order."""
+    return list(dict.fromkeys(field for run in runs for field in hyper.shown_fields(run.point)))
+
+
+def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
+    """One row per point: its fields (None where a point keeps the base config's value),
+    model cost (from the summary) and run results."""
+    rows, fields = [], report_fields(runs)
+    for run in runs:
+        shown = hyper.shown_fields(run.point)
+        row: dict[str, Any] = {
+            'index': run.index,
+            **{f: shown.get(f) for f in fields},
+            'status': run.status(),
+        }
+        try:
+            # Seeds cost alike, and a population member costs what a single run does.
+            seedless = {**config_utils.to_plain(run.config), 'seed': 0, 'num_seeds': 1}
+            cost = point_cost(json.dumps(seedless, sort_keys=True))
+            row.update(
+                params=cost.num_params,
+                forward_gflops=cost.forward_flops_per_example / 1e9,
+                step_memory_mib=cost.train_step_bytes / 2**20,
+            )
+        except ValueError:  # An invalid point: its row says 'failed' and has no cost.
+            row.update(params=None, forward_gflops=None, step_memory_mib=None)
+        results = run.results() or {}
+        row.update(
+            test_accuracy=results.get('test_accuracy'),
+            best_test_accuracy=results.get('best_test_accuracy'),
+            val_accuracy=results.get('val_accuracy'),
+            best_epoch=results.get('best_epoch'),
+            epochs=results.get('epochs'),
+            examples_per_sec=results.get('examples_per_sec'),
+            wall_seconds=results.get('wall_seconds'),
+        )
+        rows.append(row)
+    return rows
+
+
+def seed_statistics(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean, sample standard deviation, the half-width of the 95% confidence interval of the
+    mean (Student's t with n - 1 degrees of freedom), min and max; None where n is too small for
+    one."""
+    n = len(values)
+    mean = statistics.fmean(values) if n else None
+    std = statistics.stdev(values) if n > 1 else None
+    ci95 = scipy.stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else None
+    return {
+        'mean': mean,
+        'std': std,
+        'ci95': ci95,
+        'min': min(values, default=None),
+        'max': max(values, default=None),
+    }
+
+
+def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per group of runs that differ only in their seed: its fields, its count of runs
+    and of finished ones, the spread of `SPREAD_KEYS` over the finished runs, their mean
+    examples/sec, and the model's cost."""
+    group_fields = [field for field in fields if field != 'seed']
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(hyper.point_name(_set_fields(row, group_fields)), []).append(row)
+    summaries = []
+    for members in groups.values():
+        done = [row for row in members if row['status'] == 'done']
+        summary_row = {field: members[0][field] for field in group_fields}
+        summary_row.update(
+            runs=len(members),
+            done=len(done),
+            not_done=', '.join(
+                f'{row["status"]} {row["index"]}' for row in members if row['status'] != 'done'
+            ),
+        )
+        for key in SPREAD_KEYS:
+            summary_row.update(
+                {
+                    f'{key}_{stat}': value
+                    for stat, value in seed_statistics(
+                        [row[key] for row in done if row.get(key) is not None]
+                    ).items()
+                }
+            )
+        summary_row['examples_per_sec'] = seed_statistics(
+            [row['examples_per_sec'] for row in done]
+        )['mean']
+        summary_row.update(
+            {key: members[0][key] for key in ('params', 'forward_gflops', 'step_memory_mib')}
+        )
+        summaries.append(summary_row)
+    return summaries
+
+
+def _set_fields(row: dict[str, Any], fields: Sequence[str]) -> Point:
+    """The fields that `row`'s point sets (None: it keeps the base config's value)."""
+    return {field: row[field] for field in fields if row[field] is not None}
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == '':
+        return '-'
+    if isinstance(value, float):
+        return f'{value:.4f}' if abs(value) < 10 else f'{value:,.1f}'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'{value:,}'
+    return str(value)
+
+
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    mean, ci95 = row[f'{key}_mean'], row[f'{key}_ci95']
+    return _cell(mean) if ci95 is None else f'{mean:.4f} ± {ci95:.4f}'
+
+
+def _write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    with run_dir.atomic_write(path) as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows({k: ('' if v is None else v) for k, v in row.items()} for row in rows)
+
+
+def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        '| ' + ' | '.join(columns) + ' |',
+        '|' + ' --- |' * len(columns),
+        *('| ' + ' | '.join(row) + ' |' for row in rows),
+    ]
+
+
+def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
+    """Writes results.csv (a row per run), summary.csv (a row per group of seeds), results.md
+    (both tables) and sweep.png into the sweep's workdir, each atomically."""
+    rows, fields = report_rows(runs), report_fields(runs)
+    groups = group_rows(rows, fields)
+    os.makedirs(workdir, exist_ok=True)
+    csv_path, summary_path, md_path, png_path = (
+        os.path.join(workdir, name) for name in REPORT_FILES
+    )
+    _write_csv(csv_path, rows)
+    _write_csv(summary_path, groups)
+    group_fields = [field for field in fields if field != 'seed']
+    lines = [
+        "Per group of seeds: mean ± 95% confidence interval (Student's t) over the "
+        'finished runs, and standard deviation.',
+        '',
+    ]
+    lines += _markdown_table(
+        [
+            *group_fields,
+            'runs',
+            'done',
+            'not done',
+            'val acc',
+            'test acc',
+            'std',
+            'min',
+            'max',
+            'best test acc',
+            'std',
+            'examples/sec',
+            'params',
+            'forward GFLOPs',
+        ],
+        [
+            [
+                *(_cell(group[f]) for f in group_fields),
+                _cell(group['runs']),
+                _cell(group['done']),
+                _cell(group['not_done']),
+                _with_interval(group, 'val_accuracy'),
+                _with_interval(group, 'test_accuracy'),
+                _cell(group['test_accuracy_std']),
+                _cell(group['test_accuracy_min']),
+                _cell(group['test_accuracy_max']),
+                _with_interval(group, 'best_test_accuracy'),
+                _cell(group['best_test_accuracy_std']),
+                _cell(group['examples_per_sec']),
+                _cell(group['params']),
+                _cell(group['forward_gflops']),
+            ]
+            for group in groups
+        ],
+    )
+    lines += ['', 'Per run:', '']
+    columns = list(rows[0]) if rows else []
+    lines += _markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])
+    with run_dir.atomic_write(md_path) as f:
+        f.write('\n'.join(lines) + '\n')
+    with run_dir.atomic_write(png_path, 'wb') as f:
+        plot_sweep(groups, group_fields, f)
+    return rows
+
+
+def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> None:
+    """Mean test accuracy (error bars: 95% CI over seeds) against the swept value and against
+    parameters; mean throughput beside."""
+    import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+    numeric = len(fields) == 1 and all(isinstance(g[fields[0]], (int, float)) for g in groups)
+    labels = [g[fields[0]] if numeric else hyper.point_name(_set_fields(g, fields)) for g in groups]
+    positions = labels if numeric else list(range(len(groups)))
+    fig = Figure(figsize=(13, 3.8), dpi=110)
+    axes = fig.subplots(1, 3)
+    done = [i for i, g in enumerate(groups) if g['done']]
+
+    def accuracy(ax: Any, indices: Sequence[int], xs: Sequence[float]) -> None:
+        ax.errorbar(
+            xs,
+            [groups[i]['test_accuracy_mean'] for i in indices],
+            yerr=[groups[i]['test_accuracy_ci95'] or 0 for i in indices],
+            fmt='o-',
+            capsize=3,
+        )
+        ax.set_ylabel('test accuracy (mean, 95% CI)')
+
+    accuracy(axes[0], done, [positions[i] for i in done])
+    axes[2].plot([positions[i] for i in done], [groups[i]['examples_per_sec'] for i in done], 'o-')
+    axes[2].set_ylabel('examples per sec')
+    for ax in (axes[0], axes[2]):
+        ax.set_xlabel(fields[0] if numeric else 'point')
+        if numeric and all(x > 0 for x in positions) and max(positions) / min(positions) >= 8:
+            ax.set_xscale('log', base=2)
+        if numeric:
+            ax.set_xticks(positions, [str(x) for x in positions])
+        else:
+            ax.set_xticks(positions, [str(x) for x in labels], rotation=30, ha='right', fontsize=7)
+    with_params = [i for i in done if groups[i]['params']]
+    millions = [groups[i]['params'] / 1e6 for i in with_params]
+    accuracy(axes[1], with_params, millions)
+    for i, x in zip(with_params, millions):
+        axes[1].annotate(
+            str(labels[i]),
+            (x, groups[i]['test_accuracy_mean']),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords='offset points',
+        )
+    axes[1].set_xscale('log')
+    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[1].set_xticks(millions, [f'{x:.3g}' for x in millions], rotation=30, fontsize=7)
+    axes[1].set_xlabel('parameters (millions)')
+    unfinished = [
+        f'{labels[i]} ({g["runs"] - g["done"]} of {g["runs"]})'
+        for i, g in enumerate(groups)
+        if g['done'] < g['runs']
+    ]
+    if unfinished:
+        fig.text(0.01, 0.01, 'runs not finished: ' + ', '.join(unfinished), fontsize=7, color='red')
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(file, format='png')
