@@ -125,6 +125,23 @@ def time_calls(
     return seconds, state
 
 
+def step_inputs(
+    config: ml_collections.ConfigDict, train_split: input_pipeline.Split, mesh: jax.sharding.Mesh
+) -> tuple[train_steps.TrainState, train_steps.TrainData]:
+    """A fresh state and the split on the devices with one epoch's batches, as a run has them."""
+    device_data.check_fits_devices(config, mesh)
+    init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
+    state = train_steps.create_train_state(config, init_key, mesh=mesh)
+    replicated = distributed.replicated(mesh)
+    batches = device_data.batch_maker(config, mesh)(
+        shuffle_key, 0, len(train_split), config.train.batch_size
+    )
+    images, labels = (
+        distributed.put(a, replicated) for a in (train_split.images, train_split.labels)
+    )
+    return state, train_steps.TrainData(images, labels, batches, dropout_key)
+
+
 def benchmark_step(
     config: ml_collections.ConfigDict,
     train_split: input_pipeline.Split,
@@ -141,19 +158,9 @@ def benchmark_step(
     """
     steps_per_call = config.train.steps_per_call
     mesh = distributed.create_mesh()
-    batch_size = config.train.batch_size
-    device_data.check_fits_devices(config, mesh)
-    init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
-    state = train_steps.create_train_state(config, init_key, mesh=mesh)
-    replicated = distributed.replicated(mesh)
-    data = train_steps.TrainData(
-        distributed.put(train_split.images, replicated),
-        distributed.put(train_split.labels, replicated),
-        device_data.batch_maker(config, mesh)(shuffle_key, 0, len(train_split), batch_size),
-        dropout_key,
-    )
+    state, data = step_inputs(config, train_split, mesh)
     options = train_steps.step_options(config)
-    examples_per_step = batch_size * config.num_seeds  # Of every member of a population.
+    examples_per_step = config.train.batch_size * config.num_seeds  # Of every member.
 
     def measure(num_steps: int) -> tuple[jax.stages.Lowered, Any, dict[str, Any]]:
         """The step lowered and compiled to run `num_steps` to a call, and its compile time and
@@ -165,15 +172,11 @@ def benchmark_step(
         compile_seconds = time.perf_counter() - start
         calls = math.ceil(steps / num_steps)
         seconds, state = time_calls(fn, state, data, calls, repeats, warmup)
+        rates = [calls * num_steps * examples_per_step / s for s in seconds]
         return (
             lowered,
             fn,
-            {
-                'compile_seconds': compile_seconds,
-                'images_per_sec': median_and_range(
-                    [calls * num_steps * examples_per_step / s for s in seconds]
-                ),
-            },
+            {'compile_seconds': compile_seconds, 'images_per_sec': median_and_range(rates)},
         )
 
     lowered, step_fn, result = measure(1)
@@ -287,42 +290,13 @@ def run(
     }
 
 
-def format_result(result: dict[str, Any]) -> str:
+def cost_lines(result: dict[str, Any]) -> list[str]:
+    """The compile time, FLOPs, memory and MFU lines of the printed result."""
     c, step, loop = result['config'], result['step'], result['loop']
     compiled_loop = step['compiled_loop']
-    rate = step['images_per_sec']
     memory = result['peak_memory_bytes']
     examples_per_step = c['batch_size'] * c['num_seeds']
-    population = (
-        f'a population of {c["num_seeds"]} (images/sec of all members), '
-        if c['num_seeds'] > 1
-        else ''
-    )
-    lines = [
-        f'{c["arch"]} ratio {c["width_ratio"]}, {c["image_size"]} px, batch {c["batch_size"]}, '
-        f'{population}'
-        f'{c["dtype"]}{", BN" if c["use_bn"] else ""}, first conv {c["first_conv"]}, '
-        f'{c["data"]} data, on '
-        f'{step["num_devices"]} x {result["environment"]["device_kind"]}',
-        f'train step alone   {rate["median"]:>10,.1f} images/sec '
-        f'(min {rate["min"]:,.1f}, max {rate["max"]:,.1f})',
-    ]
-    if compiled_loop:
-        looped = compiled_loop['images_per_sec']
-        lines.append(
-            f'{compiled_loop["steps_per_call"]} steps per call'.ljust(19)
-            + f'{looped["median"]:>10,.1f} images/sec (min {looped["min"]:,.1f}, max '
-            f'{looped["max"]:,.1f}; {looped["median"] / rate["median"]:.1%} of one '
-            'step per call)'
-        )
-    if loop:
-        lines += [
-            f'training loop      {loop["images_per_sec"]:>10,.1f} images/sec '
-            f'({result["loop_vs_step"]:.1%} of the step alone'
-            + (f'; {c["steps_per_call"]} steps per call)' if compiled_loop else ')'),
-            f'evaluation         {loop["eval_images_per_sec"]:>10,.1f} images/sec',
-        ]
-    lines += [
+    return [
         f'compile            {step["compile_seconds"]:>10.1f} s (train step)'
         + (
             f'; {compiled_loop["compile_seconds"]:.1f} s ({compiled_loop["steps_per_call"]} steps '
@@ -354,6 +328,42 @@ def format_result(result: dict[str, Any]) -> str:
         )
         + ' (bf16/fp16/fp32)',
     ]
+
+
+def format_result(result: dict[str, Any]) -> str:
+    c, step, loop = result['config'], result['step'], result['loop']
+    compiled_loop = step['compiled_loop']
+    rate = step['images_per_sec']
+    population = (
+        f'a population of {c["num_seeds"]} (images/sec of all members), '
+        if c['num_seeds'] > 1
+        else ''
+    )
+    lines = [
+        f'{c["arch"]} ratio {c["width_ratio"]}, {c["image_size"]} px, batch {c["batch_size"]}, '
+        f'{population}'
+        f'{c["dtype"]}{", BN" if c["use_bn"] else ""}, first conv {c["first_conv"]}, '
+        f'{c["data"]} data, on '
+        f'{step["num_devices"]} x {result["environment"]["device_kind"]}',
+        f'train step alone   {rate["median"]:>10,.1f} images/sec '
+        f'(min {rate["min"]:,.1f}, max {rate["max"]:,.1f})',
+    ]
+    if compiled_loop:
+        looped = compiled_loop['images_per_sec']
+        lines.append(
+            f'{compiled_loop["steps_per_call"]} steps per call'.ljust(19)
+            + f'{looped["median"]:>10,.1f} images/sec (min {looped["min"]:,.1f}, max '
+            f'{looped["max"]:,.1f}; {looped["median"] / rate["median"]:.1%} of one '
+            'step per call)'
+        )
+    if loop:
+        lines += [
+            f'training loop      {loop["images_per_sec"]:>10,.1f} images/sec '
+            f'({result["loop_vs_step"]:.1%} of the step alone'
+            + (f'; {c["steps_per_call"]} steps per call)' if compiled_loop else ')'),
+            f'evaluation         {loop["eval_images_per_sec"]:>10,.1f} images/sec',
+        ]
+    lines += cost_lines(result)
     if 'profile' in step:
         lines.append(profiling.format_summary(step['profile']))
     return '\n'.join(lines)

@@ -57,6 +57,19 @@ def batch_maker(
     )
 
 
+def epoch_batches_fn(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    shuffle_key: jax.Array,
+    num_loaded: int,
+) -> Callable[[int], jax.Array]:
+    """The batches of epoch N (from 1) of the `num_loaded` train examples less the held-out
+    ones, drawn on the devices with `shuffle_key` (one per member for a population)."""
+    batches = batch_maker(config, mesh)
+    num_train = num_train_examples(config, num_loaded)
+    return lambda epoch: batches(shuffle_key, epoch, num_train, config.train.batch_size)
+
+
 def num_train_examples(config: ml_collections.ConfigDict, num_loaded: int) -> int:
     """How many of the `num_loaded` train examples are trained on: all but the held-out
     validation set."""

@@ -216,6 +216,18 @@ def run_point(run: PointRun) -> bool:
     return True
 
 
+def run_points(selected: Sequence[PointRun]) -> tuple[list[PointRun], list[PointRun]]:
+    """Trains each of the `selected` points (a population once, for all its members); returns
+    the points that failed, and those that another process holds."""
+    succeeded: dict[str, bool] = {}
+    for run in selected:
+        if run.workdir not in succeeded:
+            succeeded[run.workdir] = run_point(run)
+    failed = [run for run in selected if not succeeded[run.workdir]]
+    busy = [run for run in failed if run.status() == 'running']
+    return [run for run in failed if run not in busy], busy
+
+
 def main(argv: list[str]) -> int:
     environment.start_cli(argv)
     config_path = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -244,20 +256,13 @@ def main(argv: list[str]) -> int:
         return 1
     failed, busy = [], []
     if not _REPORT.value:
-        selected = runs if _INDEX.value is None else [runs[_INDEX.value]]
-        succeeded: dict[str, bool] = {}
         try:
-            for run in selected:
-                if run.workdir not in succeeded:  # A population trains once, for all members.
-                    succeeded[run.workdir] = run_point(run)
+            failed, busy = run_points(runs if _INDEX.value is None else [runs[_INDEX.value]])
         except train.TrainingInterrupted as e:
             print(e, file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt:  # Ctrl-C before a point's loop catches signals.
             return cli.interrupted_while_starting()
-        failed = [run for run in selected if not succeeded[run.workdir]]
-        busy = [run for run in failed if run.status() == 'running']
-        failed = [run for run in failed if run not in busy]
     rows = sweep_report.write_report(runs, workdir)
     with open(os.path.join(workdir, 'results.md')) as f:
         print(f.read(), end='')

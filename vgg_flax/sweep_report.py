@@ -162,24 +162,9 @@ def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> li
     ]
 
 
-def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
-    """Writes results.csv (a row per run), summary.csv (a row per group of seeds), results.md
-    (both tables) and sweep.png into the sweep's workdir, each atomically."""
-    rows, fields = report_rows(runs), report_fields(runs)
-    groups = group_rows(rows, fields)
-    os.makedirs(workdir, exist_ok=True)
-    csv_path, summary_path, md_path, png_path = (
-        os.path.join(workdir, name) for name in REPORT_FILES
-    )
-    _write_csv(csv_path, rows)
-    _write_csv(summary_path, groups)
-    group_fields = [field for field in fields if field != 'seed']
-    lines = [
-        "Per group of seeds: mean ± 95% confidence interval (Student's t) over the "
-        'finished runs, and standard deviation.',
-        '',
-    ]
-    lines += _markdown_table(
+def groups_table(groups: Sequence[dict[str, Any]], group_fields: Sequence[str]) -> list[str]:
+    """The Markdown table of the groups of seeds: their fields, counts and spreads."""
+    return _markdown_table(
         [
             *group_fields,
             'runs',
@@ -216,6 +201,26 @@ def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]
             for group in groups
         ],
     )
+
+
+def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
+    """Writes results.csv (a row per run), summary.csv (a row per group of seeds), results.md
+    (both tables) and sweep.png into the sweep's workdir, each atomically."""
+    rows, fields = report_rows(runs), report_fields(runs)
+    groups = group_rows(rows, fields)
+    os.makedirs(workdir, exist_ok=True)
+    csv_path, summary_path, md_path, png_path = (
+        os.path.join(workdir, name) for name in REPORT_FILES
+    )
+    _write_csv(csv_path, rows)
+    _write_csv(summary_path, groups)
+    group_fields = [field for field in fields if field != 'seed']
+    lines = [
+        "Per group of seeds: mean ± 95% confidence interval (Student's t) over the "
+        'finished runs, and standard deviation.',
+        '',
+    ]
+    lines += groups_table(groups, group_fields)
     lines += ['', 'Per run:', '']
     columns = list(rows[0]) if rows else []
     lines += _markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])

@@ -284,8 +284,19 @@ def announce_resume(workdir: str, step: int, steps_per_epoch: int) -> None:
         )
 
 
-def check_resumable(workdir: str, step: int, steps_per_epoch: int, num_epochs: int) -> None:
-    """Refuses a checkpoint beyond `num_epochs`: the run would report a longer one as this."""
+def restore(
+    checkpointer: checkpointing.Checkpointer,
+    like: TrainState,
+    workdir: str,
+    steps_per_epoch: int,
+    num_epochs: int,
+    resuming: bool,
+) -> tuple[TrainState, list[Record]]:
+    """The run's latest state and history (`like` and none for a new run), saying where it
+    resumes; a checkpoint beyond `num_epochs` is refused: the run would report a longer one as
+    this."""
+    state, history = checkpointer.restore_latest(like)
+    step = int(state.step)
     if step > num_epochs * steps_per_epoch:
         raise run_dir.RunDirError(
             f'{workdir} has trained {step // steps_per_epoch} epochs already, more than '
@@ -293,6 +304,9 @@ def check_resumable(workdir: str, step: int, steps_per_epoch: int, num_epochs: i
             'or pass another --workdir (python -m vgg_flax.evaluate --step=N evaluates any '
             'checkpoint it keeps).'
         )
+    if distributed.is_chief() and (step or resuming):
+        announce_resume(workdir, step, steps_per_epoch)
+    return state, history
 
 
 def set_up(
@@ -317,11 +331,8 @@ def set_up(
     checkpointer = stack.enter_context(
         checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
     )
-    state, history = checkpointer.restore_latest(state)
+    state, history = restore(checkpointer, state, workdir, per_epoch, num_epochs, resuming)
     step = int(state.step)
-    check_resumable(workdir, step, per_epoch, num_epochs)
-    if chief and (step or resuming):
-        announce_resume(workdir, step, per_epoch)
     compiled = train_steps.compile_steps(
         state, train_data, eval_sets, train_steps.step_options(config), config.train.steps_per_call
     )
@@ -329,18 +340,12 @@ def set_up(
         run_dir.write_run_files(workdir, config, fingerprints)
     # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
     trained = history.pop() if history and 'test_accuracy' not in history[-1] else None
-    batch_maker = device_data.batch_maker(config, mesh)
-    num_train = device_data.num_train_examples(config, train_data.images.shape[0])
-
-    def epoch_batches(epoch: int) -> jax.Array:
-        return batch_maker(shuffle_key, epoch, num_train, config.train.batch_size)
-
     loop = Loop(
         config,
         compiled,
         train_data,
         eval_sets,
-        epoch_batches,
+        device_data.epoch_batches_fn(config, mesh, shuffle_key, train_data.images.shape[0]),
         per_epoch,
         train_steps.create_learning_rate_fn(config.train, per_epoch),
         checkpointer,
