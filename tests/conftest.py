@@ -165,7 +165,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
     program a CLI runs would compile again. The compilation cache's switch, which a CLI that
     times compiles turns off, is restored afterwards.
     """
-    cache_enabled = jax.config.jax_enable_compilation_cache
+    cache_enabled = jax.config.jax_enable_compilation_cache  # type: ignore[attr-defined]
 
     def run(module: types.ModuleType, *args: str) -> CliRun:
         argv = [module.__name__, *map(str, args)]
@@ -184,7 +184,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
         except app.UsageError as e:
             print(f'FATAL Flags parsing error: {e}', file=sys.stderr)
             returncode = 1
-        except Exception:  # pylint: disable=broad-except  # As an uncaught exception would end it.
+        except Exception:  # As an uncaught exception would end it.
             traceback.print_exc()
             returncode = 1
         out, err = capsys.readouterr()

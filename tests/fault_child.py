@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from absl import flags
 
@@ -47,7 +47,7 @@ def inject(fault: str, n: int) -> None:
             if step == n:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        checkpointing.Checkpointer.save = killing_save
+        checkpointing.Checkpointer.save = killing_save  # type: ignore[method-assign]
     elif fault == 'sigint_in_compile':
         compile_steps = train_steps.compile_steps
 

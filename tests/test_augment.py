@@ -15,7 +15,7 @@ from vgg_flax import augment, config_utils, metric_writers, train, train_steps, 
 from conftest import synthetic_split, tiny_config
 
 
-def pinned_config(idx_dir) -> 'config_utils.ml_collections.ConfigDict':
+def pinned_config(idx_dir) -> config_utils.ml_collections.ConfigDict:
     """The tiny config with VGG-11's blocks, one epoch: the config the pinned losses are of."""
     config = tiny_config(str(idx_dir))
     config.model.conv_arch = ()
@@ -61,9 +61,9 @@ def test_translation_moves_each_image_by_at_most_the_padding():
 def test_flip_mirrors_about_half_the_images_exactly():
     images = batch()
     flipped = np.asarray(augment.augment(images, jax.random.key(0), augment.Augment(flip=True)))
-    mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images)]
-    kept = [np.array_equal(f, i) for f, i in zip(flipped, images)]
-    assert all(m or k for m, k in zip(mirrored, kept)) and 16 <= sum(mirrored) <= 48
+    mirrored = [np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images, strict=True)]
+    kept = [np.array_equal(f, i) for f, i in zip(flipped, images, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True)) and 16 <= sum(mirrored) <= 48
 
 
 def test_erasing_replaces_one_rectangle_within_the_area_range():

@@ -32,7 +32,7 @@ from conftest import ROOT, tiny_config
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dict]:
     """A 3-epoch run of the tiny config (10 steps per epoch), checkpointed at steps 10, 20, 30."""
-    from conftest import write_fashion_idx_dir  # pylint: disable=g-import-not-at-top
+    from conftest import write_fashion_idx_dir  # Imported when used: slow to import.
 
     root = tmp_path_factory.mktemp('finished')
     config = tiny_config(str(write_fashion_idx_dir(root / 'idx')))

@@ -48,8 +48,8 @@ def test_growing_num_epochs_is_refused_only_where_the_schedule_spans_the_run(
     conflicts = config_utils.resume_conflicts(saved, config_utils.to_plain(config))
     assert conflicts == (
         [
-            "train.num_epochs: 5 in the run, 10 now (the cosine schedule spans the run's epochs, so "
-            'every step still to come would change)'
+            "train.num_epochs: 5 in the run, 10 now (the cosine schedule spans the run's epochs, "
+            'so every step still to come would change)'
         ]
         if refused
         else []

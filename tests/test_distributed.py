@@ -83,7 +83,7 @@ def run_on_devices(
 
 def assert_same_metrics(a, b):
     assert [r['step'] for r in a] == [r['step'] for r in b]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         for key in ('train_loss', 'test_loss'):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-5), key
         for key in ('train_accuracy', 'test_accuracy'):
@@ -140,7 +140,7 @@ def start_two_processes(idx_dir, workdir, **script_args) -> list[subprocess.Pope
 
 def finish(processes: list[subprocess.Popen]) -> list[str]:
     outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (_, stderr) in zip(processes, outputs):
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
     return [stdout for stdout, _ in outputs]
 
@@ -162,7 +162,7 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
         start_two_processes(idx_dir, tmp_path / 'two_hosts', epochs=2, max_examples=ODD_SIZES)
     )
     expected_shares = ([159, 50], [158, 49])  # Train and test rows each process read.
-    for stdout, shares in zip(outputs, expected_shares):
+    for stdout, shares in zip(outputs, expected_shares, strict=True):
         assert json.loads(stdout.strip().splitlines()[-1]) == {'devices': 4, 'shares': shares}
     assert 'epoch 2/2' in outputs[0] and 'epoch 2/2' not in outputs[1]  # Chief logs.
     straight = metric_writers.read_history(str(tmp_path / 'two_hosts'))

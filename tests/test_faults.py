@@ -175,7 +175,7 @@ def test_a_damaged_results_json_is_one_line_and_deleting_it_rewrites_it(finished
     path.write_text('{"epochs": 1, "test_acc')
     with pytest.raises(
         run_dir.RunDirError,
-        match='results.json is damaged .*delete it, and the same command writes it again',
+        match=r'results.json is damaged .*delete it, and the same command writes it again',
     ):
         train.train_and_evaluate(config, str(workdir))
     path.unlink()
@@ -185,7 +185,7 @@ def test_a_damaged_results_json_is_one_line_and_deleting_it_rewrites_it(finished
 
 
 def test_a_step_log_cut_mid_line_by_a_kill_loses_that_line_only(finished_run, tmp_path, capsys):
-    run, config = finished_run
+    run, _ = finished_run
     workdir = copy_of(run, tmp_path)
     path = workdir / metric_writers.STEPS_FILE
     kept = metric_writers.read_steps(str(workdir))

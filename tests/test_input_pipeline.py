@@ -91,7 +91,7 @@ def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch, tfds_servers_answe
 
 def test_an_empty_tfds_share_is_an_empty_split(monkeypatch, tfds_servers_answer):
     tfds = pytest.importorskip('tensorflow_datasets')
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # Imported when used: slow to import.
 
     def load(name, split, **kwargs):
         return tf.data.Dataset.from_tensor_slices(
@@ -147,7 +147,7 @@ def corrupt(directory, name, content):
 def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, message):
     images_gz = idx_dir / 'train-images-idx3-ubyte.gz'
     labels_gz = idx_dir / 'train-labels-idx1-ubyte.gz'
-    images, labels = synthetic_split(320, seed=0)
+    _, labels = synthetic_split(320, seed=0)
     if case == 'missing':
         labels_gz.unlink()
     elif case == 'truncated':

@@ -17,7 +17,7 @@ RATIOS = (1, 2, 4, 8, 16)
 SIZES = (32, 64, 96, 224)
 
 
-def model_config(**overrides) -> 'config_utils.ml_collections.ConfigDict':
+def model_config(**overrides) -> config_utils.ml_collections.ConfigDict:
     config = config_utils.default_config().model
     config.update(overrides)
     return config
@@ -190,7 +190,7 @@ def test_invalid_model_config_names_field_and_fix(overrides, message):
 @pytest.mark.parametrize('size', [16, 31])
 def test_image_smaller_than_32_is_a_clear_error(size):
     model = models.create_model(model_config())
-    with pytest.raises(ValueError, match='data.image_size must be at least 32'):
+    with pytest.raises(ValueError, match=r'data.image_size must be at least 32'):
         output_and_variables(model, (1, size, size, 1))
 
 
@@ -218,7 +218,7 @@ def test_conv_arch_replaces_the_named_blocks_and_sets_the_smallest_image():
     assert logits.shape == (2, 10)
     assert [len(variables['params'][f'block{i}']) for i in (1, 2, 3)] == [1, 2, 2]
     assert variables['params']['dense1']['kernel'].shape == (3 * 3 * 64, 256)
-    with pytest.raises(ValueError, match='data.image_size must be at least 8'):
+    with pytest.raises(ValueError, match=r'data.image_size must be at least 8'):
         output_and_variables(model, (1, 7, 7, 1))
     as_lists = model_config(conv_arch=[[1, 64], [2, 128], [2, 256]], width_ratio=4)
     assert models.create_model(as_lists).conv_arch == model.conv_arch  # As a config file may.
@@ -231,7 +231,7 @@ def test_max_pool_2x2_equals_flax_max_pool(size):
     @jax.jit  # One program, not one per operation.
     def pooled_and_grads(x):
         return [
-            (pool(x), jax.grad(lambda x: (pool(x) ** 2).sum())(x))
+            (pool(x), jax.grad(lambda x, pool=pool: (pool(x) ** 2).sum())(x))
             for pool in (
                 models.max_pool_2x2,
                 lambda x: nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding='VALID'),
@@ -257,7 +257,7 @@ def test_shifted_sum_conv_equals_flax_conv(channels):
     @jax.jit
     def value_and_grads(variables):
         return [
-            jax.value_and_grad(lambda v: (module.apply(v, x) ** 2).sum())(variables)
+            jax.value_and_grad(lambda v, module=module: (module.apply(v, x) ** 2).sum())(variables)
             for module in (conv, shifted)
         ]
 

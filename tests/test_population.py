@@ -69,7 +69,9 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
         config.seed = seed
         singles.append(train.train_and_evaluate(config, str(tmp_path / f'seed{seed}')))
 
-    for member, single in zip(results['members'], singles):  # After 20 steps, to float noise.
+    for member, single in zip(
+        results['members'], singles, strict=True
+    ):  # After 20 steps, to float noise.
         assert member['test_accuracy'] == pytest.approx(single['test_accuracy'], abs=0.015)
         assert member['train_loss'] == pytest.approx(single['train_loss'], rel=1e-3)
     accuracies = [member['test_accuracy'] for member in results['members']]
@@ -105,7 +107,10 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     images, indices = jnp.asarray(split.images), jnp.arange(len(split))
     logits = [
         train_steps.predict_step(
-            jax.tree.map(lambda x: x[i] if x.ndim else x, state), images, indices, image_size=32
+            jax.tree.map(lambda x, i=i: x[i] if x.ndim else x, state),
+            images,
+            indices,
+            image_size=32,
         )
         for i in range(2)
     ]
@@ -233,6 +238,6 @@ def test_members_over_four_devices_train_without_an_all_reduce(idx_dir, tmp_path
     assert runs[True]['devices'] == 4 and runs[True]['members_per_device'] == 1
     assert not runs[True]['all_reduce'] and runs[False]['all_reduce']
     assert runs[False]['members_per_device'] == 4
-    for spread, split in zip(runs[True]['members'], runs[False]['members']):
+    for spread, split in zip(runs[True]['members'], runs[False]['members'], strict=True):
         assert spread['train_loss'] == pytest.approx(split['train_loss'], rel=1e-4)
         assert spread['test_accuracy'] == pytest.approx(split['test_accuracy'], abs=0.02)

@@ -40,7 +40,7 @@ def readme_commands() -> list[list[str]]:
 def readme_groups() -> dict[str, list[list[str]]]:
     """The commands to run (all but the suite's own), grouped by the workdir they use (scripts/
     train.sh's default is runs/d2l); a command with none is a group of its own."""
-    groups = {}
+    groups: dict[str, list[list[str]]] = {}
     for words in readme_commands():
         if words[:2] == ['bash', 'scripts/test.sh']:
             continue  # The suite this test is part of.

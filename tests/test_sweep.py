@@ -152,7 +152,7 @@ def test_point_config_and_names():
     assert hyper.point_name({'model.width_ratio': 8, 'model.dense_features': (64, 32)}) == (
         'model.width_ratio=8,model.dense_features=64-32'
     )
-    with pytest.raises(ValueError, match="the sweep sets 'model.widht_ratio'"):
+    with pytest.raises(ValueError, match=r"the sweep sets 'model.widht_ratio'"):
         sweep.point_config(base, {'model.widht_ratio': 8})
 
 
@@ -298,7 +298,7 @@ def test_a_population_sweep_reports_what_separate_runs_report(sweep_file, tmp_pa
             ('3', '1', 'failed'),
         ]
     )
-    for a, b in zip(separate[:4], population[:4]):
+    for a, b in zip(separate[:4], population[:4], strict=True):
         assert float(a['test_accuracy']) == pytest.approx(float(b['test_accuracy']), abs=0.03)
         assert a['params'] == b['params']
     done = run_sweep(sweep_file, tmp_path / 'population', '--population', '--index=0')

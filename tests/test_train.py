@@ -80,6 +80,7 @@ def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     for a, b in zip(
         jax.tree.leaves((looped.params, looped.batch_stats)),
         jax.tree.leaves((one_by_one.params, one_by_one.batch_stats)),
+        strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # ...to the same parameters.
 
@@ -224,11 +225,13 @@ def test_a_moving_average_run_evaluates_it_saves_it_and_resumes_exactly(idx_dir,
         (variables, state.ema),
         (variables['batch_stats'], state.ema['batch_stats']),
     ):
-        for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(average)):
+        for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(average), strict=True):
             np.testing.assert_array_equal(a, b)
     assert not all(
         np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(state.ema['params']), jax.tree.leaves(state.params))
+        for a, b in zip(
+            jax.tree.leaves(state.ema['params']), jax.tree.leaves(state.params), strict=True
+        )
     )
     split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     predictions = evaluate.predict(state, split, 32, config.train.eval_batch_size)
@@ -349,7 +352,7 @@ def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(
     train.train_and_evaluate(config, str(tmp_path / 'straight'))
     straight = metrics_of(metric_writers.read_history(str(tmp_path / 'straight')))
     assert [r['step'] for r in straight] == [r['step'] for r in one_by_one] == [10, 20]
-    for looped, single in zip(straight, one_by_one):
+    for looped, single in zip(straight, one_by_one, strict=True):
         for key in ('train_loss', 'test_loss'):
             assert looped[key] == pytest.approx(single[key], rel=1e-4), key
         for key in ('train_accuracy', 'test_accuracy'):
@@ -532,7 +535,7 @@ def test_invalid_train_config(field, value, message):
 def test_too_few_examples_for_one_batch_is_a_clear_error(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.data.max_train_examples = 10
-    with pytest.raises(ValueError, match='make no full batch of config.train.batch_size=32'):
+    with pytest.raises(ValueError, match=r'make no full batch of config.train.batch_size=32'):
         train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
@@ -661,7 +664,7 @@ def test_a_diverged_run_stops_and_never_saves_non_finite_values(
     config.train.num_epochs = 4
     config.train.learning_rate = learning_rate  # Diverges in epoch 1, or in epoch 2.
     workdir = str(tmp_path / 'run')
-    with pytest.raises(train.NonFiniteLossError, match='became (non-finite|nan|inf)'):
+    with pytest.raises(train.NonFiniteLossError, match=r'became (non-finite|nan|inf)'):
         train.train_and_evaluate(config, workdir)
     assert not os.path.exists(os.path.join(workdir, run_dir.RESULTS_FILE))
     with checkpointing.Checkpointer(workdir, keep=3) as checkpointer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +34,11 @@ class Augment:
 
 def default_augment_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dataclasses.asdict(Augment()))
+
+
+def _pair(values: Any) -> tuple[float, float]:
+    low, high = values
+    return float(low), float(high)
 
 
 def from_config(augment_config: ml_collections.ConfigDict) -> Augment:
@@ -59,8 +65,8 @@ def from_config(augment_config: ml_collections.ConfigDict) -> Augment:
         translate,
         values['flip'],
         float(erase_prob),
-        tuple(map(float, values['erase_area'])),
-        tuple(map(float, values['erase_aspect'])),
+        _pair(values['erase_area']),
+        _pair(values['erase_aspect']),
     )
 
 

@@ -95,8 +95,10 @@ def write_idx_dir(
     directory: str, train_split: input_pipeline.Split, test_split: input_pipeline.Split
 ) -> None:
     """Writes splits as the four IDX files, so the real training loop can read them."""
-    for split, names in zip((train_split, test_split), input_pipeline.IDX_FILES.values()):
-        for name, array in zip(names, (split.images[..., 0], split.labels)):
+    for split, names in zip(
+        (train_split, test_split), input_pipeline.IDX_FILES.values(), strict=True
+    ):
+        for name, array in zip(names, (split.images[..., 0], split.labels), strict=True):
             input_pipeline.write_idx(os.path.join(directory, name), array)
 
 

@@ -1,4 +1,5 @@
-"""The run's checkpoints (orbax): saved in the background, restored with a fallback from a damaged one.
+"""The run's checkpoints (orbax): saved in the background, restored falling back from a damaged
+one.
 
 A checkpoint holds the train state, the running sums of the epoch in progress and the metrics
 history, so a resumed run continues exactly where the saved one stopped, mid-epoch included.
@@ -17,7 +18,8 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -48,8 +50,8 @@ class SaveError(RuntimeError):
 
 def _reason(error: BaseException) -> str:
     """The gist of an orbax or tensorstore error: the first line of its root cause, shortened."""
-    while error.__cause__ or error.__context__:
-        error = error.__cause__ or error.__context__
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
     lines = str(error).split(' [tensorstore_spec=')[0].strip().splitlines()
     line = lines[0] if lines else type(error).__name__
     return line if len(line) <= 200 else f'{line[:80]} ... {line[-110:]}'
@@ -118,7 +120,7 @@ class Checkpointer:
                 ),
                 force=True,
             )
-        except Exception as e:  # pylint: disable=broad-except  # Whatever the storage raised.
+        except Exception as e:  # Whatever the storage raised.
             raise SaveError(step, self.latest_step(), _reason(e)) from e
         self._saving = step
 
@@ -132,7 +134,7 @@ class Checkpointer:
         step, self._saving = self._saving, None
         try:
             self._manager.wait_until_finished()
-        except Exception as e:  # pylint: disable=broad-except  # Whatever the storage raised.
+        except Exception as e:  # Whatever the storage raised.
             if step is None:
                 raise
             raise SaveError(step, self.latest_step(), _reason(e)) from e
@@ -167,7 +169,7 @@ class Checkpointer:
                 try:
                     restored = self.restore(step, like)
                     break
-                except Exception as e:  # pylint: disable=broad-except  # Whatever it raised.
+                except Exception as e:  # Whatever it raised.
                     damaged.append((step, _reason(e)))
             if damaged:
                 discard()
@@ -204,7 +206,7 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.close()
 
-    def __enter__(self) -> 'Checkpointer':
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -11,7 +11,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -25,10 +26,14 @@ CONFIG = config_flags.DEFINE_config_file(
     'get_sweep()); its fields can be overridden, e.g. --config.train.num_epochs=10.',
     lock_config=True,
 )
-WORKDIR = flags.DEFINE_string(
-    'workdir',
-    None,
-    'Run directory: config, checkpoints, metrics, plots (a sweep: one subdirectory per point).',
+# Required wherever a CLI reads it (flags.mark_flags_as_required), so a str once parsed.
+WORKDIR = cast(
+    'flags.FlagHolder[str]',
+    flags.DEFINE_string(
+        'workdir',
+        None,
+        'Run directory: config, checkpoints, metrics, plots (a sweep: one subdirectory per point).',
+    ),
 )
 
 
@@ -84,7 +89,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         )
     except (AttributeError, KeyError):  # ml_collections found no such field to override.
         sys.exit(f'error: {_unknown_override(argv)}')
-    except Exception as e:  # pylint: disable=broad-except  # Whatever the config file raised.
+    except Exception as e:  # Whatever the config file raised.
         path = _config_path(argv)
         if not os.path.isfile(path):
             sys.exit(

@@ -12,7 +12,8 @@ import importlib.util
 import json
 import os
 import types
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -39,7 +40,8 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     # Above 1, a population: this many copies of the model, with seeds seed, seed + 1, ..., as
-    # one vmapped step on the shared data (vgg_flax.train_steps); its results give their mean and std.
+    # one vmapped step on the shared data (vgg_flax.train_steps); its results give their mean and
+    # standard deviation.
     config.num_seeds = 1
     # A population's members spread over the devices, each device training whole members (no
     # gradient all-reduce), instead of every batch split over the devices.

@@ -10,12 +10,14 @@ BatchNorm's batch statistics). On one device the same code runs unchanged.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import math
 import os
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,7 +101,7 @@ class PeerWatch(threading.Thread):
     def __init__(self, timeout: float, interval: float = 1.0):
         super().__init__(name='PeerWatch', daemon=True)
         self.timeout, self.interval = timeout, interval
-        self._client = jax_distributed.global_state.client
+        self._client: Any = jax_distributed.global_state.client
         # Read now: at exit jax clears its backends, and asking again would start a new one.
         self._me, self._processes = jax.process_index(), jax.process_count()
         self._exited = False
@@ -107,10 +109,8 @@ class PeerWatch(threading.Thread):
 
     def _exit(self) -> None:
         self._exited = True
-        try:
+        with contextlib.suppress(Exception):  # The coordination service may already be gone.
             self._client.key_value_set(f'{_ALIVE_KEY}{self._me}', _EXITED, allow_overwrite=True)
-        except Exception:  # The coordination service may already be gone.
-            pass
 
     def run(self) -> None:
         start = time.monotonic()  # Every process has joined: initialize waits for them all.
@@ -189,10 +189,10 @@ def replicate_from_processes(local: np.ndarray, mesh: Mesh) -> jax.Array:
     # Pad every share to one length that splits over each process's devices.
     devices_per_process = mesh.local_mesh.size
     length = -(-max(counts) // devices_per_process) * devices_per_process
-    padded = np.zeros((length,) + local.shape[1:], local.dtype)
+    padded = np.zeros((length, *local.shape[1:]), local.dtype)
     padded[: len(local)] = local
     stacked = jax.make_array_from_process_local_data(
-        split_along(mesh, 0), padded, (length * jax.process_count(),) + local.shape[1:]
+        split_along(mesh, 0), padded, (length * jax.process_count(), *local.shape[1:])
     )
     unpad = jax.jit(
         lambda a: jnp.concatenate([a[p * length : p * length + n] for p, n in enumerate(counts)]),

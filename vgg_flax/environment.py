@@ -26,7 +26,7 @@ PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'ml-collection
 
 def describe() -> dict[str, Any]:
     """A JSON-ready record of the software and hardware in use now."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in PACKAGES:
         try:
             versions[package] = importlib.metadata.version(package)
@@ -34,7 +34,7 @@ def describe() -> dict[str, Any]:
             versions[package] = None
     devices = jax.devices()
     return {
-        'time': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        'time': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
         'hostname': socket.gethostname(),
         'argv': sys.argv,
         'python': platform.python_version(),

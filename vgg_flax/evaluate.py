@@ -122,7 +122,9 @@ def format_report(matrix: np.ndarray, names: list[str], step: int) -> str:
     ]
     lines += [
         f'{name:<12} {acc:>8.4f} {total:>7}'
-        for name, acc, total in zip(names, per_class_accuracy(matrix), matrix.sum(axis=1))
+        for name, acc, total in zip(
+            names, per_class_accuracy(matrix), matrix.sum(axis=1), strict=True
+        )
     ]
     width = max(5, len(str(matrix.max())) + 1)
     lines += [
@@ -132,7 +134,7 @@ def format_report(matrix: np.ndarray, names: list[str], step: int) -> str:
     ]
     lines += [
         f'{i} {name[:10]:<10}' + ''.join(f'{n:>{width}}' for n in row)
-        for i, (name, row) in enumerate(zip(names, matrix))
+        for i, (name, row) in enumerate(zip(names, matrix, strict=True))
     ]
     return '\n'.join(lines)
 
@@ -141,7 +143,7 @@ def plot_predictions(
     images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, names: list[str], path: str
 ) -> None:
     """A grid of images titled 'true / predicted'; wrong predictions in red."""
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # Imported when used: slow to import.
 
     cols = min(len(images), 9)
     rows = -(-len(images) // cols)
@@ -149,7 +151,7 @@ def plot_predictions(
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis('off')
-    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions):
+    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions, strict=True):
         ax.imshow(image[..., 0], cmap='gray')
         ax.set_title(
             f'{names[label]}\n{names[prediction]}',
@@ -208,7 +210,7 @@ def evaluate_run(
         'step': step,
         'test_accuracy': float(matrix.trace() / matrix.sum()),
         'num_examples': int(matrix.sum()),
-        'per_class_accuracy': dict(zip(names, map(float, per_class_accuracy(matrix)))),
+        'per_class_accuracy': dict(zip(names, map(float, per_class_accuracy(matrix)), strict=True)),
         'confusion_matrix': matrix.tolist(),
         **({'members_test_accuracy': members} if members else {}),
     }

@@ -10,7 +10,8 @@ This module has no flags, so experiment files can import it from any CLI.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 Point = dict[str, Any]
 NAME = 'name'  # The key of a point's name; not a config field.
@@ -42,7 +43,8 @@ def named(name: str, point: Point) -> Point:
 def cumulative(*steps: tuple[str, Point]) -> list[Point]:
     """An ablation: one named point per step, each with its own fields and every earlier step's
     (a later step's value of a field wins)."""
-    points, fields = [], {}
+    points: list[Point] = []
+    fields: Point = {}
     for name, point in steps:
         fields = {**fields, **point}
         points.append(named(name, fields))

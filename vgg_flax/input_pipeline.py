@@ -14,7 +14,7 @@ import os
 import socket
 import urllib.parse
 import urllib.request
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import jax
 import jax.numpy as jnp
@@ -150,7 +150,7 @@ def _load_tfds(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST through tensorflow-datasets; TensorFlow is imported only here."""
     try:
-        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        import tensorflow_datasets as tfds  # Only for this source: it imports TensorFlow.
     except ImportError as e:
         raise DataError(
             'config.data.source=tfds needs tensorflow-datasets and tensorflow '
@@ -270,12 +270,12 @@ def read_idx(path: str, ndim: int, rows: tuple[int, int] | None = None) -> np.nd
             f'{path} is {state}: its header gives shape {shape} ({size} bytes of '
             f'data) but it holds {held}; download it again.'
         )
-    return np.frombuffer(data, dtype=np.uint8).reshape((stop - start,) + shape[1:])
+    return np.frombuffer(data, dtype=np.uint8).reshape((stop - start, *shape[1:]))
 
 
 def _open_idx(path: str, mode: str = 'rb') -> BinaryIO:
     """An IDX file, through gzip when its name ends in .gz."""
-    return gzip.open(path, mode) if path.endswith('.gz') else open(path, mode)
+    return cast(BinaryIO, gzip.open(path, mode) if path.endswith('.gz') else open(path, mode))
 
 
 def _read(f: BinaryIO, path: str, size: int) -> bytes:

@@ -9,7 +9,8 @@ import os
 import socket
 import sys
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
@@ -84,11 +85,12 @@ def plot_curves(
     history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], path: str
 ) -> None:
     """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson
-    (and validation accuracy, where the run holds out a validation set); for a population, the members' mean with their range as a band.
+    (and validation accuracy, where the run holds out a validation set); for a population, the
+    members' mean with their range as a band.
 
     Uses matplotlib's object API, not pyplot, so it can run on a background thread.
     """
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # Imported when used: slow to import.
 
     train = train_curve(history, steps)
     epochs = [record['epoch'] for record in history]
@@ -133,7 +135,7 @@ class SummaryWriter:
     def __init__(self, logdir: str):
         os.makedirs(logdir, exist_ok=True)
         name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}'
-        self._file = open(os.path.join(logdir, name), 'ab')
+        self._file = open(os.path.join(logdir, name), 'ab')  # noqa: SIM115 (closed by close)
         self._writer = record_writer.RecordWriter(self._file)
         self._write(event_pb2.Event(file_version='brain.Event:2'))
 
@@ -285,7 +287,7 @@ class RunLog:
             self._plotter.shutdown()
             self._tensorboard.close()
 
-    def __enter__(self) -> 'RunLog':
+    def __enter__(self) -> RunLog:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

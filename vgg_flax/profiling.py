@@ -18,15 +18,18 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 from absl import app, flags
 
 from vgg_flax import cli
 
-_TRACE = flags.DEFINE_string(
-    'trace', None, 'A *trace.json.gz, or a directory holding one (the newest is read).'
+_TRACE = cast(  # Required: a str once parsed.
+    'flags.FlagHolder[str]',
+    flags.DEFINE_string(
+        'trace', None, 'A *trace.json.gz, or a directory holding one (the newest is read).'
+    ),
 )
 _CALLS = flags.DEFINE_integer('calls', None, 'Calls traced, for times per call.')
 _TOP = flags.DEFINE_integer('top', 15, 'Ops listed, most costly first.')

@@ -47,7 +47,10 @@ def to_record(values: dict[str, Any]) -> dict[str, Any]:
             value = value.mean()
         record[key] = value.item()
     if members:
-        record['members'] = [dict(zip(members, values)) for values in zip(*members.values())]
+        record['members'] = [
+            dict(zip(members, values, strict=True))
+            for values in zip(*members.values(), strict=True)
+        ]
     return record
 
 
@@ -55,7 +58,9 @@ def merge_records(first: dict[str, Any], second: dict[str, Any]) -> dict[str, An
     """The keys of both records; each member's values of both where they have members."""
     merged = {**first, **second}
     if 'members' in first and 'members' in second:
-        merged['members'] = [{**a, **b} for a, b in zip(first['members'], second['members'])]
+        merged['members'] = [
+            {**a, **b} for a, b in zip(first['members'], second['members'], strict=True)
+        ]
     return merged
 
 

@@ -83,7 +83,7 @@ def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
         raise RunDirError('--workdir is empty; pass the directory this run should write to.')
     try:
         os.makedirs(workdir, exist_ok=True)
-        lock = open(os.path.join(workdir, LOCK_FILE), 'a+')
+        lock = open(os.path.join(workdir, LOCK_FILE), 'a+')  # noqa: SIM115 (held below)
     except FileExistsError:
         raise RunDirError(
             f'--workdir={workdir} is a file, not a directory; pass a directory path.'
@@ -113,7 +113,7 @@ def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
 def held_by(workdir: str) -> str | None:
     """Who holds `workdir` (a run still in progress), or None if no run does."""
     try:
-        lock = open(os.path.join(workdir, LOCK_FILE))
+        lock = open(os.path.join(workdir, LOCK_FILE))  # noqa: SIM115 (held below)
     except OSError:
         return None
     with lock:
@@ -209,7 +209,7 @@ def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
     """
     tmp = f'{path}.tmp{os.getpid()}'
     try:
-        with open(tmp, mode, **({} if 'b' in mode else {'newline': ''})) as f:
+        with open(tmp, mode, newline=None if 'b' in mode else '') as f:
             yield f
         os.replace(tmp, path)
     finally:

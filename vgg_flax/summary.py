@@ -95,6 +95,8 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
         train_steps.step_options(config),
     ).compile()
     memory = step.memory_analysis()
+    if memory is None:
+        raise ValueError(f'{jax.default_backend()} reports no memory analysis of a compiled step.')
     step_bytes = (
         memory.argument_size_in_bytes
         + memory.output_size_in_bytes

@@ -21,7 +21,8 @@ import dataclasses
 import os
 import sys
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import ml_collections
 from absl import flags
@@ -201,7 +202,7 @@ def run_point(run: PointRun) -> bool:
         train.train_and_evaluate(run.config, run.workdir)
     except train.TrainingInterrupted:
         raise
-    except Exception as e:  # pylint: disable=broad-except  # One bad point must not stop the rest.
+    except Exception as e:  # One bad point must not stop the rest.
         os.makedirs(run.workdir, exist_ok=True)
         with open(error_path, 'w') as f:
             f.write(traceback.format_exc())
@@ -254,7 +255,8 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    failed, busy = [], []
+    failed: list[PointRun] = []
+    busy: list[PointRun] = []
     if not _REPORT.value:
         try:
             failed, busy = run_points(runs if _INDEX.value is None else [runs[_INDEX.value]])

@@ -25,7 +25,7 @@ REPORT_FILES = ('results.csv', 'summary.csv', 'results.md', 'sweep.png')
 SPREAD_KEYS = ('test_accuracy', 'best_test_accuracy', 'val_accuracy')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def point_cost(config_json: str) -> summary.Summary:
     """A point's parameters, FLOPs and step memory, once per process: it compiles a step."""
     return summary.summarize(config_utils.from_plain(json.loads(config_json)))
@@ -234,12 +234,12 @@ def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]
 def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> None:
     """Mean test accuracy (error bars: 95% CI over seeds) against the swept value and against
     parameters; mean throughput beside."""
-    import matplotlib.ticker  # pylint: disable=g-import-not-at-top
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+    import matplotlib.ticker  # Imported when used: slow to import.
+    from matplotlib.figure import Figure  # Imported when used: slow to import.
 
     numeric = len(fields) == 1 and all(isinstance(g[fields[0]], (int, float)) for g in groups)
     labels = [g[fields[0]] if numeric else hyper.point_name(_set_fields(g, fields)) for g in groups]
-    positions = labels if numeric else list(range(len(groups)))
+    positions: list[Any] = labels if numeric else list(range(len(groups)))
     fig = Figure(figsize=(13, 3.8), dpi=110)
     axes = fig.subplots(1, 3)
     done = [i for i, g in enumerate(groups) if g['done']]
@@ -268,7 +268,7 @@ def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO
     with_params = [i for i in done if groups[i]['params']]
     millions = [groups[i]['params'] / 1e6 for i in with_params]
     accuracy(axes[1], with_params, millions)
-    for i, x in zip(with_params, millions):
+    for i, x in zip(with_params, millions, strict=True):
         axes[1].annotate(
             str(labels[i]),
             (x, groups[i]['test_accuracy_mean']),

@@ -67,12 +67,12 @@ class StopSignals:
     from `jax.distributed.initialize` on) picks the poll at which all of them stop together.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._multi_process = jax.process_count() > 1
 
-    def __enter__(self) -> 'StopSignals':
+    def __enter__(self) -> StopSignals:
         if not self._multi_process and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -196,7 +196,7 @@ def wait_for_previous_call(previous: jax.Array | None, state: TrainState) -> jax
 def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, Record | None]:
     """Trains `state` to the end of `epoch` (from wherever in it a resumed state is): the state,
     with the epoch's sums reset, and the epoch's train record, or None if a stop came first."""
-    data = loop.train_data.replace(batches=loop.epoch_batches(epoch))
+    data = dataclasses.replace(loop.train_data, batches=loop.epoch_batches(epoch))
     per_epoch, per_call = loop.steps_per_epoch, loop.config.train.steps_per_call
     step, end = int(state.step), epoch * per_epoch
     epoch_begin = logged = (step, time.perf_counter())

@@ -80,7 +80,7 @@ class StepOptions:
     """What the config fixes in the compiled steps: static values, not data."""
 
     image_size: int
-    augment: augment.Augment = augment.Augment()
+    augment: augment.Augment = dataclasses.field(default_factory=augment.Augment)
     label_smoothing: float = 0.0
     ema_decay: float = 0.0
     tta: bool = False  # Evaluate on the mean logits of each image and its mirror image.
@@ -249,7 +249,9 @@ def run_unoptimised(fn: Callable[..., Any], *args: Any, sharding: Any = None) ->
     """`fn(*args)`, compiled for this one call (on a CPU without LLVM's optimisations: the same
     values in a fraction of the compile time, benchmarks/README), outputs placed with
     `sharding`."""
-    options = {'xla_backend_optimization_level': '0'} if jax.default_backend() == 'cpu' else None
+    options: dict[str, str | bool] | None = (
+        {'xla_backend_optimization_level': '0'} if jax.default_backend() == 'cpu' else None
+    )
     return jax.jit(fn, out_shardings=sharding).lower(*args).compile(compiler_options=options)(*args)
 
 
