@@ -615,7 +615,7 @@ def test_a_held_workdir_refuses_a_second_run_and_the_hold_dies_with_its_process(
         [
             sys.executable,
             '-c',
-            'import sys, time\nfrom vgg_flax import checkpointing\n'
+            'import sys, time\nfrom vgg_flax import run_dir\n'
             'with run_dir.hold_workdir(sys.argv[1]):\n'
             '    print("held", flush=True)\n    time.sleep(600)',
             str(workdir),
