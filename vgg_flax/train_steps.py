@@ -225,11 +225,11 @@ def create_train_state(
     num_channels: int = 1,
     mesh: jax.sharding.Mesh | None = None,
 ) -> TrainState:
-    """`init_train_state` (or with one key per member, `init_population`), compiled and run
-    once; replicated over the devices of `mesh`, or with `config.members_over_devices` each
-    member on one of them."""
+    """`init_train_state` (for a population, `init_population` with one key per member),
+    compiled and run once; replicated over the devices of `mesh`, or with
+    `config.members_over_devices` each member on one of them."""
     init = functools.partial(
-        init_population if key.ndim else init_train_state,
+        init_population if config.num_seeds > 1 else init_train_state,
         config,
         steps_per_epoch=steps_per_epoch,
         num_channels=num_channels,
@@ -237,7 +237,7 @@ def create_train_state(
     sharding = None
     if mesh is not None:
         sharding = distributed.replicated(mesh)
-        if config.members_over_devices and key.ndim:
+        if config.members_over_devices:  # A population's: validation checks it.
             split = distributed.split_along(mesh, 0)
             sharding = jax.tree.map(lambda _: split, jax.eval_shape(init, key)).replace(
                 step=sharding
