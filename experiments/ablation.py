@@ -1,5 +1,5 @@
 """What each part of best_32px.py's recipe adds, one at a time, at a budget a 2-core CPU runs in
-about an hour (7 runs of 10 epochs at width ratio 8):
+about an hour (7 runs of 10 epochs at width ratio 8; the README's ablation table):
 
   python -m vgg_flax.sweep --config=experiments/ablation.py --workdir=runs/ablation \
       --config.data.source=idx --config.data.idx_dir=DIR

@@ -1,7 +1,6 @@
 """The search for experiments/best.py: native_28px.py's recipe trained longer or wider, each
-point about 40 minutes on a 2-core CPU with AVX-512, trained on the first 55,000 training images
-and compared by its accuracy on the last 5,000 (config.data.validation_examples), never by the
-test set's:
+point trained on the first 55,000 training images and compared by its accuracy on the last 5,000
+(config.data.validation_examples), never by the test set's (times in the README's search table):
 
   python -m vgg_flax.sweep --config=experiments/best_search.py --workdir=runs/best_search \
       --config.data.source=idx --config.data.idx_dir=DIR

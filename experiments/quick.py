@@ -1,5 +1,5 @@
-"""A first run on a laptop: VGG-11 at 32 px, width ratio 8, 5 epochs in 4 minutes on a 2-core
-CPU, at 0.925 test accuracy (the README's results table).
+"""A first run on a laptop: VGG-11 at 32 px, width ratio 8, 5 epochs, minutes on a 2-core CPU
+(the README's results table has its time and accuracy).
 
 What differs from the lesson (d2l_vgg11.py), and why:
 - 32 px images instead of 224, width ratio 8 instead of 4: about 200x fewer FLOPs per image;
