@@ -32,7 +32,6 @@ for variant in "${variants[@]}"; do
   printf '%-22s %-60s %s\n' "$name" "${flags:-(none)}" "${line#train step alone}"
 done
 if [ -n "${TORCH_PYTHON:-}" ]; then
-  "$TORCH_PYTHON" benchmarks/torch_reference.py --batch_size=32 --steps=3 --repeats=3
-  "$TORCH_PYTHON" benchmarks/torch_reference.py --batch_size=32 --steps=3 --repeats=3 \
-    --channels_last
+  "$TORCH_PYTHON" benchmarks/torch_reference.py --device=cpu --batch_size=32 --steps=3 \
+    --repeats=3 --variants=eager,eager_channels_last
 fi

@@ -2,11 +2,16 @@
 # The GPU measurements of the recipe in one run, most important first, each summarised in one
 # line of $OUT/summary.txt as soon as it is measured (a run cut short keeps what it did):
 #   bfloat16        the benchmark of the lesson's recipe (224 px, ratio 4, batch 128) in bfloat16;
+#   peer            PyTorch's step of the same network, batch and dtype on the same GPU
+#                   (benchmarks/torch_reference.py: eager and torch.compile, NCHW and
+#                   channels_last), for the recipe and for native_28px.py, against ours;
 #   profile         a profiler trace of that step: how busy the GPU is, which ops take the time;
 #   lax_first_conv  the same step with the first conv through cuDNN instead of the shifted sum
 #                   that `model.first_conv='auto'` picks on a GPU;
 #   train_bfloat16  the recipe for 5 epochs on the real data in bfloat16: accuracy, wall time,
 #                   compile time; then whether the speed and accuracy targets are met;
+#   time_to_95      experiments/time_to_95.py, three seeds: training seconds to 0.95 test accuracy
+#                   (compile and evaluation apart), each and their mean;
 #   relaunch        the same config again in a new workdir: compile time with a warm cache, and
 #                   whether its first epoch repeats the first launch's bit for bit;
 #   population      quick.py's step for one seed and for a population of 8 (`config.num_seeds`,
@@ -25,7 +30,8 @@
 # Environment: DATA_DIR (the four Fashion-MNIST IDX files; required), OUT (summary and
 # JSON files, default /tmp/gpu), STAGES (the stages to run, space-separated; default all),
 # BUDGET_SECONDS (no stage starts after this many seconds, default 540), EXTRA_FLAGS (appended to
-# every command; e.g. tiny sizes for a CPU smoke run).
+# every command; e.g. tiny sizes for a CPU smoke run), PEER_FLAGS (appended to the PyTorch peer's;
+# e.g. --device=cpu --steps=1 --repeats=1 --warmup=1 for a smoke run).
 set -uo pipefail
 data=${DATA_DIR:?set DATA_DIR to the directory of the four Fashion-MNIST IDX files}
 out=${OUT:-/tmp/gpu}
@@ -36,6 +42,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$out"
 summary="$out/summary.txt"
 read -r -a extra <<< "${EXTRA_FLAGS:-}"
+read -r -a peer_extra <<< "${PEER_FLAGS:-}"
 d2l=experiments/d2l_vgg11.py
 data_flags=(--config.data.source=idx "--config.data.idx_dir=$data")
 
@@ -115,6 +122,24 @@ PY
   cp "$runs/$name/steps.jsonl" "$out/steps_$name.jsonl"
 }
 
+peer() {  # NAME: PyTorch's variants of benchmark NAME's network and step, against ours.
+  local name=$1
+  echo "== PyTorch peer of $name"
+  python3 benchmarks/torch_reference.py "--like=$out/benchmark_$name.json" --steps=20 \
+    "--output=$out/torch_$name.json" "${peer_extra[@]}" || { failed "peer $name"; return; }
+  python3 - "$name" "$out/benchmark_$name.json" "$out/torch_$name.json" <<'PY' | tee -a "$summary"
+import json, sys
+name, ours_path, torch_path = sys.argv[1:]
+ours = json.load(open(ours_path))['step']['images_per_sec']['median']
+peer = json.load(open(torch_path))
+best = peer['variants'][peer['best']]['median']
+variants = ', '.join(f"{v} {r['median']:,.0f}" for v, r in peer['variants'].items())
+print(f"peer {name}: PyTorch {peer['torch']} on {peer['device']}: {variants} img/s; ours "
+      f"{ours:,.0f} img/s = {ours / best:.2f}x its best ({peer['best']}); target >= 1.3x: "
+      f"{'met' if ours >= 1.3 * best else 'NOT met'}")
+PY
+}
+
 same_first_epoch() {  # LABEL WORKDIR WORKDIR: whether the first epochs agree bit for bit.
   python3 - "$@" <<'PY' | tee -a "$summary"
 import json, sys
@@ -149,6 +174,16 @@ PY
 }
 
 due bfloat16 && benchmark bfloat16 "$d2l" --config.model.dtype=bfloat16
+if due peer; then
+  benchmark native_28px experiments/native_28px.py --config.model.dtype=bfloat16 --loop_steps=0
+  if python3 -c 'import torch' 2>/dev/null; then
+    for name in bfloat16 native_28px; do
+      [ -f "$out/benchmark_$name.json" ] && peer "$name"
+    done
+  else
+    echo "peer: not run: this python has no torch" | tee -a "$summary"
+  fi
+fi
 due profile && benchmark bfloat16_profile "$d2l" --config.model.dtype=bfloat16 --loop_steps=0 \
   --repeats=1 --steps=10 "--profile_dir=$out/profile_bfloat16"
 due lax_first_conv && benchmark bfloat16_lax_first_conv "$d2l" --config.model.dtype=bfloat16 \
@@ -156,6 +191,25 @@ due lax_first_conv && benchmark bfloat16_lax_first_conv "$d2l" --config.model.dt
 if due train_bfloat16; then
   train bfloat16 --config.model.dtype=bfloat16
   targets
+fi
+if due time_to_95; then
+  for seed in 0 1 2; do
+    TRAIN_CONFIG=experiments/time_to_95.py train "time_to_95_seed$seed" "--config.seed=$seed"
+  done
+  python3 - "$out" <<'PY' | tee -a "$summary"
+import json, os, statistics, sys
+out = sys.argv[1]
+runs = [json.load(open(os.path.join(out, f'results_time_to_95_seed{s}.json')))
+        for s in range(3) if os.path.exists(os.path.join(out, f'results_time_to_95_seed{s}.json'))]
+times = [r['time_to_target'] and r['time_to_target']['train_seconds'] for r in runs]
+reached = [t for t in times if t is not None]
+mean = f'{statistics.fmean(reached):.1f} s' if len(reached) == len(runs) and runs else 'n/a'
+print(f"time_to_95: {len(runs)} seeds, training seconds to 0.95 test acc "
+      f"{[None if t is None else round(t, 1) for t in times]}, mean {mean} (target <= 10 s: "
+      f"{'met' if mean != 'n/a' and statistics.fmean(reached) <= 10 else 'NOT met'}); final "
+      f"test acc {[round(r['test_accuracy'], 4) for r in runs]}; compile "
+      f"{[round(r['compile_seconds'], 1) for r in runs]} s")
+PY
 fi
 if due relaunch; then
   train relaunch --config.model.dtype=bfloat16 --config.train.num_epochs=1 >/dev/null

@@ -1,87 +1,201 @@
-"""PyTorch eager CPU reference for the CPU speed goal: the same training step as vgg_flax's.
+"""PyTorch peer of vgg_flax's train step, for speed comparisons on the same device.
 
-VGG-11 at width ratio 4 on 1x224x224 inputs, Xavier init, SGD lr 0.05, dropout 0.5, batch 32,
-float32, inputs already at 224 px (as a torchvision DataLoader would hand them over). Not part
-of the package; run it in an environment with torch:
+The same network as a vgg_flax config (blocks of 3x3 convolutions with ReLU, optional BatchNorm,
+2x2 max-pooling; a dense head with ReLU and dropout; Xavier init) and the same step (SGD, cross-
+entropy), on inputs already at the image size on the device (as a DataLoader with its resizing
+done would hand them over: less work than vgg_flax's step, which gathers, resizes and scales its
+uint8 batch itself). Each variant is timed after warm-up, median of repeats:
 
-  python benchmarks/torch_reference.py [--batch_size=32 --steps=5 --repeats=3 --threads=N]
+  eager, eager_channels_last, compile, compile_channels_last  (torch.compile, default mode)
+
+on CUDA with bfloat16 autocast where asked. Not part of the package; run it where torch is:
+
+  python benchmarks/torch_reference.py --device=cuda --dtype=bfloat16 --batch_size=128 \
+      [--image_size=224 --ratio=4 --conv_arch=1x64,1x128,2x256,2x512,2x512 --dense=4096,4096]
+      [--bn --dropout=0.0 --variants=eager,compile --output=torch.json]
+  python benchmarks/torch_reference.py --like=benchmark.json  # vgg_flax.benchmark's net and step
+
+It prints a line per variant and the best, and writes them all as JSON with --output.
 """
 
+from __future__ import annotations
+
 import argparse
+import contextlib
+import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-CONV_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+VARIANTS = ('eager', 'eager_channels_last', 'compile', 'compile_channels_last')
+VGG11 = '1x64,1x128,2x256,2x512,2x512'
 
 
-def vgg(ratio: int, image_size: int) -> nn.Module:
-    layers, channels = [], 1
-    for num_convs, features in CONV_ARCH:
+def parse_arch(text: str) -> list[tuple[int, int]]:
+    """'1x64,2x128' -> [(1, 64), (2, 128)]: convolutions and full width per block."""
+    return [(int(n), int(w)) for n, w in (block.split('x') for block in text.split(','))]
+
+
+def vgg(
+    conv_arch: list[tuple[int, int]],
+    ratio: int,
+    image_size: int,
+    dense: list[int],
+    bn: bool,
+    dropout: float,
+) -> nn.Module:
+    layers: list[nn.Module] = []
+    channels = 1
+    for num_convs, features in conv_arch:
         for _ in range(num_convs):
-            layers += [nn.Conv2d(channels, features // ratio, 3, padding=1), nn.ReLU()]
-            channels = features // ratio
+            width = features // ratio
+            layers.append(nn.Conv2d(channels, width, 3, padding=1, bias=not bn))
+            layers += [nn.BatchNorm2d(width), nn.ReLU()] if bn else [nn.ReLU()]
+            channels = width
         layers.append(nn.MaxPool2d(2, 2))
-    side = image_size // 32
-    net = nn.Sequential(
-        *layers,
-        nn.Flatten(),
-        nn.Linear(channels * side * side, 4096),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Linear(4096, 4096),
-        nn.ReLU(),
-        nn.Dropout(0.5),
-        nn.Linear(4096, 10),
-    )
+    side = image_size // 2 ** len(conv_arch)
+    head: list[nn.Module] = [nn.Flatten()]
+    features = channels * side * side
+    for units in dense:
+        head += [nn.Linear(features, units), nn.ReLU()]
+        head += [nn.Dropout(dropout)] if dropout else []
+        features = units
+    net = nn.Sequential(*layers, *head, nn.Linear(features, 10))
     for module in net.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
     return net
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--batch_size', type=int, default=32)
-    parser.add_argument('--image_size', type=int, default=224)
-    parser.add_argument('--ratio', type=int, default=4)
-    parser.add_argument('--steps', type=int, default=5)
-    parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--threads', type=int, default=0, help='0: torch default')
-    parser.add_argument('--channels_last', action='store_true')
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_variant(args: argparse.Namespace, variant: str, device: torch.device) -> list[float]:
+    """Images/sec of each repeat of `args.steps` steps of one variant, after warm-up."""
     torch.manual_seed(0)
-    net = vgg(args.ratio, args.image_size)
-    x = torch.rand(args.batch_size, 1, args.image_size, args.image_size)
-    if args.channels_last:
+    net = vgg(
+        parse_arch(args.conv_arch),
+        args.ratio,
+        args.image_size,
+        [int(u) for u in args.dense.split(',') if u],
+        args.bn,
+        args.dropout,
+    ).to(device)
+    x = torch.rand(args.batch_size, 1, args.image_size, args.image_size, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    if variant.endswith('channels_last'):
         net, x = net.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (args.batch_size,))
+    model: Callable[[torch.Tensor], torch.Tensor] = (
+        torch.compile(net) if variant.startswith('compile') else net
+    )
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
     loss_fn = nn.CrossEntropyLoss()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if args.dtype == 'bfloat16'
+        else contextlib.nullcontext()
+    )
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
+        with autocast:
+            loss = loss_fn(model(x), y)
+        loss.backward()
         optimizer.step()
 
-    step()  # Warm-up.
+    for _ in range(args.warmup):  # torch.compile compiles in the first calls.
+        step()
+    synchronize(device)
     rates = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         for _ in range(args.steps):
             step()
+        synchronize(device)
         rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
-    print(
-        f'torch {torch.__version__}, {torch.get_num_threads()} threads'
-        f'{", channels_last" if args.channels_last else ""}: median '
-        f'{statistics.median(rates):.1f} images/sec (min {min(rates):.1f}, max {max(rates):.1f})'
-        f' at ratio {args.ratio}, {args.image_size} px, batch {args.batch_size}'
+    return rates
+
+
+def like(args: argparse.Namespace) -> None:
+    """Sets the network, image size, batch and dtype to those of a vgg_flax benchmark."""
+    with open(args.like) as f:
+        config = json.load(f)['config']
+    args.conv_arch = ','.join(f'{n}x{w}' for n, w in config['blocks'])
+    args.dense = ','.join(map(str, config['dense_features']))
+    args.dropout, args.bn = config['dropout_rate'], config['use_bn']
+    args.ratio, args.image_size = config['width_ratio'], config['image_size']
+    args.batch_size = config['batch_size'] * config['num_seeds']
+    args.dtype = 'bfloat16' if config['dtype'] == 'bfloat16' else 'float32'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+    parser.add_argument('--batch_size', type=int, default=32)
+    parser.add_argument('--image_size', type=int, default=224)
+    parser.add_argument('--ratio', type=int, default=4)
+    parser.add_argument('--conv_arch', default=VGG11, help='blocks as CONVSxWIDTH, full widths')
+    parser.add_argument('--dense', default='4096,4096', help="the head's hidden units ('' none)")
+    parser.add_argument('--bn', action='store_true', help='BatchNorm after every convolution')
+    parser.add_argument('--dropout', type=float, default=0.5)
+    parser.add_argument('--steps', type=int, default=5)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=0, help='CPU threads; 0: torch default')
+    parser.add_argument('--variants', default=','.join(VARIANTS))
+    parser.add_argument('--output', default='', help='write the results here as JSON')
+    parser.add_argument(
+        '--like', default='', help='a vgg_flax.benchmark --output JSON: its network, batch, dtype'
     )
+    args = parser.parse_args()
+    if args.like:
+        like(args)
+    if unknown := set(args.variants.split(',')) - set(VARIANTS):
+        parser.error(f'unknown variants {sorted(unknown)}; choose from {", ".join(VARIANTS)}')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    results = {}
+    for variant in args.variants.split(','):
+        rates = time_variant(args, variant, device)
+        results[variant] = {
+            'median': statistics.median(rates),
+            'min': min(rates),
+            'max': max(rates),
+        }
+        print(
+            f'{variant:<22} {results[variant]["median"]:>12,.1f} images/sec '
+            f'(min {min(rates):,.1f}, max {max(rates):,.1f})',
+            flush=True,
+        )
+    best = max(results, key=lambda name: results[name]['median'])
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
+    print(
+        f'torch {torch.__version__} on {name}, {args.dtype}, {args.image_size} px, ratio '
+        f'{args.ratio}, batch {args.batch_size}: best {best} '
+        f'{results[best]["median"]:,.1f} images/sec'
+    )
+    if args.output:
+        with open(args.output, 'w') as f:
+            json.dump(
+                {
+                    'torch': torch.__version__,
+                    'device': name,
+                    'args': vars(args),
+                    'variants': results,
+                    'best': best,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == '__main__':

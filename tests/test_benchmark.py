@@ -79,3 +79,72 @@ def test_benchmark_cli_writes_json_and_compiles_afresh(tmp_path):
     assert record['step']['compiled_loop'] is None  # Only with steps_per_call above 1.
     assert record['environment']['packages']['jax']
     assert not cache.exists() or not any(cache.iterdir())  # It timed real compiles.
+
+
+TINY = (
+    '--config.model.width_ratio=16 --config.train.batch_size=16 '
+    '--config.model.dense_features=(32,32)'
+)
+
+
+def gpu_session(idx_dir, out, stages: str, extra_flags: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_session.sh's `stages` with `extra_flags` on this CPU, with this Python
+    first on PATH (the script calls python3)."""
+    env = dict(
+        os.environ,
+        DATA_DIR=str(idx_dir),
+        OUT=str(out),
+        STAGES=stages,
+        EXTRA_FLAGS=extra_flags,
+        PEER_FLAGS='--device=cpu --steps=1 --repeats=1 --warmup=1 --variants=eager',
+        PATH=f'{os.path.dirname(sys.executable)}{os.pathsep}{os.environ["PATH"]}',
+    )
+    return subprocess.run(
+        ['bash', 'benchmarks/gpu_session.sh'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_the_gpu_sessions_benchmark_peer_and_population_stages_run_on_a_cpu(idx_dir, tmp_path):
+    """So that a stage cannot fail for the first time on the GPU."""
+    benchmark_flags = '--steps=2 --repeats=1 --warmup=1 --loop_steps=0'
+    done = gpu_session(
+        idx_dir,
+        tmp_path / 'out',
+        'bfloat16 peer population',
+        f'{TINY} --config.data.image_size=32 {benchmark_flags}',
+    )
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / 'out' / 'summary.txt').read_text()
+    assert 'FAILED' not in summary, summary
+    for name in ('bfloat16', 'native_28px', 'quick_seed', 'quick_population_8'):
+        assert f'benchmark {name}: first conv' in summary, summary
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert 'peer: not run: this python has no torch' in summary
+    else:
+        for name in ('bfloat16', 'native_28px'):
+            assert f'peer {name}: PyTorch' in summary, summary
+
+
+def test_the_gpu_sessions_time_to_95_stage_runs_on_a_cpu(idx_dir, tmp_path):
+    """Three one-epoch seeds of experiments/time_to_95.py on tiny data: none reaches 0.95, and
+    the stage says so."""
+    done = gpu_session(
+        idx_dir,
+        tmp_path / 'out',
+        'time_to_95',
+        f'{TINY} --config.train.num_epochs=1 --config.data.max_train_examples=64 '
+        '--config.data.max_test_examples=64',
+    )
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / 'out' / 'summary.txt').read_text()
+    assert 'FAILED' not in summary, summary
+    line = next(line for line in summary.splitlines() if line.startswith('time_to_95:'))
+    assert line.startswith('time_to_95: 3 seeds, training seconds to 0.95 test acc [None, None, ')
+    assert 'mean n/a (target <= 10 s: NOT met)' in line, line

@@ -275,6 +275,10 @@ def run(
             'batch_size': config.train.batch_size,
             'dtype': config.model.dtype,
             'use_bn': config.model.use_bn,
+            # With the above, the network a peer needs to build the same step.
+            'blocks': [list(block) for block in models.full_width_blocks(config.model)],
+            'dense_features': list(config.model.dense_features),
+            'dropout_rate': config.model.dropout_rate,
             'data': data,
             'first_conv': models.resolve_first_conv(config.model.first_conv, jax.default_backend()),
             'steps_per_call': config.train.steps_per_call,
