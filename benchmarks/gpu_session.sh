@@ -14,8 +14,9 @@
 #                   (compile and evaluation apart), each and their mean;
 #   relaunch        the same config again in a new workdir: compile time with a warm cache, and
 #                   whether its first epoch repeats the first launch's bit for bit;
-#   population      quick.py's step for one seed and for a population of 8 (`config.num_seeds`,
-#                   one vmapped step): images/s of all members against one member's;
+#   population      quick.py's and native_28px.py's step for one seed and for a population of 8
+#                   (`config.num_seeds`, one vmapped step): images/s of all members against one
+#                   member's (target >= 4x);
 #   best_224        best_32px.py's recipe at 224 px in bfloat16, one run: accuracy and time;
 #   train_float32   the recipe for 5 epochs in float32 (bfloat16's accuracy beside float32's);
 #   float32         the float32 benchmark (step only);
@@ -140,6 +141,19 @@ print(f"peer {name}: PyTorch {peer['torch']} on {peer['device']}: {variants} img
 PY
 }
 
+population_gain() {  # CONFIG: a population of 8's images/s (all members) against one seed's.
+  python3 - "$1" "$out/benchmark_$1_seed.json" "$out/benchmark_$1_population_8.json" <<'PY' \
+    | tee -a "$summary"
+import json, os, sys
+name, one_path, eight_path = sys.argv[1:]
+if not (os.path.exists(one_path) and os.path.exists(eight_path)):
+    sys.exit(f'population {name}: not measured (a benchmark failed)')
+one, eight = (json.load(open(p))['step']['images_per_sec']['median'] for p in (one_path, eight_path))
+print(f"population {name}: 8 members {eight:,.0f} img/s, one seed {one:,.0f}: {eight / one:.1f}x "
+      f"(target >= 4x: {'met' if eight >= 4 * one else 'NOT met'})")
+PY
+}
+
 same_first_epoch() {  # LABEL WORKDIR WORKDIR: whether the first epochs agree bit for bit.
   python3 - "$@" <<'PY' | tee -a "$summary"
 import json, sys
@@ -216,8 +230,11 @@ if due relaunch; then
   same_first_epoch "relaunch vs first launch (warm cache)" "$runs/bfloat16" "$runs/relaunch"
 fi
 if due population; then
-  benchmark quick_seed "experiments/quick.py" --loop_steps=0
-  benchmark quick_population_8 "experiments/quick.py" --config.num_seeds=8 --loop_steps=0
+  for config in quick native_28px; do
+    benchmark "${config}_seed" "experiments/$config.py" --loop_steps=0
+    benchmark "${config}_population_8" "experiments/$config.py" --config.num_seeds=8 --loop_steps=0
+    population_gain "$config"
+  done
 fi
 due best_224 && TRAIN_CONFIG=experiments/best_32px.py train best_224 \
   --config.data.image_size=224 --config.model.dtype=bfloat16

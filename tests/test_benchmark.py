@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -123,6 +124,10 @@ def test_the_gpu_sessions_benchmark_peer_and_population_stages_run_on_a_cpu(idx_
     assert 'FAILED' not in summary, summary
     for name in ('bfloat16', 'native_28px', 'quick_seed', 'quick_population_8'):
         assert f'benchmark {name}: first conv' in summary, summary
+    for config in ('quick', 'native_28px'):
+        assert re.search(
+            rf'population {config}: 8 members [\d,]+ img/s, one seed [\d,]+: ', summary
+        )
     try:
         import torch  # noqa: F401
     except ImportError:
