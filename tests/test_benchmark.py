@@ -137,15 +137,15 @@ def test_the_gpu_sessions_benchmark_peer_and_population_stages_run_on_a_cpu(idx_
             assert f'peer {name}: PyTorch' in summary, summary
 
 
-def test_the_gpu_sessions_time_to_95_stage_runs_on_a_cpu(idx_dir, tmp_path):
-    """Three one-epoch seeds of experiments/time_to_95.py on tiny data: none reaches 0.95, and
-    the stage says so."""
+def test_the_gpu_sessions_time_to_95_and_best_224_stages_run_on_a_cpu(idx_dir, tmp_path):
+    """Three one-epoch seeds of each on tiny data at 32 px: none reaches 0.95, and the stages
+    say so."""
     done = gpu_session(
         idx_dir,
         tmp_path / 'out',
-        'time_to_95',
+        'time_to_95 best_224',
         f'{TINY} --config.train.num_epochs=1 --config.data.max_train_examples=64 '
-        '--config.data.max_test_examples=64',
+        '--config.data.max_test_examples=64 --config.data.image_size=32',
     )
     assert done.returncode == 0, done.stderr
     summary = (tmp_path / 'out' / 'summary.txt').read_text()
@@ -153,3 +153,5 @@ def test_the_gpu_sessions_time_to_95_stage_runs_on_a_cpu(idx_dir, tmp_path):
     line = next(line for line in summary.splitlines() if line.startswith('time_to_95:'))
     assert line.startswith('time_to_95: 3 seeds, training seconds to 0.95 test acc [None, None, ')
     assert 'mean n/a (target <= 10 s: NOT met)' in line, line
+    line = next(line for line in summary.splitlines() if line.startswith('best_224:'))
+    assert line.startswith('best_224: 3 seeds, test acc [') and 'NOT met' in line, line
