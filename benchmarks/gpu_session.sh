@@ -27,12 +27,14 @@
 #                   the recipe in bfloat16 and for quick.py (32 px, where a GPU step is tiny);
 #   deterministic   two 1-epoch launches with XLA's --xla_gpu_deterministic_ops: whether they
 #                   agree, and what the flag costs;
-#   sweep           the width-ratio sweep of the recipe, 5 epochs, bfloat16, while time is left.
+#   sweep           the width-ratio sweep of the recipe, 5 epochs, bfloat16, while time is left
+#                   ($SWEEP_CONFIG in its place, e.g. a smaller sweep for a smoke run).
 #   DATA_DIR=path/to/idx-files bash benchmarks/gpu_session.sh
 # Environment: DATA_DIR (the four Fashion-MNIST IDX files; required), OUT (summary and
 # JSON files, default /tmp/gpu), STAGES (the stages to run, space-separated; default all),
 # BUDGET_SECONDS (no stage starts after this many seconds, default 540), EXTRA_FLAGS (appended to
-# every command; e.g. tiny sizes for a CPU smoke run), PEER_FLAGS (appended to the PyTorch peer's;
+# every command; e.g. tiny sizes for a CPU smoke run), BENCH_FLAGS (appended to every benchmark's,
+# e.g. fewer steps), PEER_FLAGS (appended to the PyTorch peer's;
 # e.g. --device=cpu --steps=1 --repeats=1 --warmup=1 for a smoke run).
 set -uo pipefail
 data=${DATA_DIR:?set DATA_DIR to the directory of the four Fashion-MNIST IDX files}
@@ -45,6 +47,7 @@ mkdir -p "$out"
 summary="$out/summary.txt"
 read -r -a extra <<< "${EXTRA_FLAGS:-}"
 read -r -a peer_extra <<< "${PEER_FLAGS:-}"
+read -r -a bench_extra <<< "${BENCH_FLAGS:-}"
 d2l=experiments/d2l_vgg11.py
 data_flags=(--config.data.source=idx "--config.data.idx_dir=$data")
 
@@ -70,7 +73,8 @@ benchmark() {  # NAME CONFIG FLAG...: the benchmark on random data, then its sum
   shift 2
   echo "== benchmark $name"
   python3 -m vgg_flax.benchmark "--config=$config" --data=random "$@" \
-    "--output=$out/benchmark_$name.json" "${extra[@]}" || { failed "benchmark $name"; return; }
+    "--output=$out/benchmark_$name.json" "${extra[@]}" "${bench_extra[@]}" \
+    || { failed "benchmark $name"; return; }
   python3 - "$name" "$out/benchmark_$name.json" <<'PY' | tee -a "$summary"
 import json, sys
 name, path = sys.argv[1:]
@@ -279,7 +283,7 @@ if due deterministic; then
 fi
 
 if due sweep; then
-  sweep=(python3 -m vgg_flax.sweep --config=experiments/ratio_sweep.py "${data_flags[@]}"
+  sweep=(python3 -m vgg_flax.sweep "--config=${SWEEP_CONFIG:-experiments/ratio_sweep.py}" "${data_flags[@]}"
          --config.model.dtype=bfloat16 "--workdir=$runs/ratio" "${extra[@]}")
   points=$("${sweep[@]}" --list | grep -c '^ *[0-9]')
   for ((index = 0; index < points; index++)); do
