@@ -52,8 +52,8 @@ def test_summary_sums_ops_and_counts_overlapping_time_once(tmp_path):
             op_event('fusion.2', 60, 40),
         ],
     )
-    summary = profiling.summarize(profiling.latest_trace(str(tmp_path)), calls=2)
-    assert summary == profiling.summarize(str(trace), calls=2)
+    summary = profiling.summarize_trace(profiling.latest_trace(str(tmp_path)), calls=2)
+    assert summary == profiling.summarize_trace(str(trace), calls=2)
     assert [(op['op'], op['count'], op['total_us']) for op in summary['ops']] == [
         ('fusion.2', 2, 50),
         ('convolution.1', 2, 40),
@@ -76,7 +76,7 @@ def test_on_a_gpu_only_the_device_streams_count(tmp_path):
             op_event('fusion.2', 2, 10, kernel='loop_fusion', pid=7),
         ],
     )
-    summary = profiling.summarize(str(trace))
+    summary = profiling.summarize_trace(str(trace))
     assert [(op['kernel'], op['total_us']) for op in summary['ops']] == [('loop_fusion', 10)]
     assert summary['busy_us'] == summary['span_us'] == 10
     assert 'per call' not in profiling.format_summary(summary)
@@ -87,7 +87,7 @@ def test_a_real_trace_shows_every_call_of_each_op(tmp_path, run_cli):
     x = jnp.ones((64, 64))
     step(x).block_until_ready()
     trace = profiling.trace_calls(lambda: step(x), 3, str(tmp_path / 'profile'))
-    summary = profiling.summarize(trace, calls=3)
+    summary = profiling.summarize_trace(trace, calls=3)
     assert summary['ops'] and all(op['count'] % 3 == 0 for op in summary['ops'])
     assert {op['module'] for op in summary['ops']} == {'jit__lambda'}
     assert 0 < summary['busy_us'] <= summary['span_us']

@@ -189,7 +189,7 @@ def benchmark_step(
             state = step_fn(state, data)
             return state
 
-        result['profile'] = profiling.summarize(
+        result['profile'] = profiling.summarize_trace(
             profiling.trace_calls(call, PROFILE_CALLS, profile_dir), PROFILE_CALLS
         )
     flops = train_steps.flops_of(lowered)

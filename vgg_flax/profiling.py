@@ -72,7 +72,7 @@ def _busy_microseconds(intervals: list[tuple[float, float]]) -> float:
     return busy
 
 
-def summarize(trace_path: str, calls: int | None = None) -> dict[str, Any]:
+def summarize_trace(trace_path: str, calls: int | None = None) -> dict[str, Any]:
     """Device time per XLA op, and how much of the traced span the device was busy.
 
     Op events are those the profiler tags with an `hlo_op`: kernels on a GPU's streams (not
@@ -144,7 +144,7 @@ def format_summary(summary: dict[str, Any], top: int = 15) -> str:
 def main(argv: list[str]) -> int:
     del argv
     try:
-        summary = summarize(latest_trace(_TRACE.value), _CALLS.value)
+        summary = summarize_trace(latest_trace(_TRACE.value), _CALLS.value)
     except FileNotFoundError as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
