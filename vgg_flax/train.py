@@ -145,6 +145,20 @@ class Loop:
     def examples_per_step(self) -> int:  # Of all members together.
         return self.config.train.batch_size * self.config.num_seeds
 
+    def train_record(
+        self, sums: train_steps.Sums, step: int, since: tuple[int, float], now: float
+    ) -> Record:
+        """`records.train_record` of this run: the metrics at `step`, the rate since `since`."""
+        return records.train_record(
+            sums,
+            step,
+            self.steps_per_epoch,
+            since,
+            now,
+            self.examples_per_step,
+            self.learning_rate_fn,
+        )
+
 
 @jax.jit
 def all_finite(tree: Any) -> jax.Array:
@@ -209,15 +223,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, 
         loop.bar.update(num_steps)
         if is_due(step - end + per_epoch, loop.config.train.log_every_steps, num_steps, per_epoch):
             now = time.perf_counter()
-            record = records.train_record(
-                state.sums,
-                step,
-                per_epoch,
-                logged,
-                now,
-                loop.examples_per_step,
-                loop.learning_rate_fn,
-            )
+            record = loop.train_record(state.sums, step, logged, now)
             check_finite(state, loop)
             loop.bar.set_postfix(
                 loss=f'{record["train_loss"]:.4f}', acc=f'{record["train_accuracy"]:.3f}'
@@ -230,15 +236,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, 
         loop.checkpointer.check()
         if stopped and step < end:
             return state, None
-    record = records.train_record(
-        state.sums,
-        step,
-        per_epoch,
-        epoch_begin,
-        logged[1],
-        loop.examples_per_step,
-        loop.learning_rate_fn,
-    )
+    record = loop.train_record(state.sums, step, epoch_begin, logged[1])
     record.update(epoch=epoch, train_seconds=logged[1] - epoch_begin[1])
     return state.replace(sums=train_steps.zero_sums_like(state)), record
 
