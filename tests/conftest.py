@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import signal
@@ -144,6 +145,13 @@ def sigterm_once_training(
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     return process.communicate(timeout=timeout)
+
+
+def logged_past(workdir: pathlib.Path, step: int) -> bool:
+    """Whether the step log has a complete line beyond `step` (a line may be half written)."""
+    path = workdir / 'steps.jsonl'
+    lines = path.read_text().split('\n')[:-1] if path.is_file() else []
+    return any(json.loads(line)['step'] > step for line in lines if line)
 
 
 @dataclasses.dataclass

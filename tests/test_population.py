@@ -25,7 +25,7 @@ from vgg_flax import (
     train_steps,
 )
 
-from conftest import ROOT, tiny_config, write_fashion_idx_dir
+from conftest import ROOT, logged_past, tiny_config, write_fashion_idx_dir
 
 
 def first_losses(config, num_steps=3):
@@ -116,13 +116,6 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     ]
     ensemble = np.mean(np.argmax((logits[0] + logits[1]) / 2, -1) == split.labels)
     assert evaluation['test_accuracy'] == pytest.approx(ensemble)
-
-
-def logged_past(workdir, step: int) -> bool:
-    """Whether the step log has a complete line beyond `step` (a line may be half written)."""
-    path = workdir / 'steps.jsonl'
-    lines = path.read_text().split('\n')[:-1] if path.is_file() else []
-    return any(json.loads(line)['step'] > step for line in lines if line)
 
 
 def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path):

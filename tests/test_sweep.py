@@ -6,12 +6,20 @@ import csv
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from vgg_flax import config_utils, hyper, run_dir, sweep
+from vgg_flax import config_utils, hyper, metric_writers, run_dir, sweep
 
-from conftest import PNG_MAGIC, ROOT, sigterm_once_training, tiny_config
+from conftest import (
+    PNG_MAGIC,
+    ROOT,
+    logged_past,
+    sigterm_once_training,
+    tiny_config,
+    write_fashion_idx_dir,
+)
 
 SWEEP_FILE = """
 from vgg_flax import config_utils, hyper
@@ -262,3 +270,59 @@ def test_sigterm_mid_sweep_then_the_same_command_finishes_without_redoing_a_poin
     assert 'Resuming' in again.stdout
     assert (workdir / 'model.width_ratio=16' / 'results.json').read_text() == first_results
     assert [row['status'] for row in read_csv(workdir / 'results.csv')] == ['done', 'done']
+
+
+def test_seeds_killed_mid_seed_resume_to_the_uninterrupted_runs(tmp_path):
+    """kill -9 in the second seed's second epoch, then the same command: the first seed is
+    skipped, the second resumes from its checkpoint, and every seed's metrics equal those of an
+    uninterrupted sweep (both run as the CLI, whose CPU tuning flags change the last digits)."""
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=800)  # 25 steps an epoch.
+    path = tmp_path / 'one_point.py'
+    path.write_text(
+        SWEEP_FILE.format(idx_dir=str(idx_dir))
+        .split('\n\ndef get_sweep')[0]
+        .replace('num_epochs = 1', 'num_epochs = 2\n    config.train.log_every_steps = 5')
+    )
+
+    def start(workdir):
+        return subprocess.Popen(
+            [
+                sys.executable,
+                '-m',
+                'vgg_flax.sweep',
+                f'--config={path}',
+                f'--workdir={workdir}',
+                '--seeds=2',
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def metrics(workdir):
+        keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+        return [
+            [{key: record[key] for key in keys} for record in metric_writers.read_history(str(run))]
+            for run in (workdir / 'seed=0', workdir / 'seed=1')
+        ]
+
+    straight = start(tmp_path / 'straight')
+    assert straight.wait(timeout=600) == 0, straight.communicate()[1]
+    workdir = tmp_path / 'killed'
+    second_seed = workdir / 'seed=1'
+    process, deadline = start(workdir), time.time() + 600
+    while not ((second_seed / 'checkpoints' / '25').is_dir() and logged_past(second_seed, 25)):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not (second_seed / 'results.json').exists()
+    resumed = start(workdir)
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr
+    assert '[0] seed=0: done, skipped' in stdout and 'Resuming' in stdout
+    assert metrics(workdir) == metrics(tmp_path / 'straight')
+    assert [len(seed) for seed in metrics(workdir)] == [2, 2]
+    rows = [read_csv(w / 'results.csv') for w in (workdir, tmp_path / 'straight')]
+    assert [r['test_accuracy'] for r in rows[0]] == [r['test_accuracy'] for r in rows[1]]
