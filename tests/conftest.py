@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from absl import app, flags
 
-from vgg_flax import cli, config_utils, environment
+from vgg_flax import cli, config_utils, environment, metric_writers
 from vgg_flax.input_pipeline import IDX_FILES, write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -145,6 +145,12 @@ def sigterm_once_training(
         time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     return process.communicate(timeout=timeout)
+
+
+def epoch_metrics(workdir: pathlib.Path) -> list[dict]:
+    """Each epoch's step, losses and accuracies: what a resumed run must reproduce exactly."""
+    keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
+    return [{k: r[k] for k in keys} for r in metric_writers.read_history(str(workdir))]
 
 
 def logged_past(workdir: pathlib.Path, step: int) -> bool:

@@ -25,7 +25,7 @@ from vgg_flax import (
     validation,
 )
 
-from conftest import ROOT, TINY_CONV_ARCH, tiny_config, write_fashion_idx_dir
+from conftest import ROOT, TINY_CONV_ARCH, epoch_metrics, tiny_config, write_fashion_idx_dir
 
 FAULT_CHILD = ROOT / 'tests' / 'fault_child.py'
 TINY = (
@@ -61,11 +61,6 @@ def run_with_fault(fault: str, *args: str, timeout: float = 300) -> subprocess.C
     )
 
 
-def metrics(workdir) -> list[dict]:
-    keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
-    return [{k: r[k] for k in keys} for r in metric_writers.read_history(str(workdir))]
-
-
 def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metrics(
     idx_dir, tmp_path, run_cli
 ):
@@ -82,7 +77,7 @@ def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metri
     resumed = run_cli(main, *run_args(idx_dir, workdir))
     assert resumed.returncode == 0, resumed.stderr
     assert 'Resuming' in resumed.stdout and 'step 10 ' in resumed.stdout
-    assert metrics(workdir) == metrics(tmp_path / 'straight')
+    assert epoch_metrics(workdir) == epoch_metrics(tmp_path / 'straight')
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['10', '20', '30']
 
 
@@ -117,7 +112,9 @@ def test_ctrl_c_twice_stops_at_once_and_the_same_command_resumes_exactly(
     resumed = run_cli(main, *run_args(idx_dir, workdir))
     assert resumed.returncode == 0, resumed.stderr
     assert 'Resuming' in resumed.stdout  # From step 10 or 20, as the second Ctrl-C let saves end.
-    assert metrics(workdir) == metrics(tmp_path / 'straight') and straight.returncode == 0
+    assert (
+        epoch_metrics(workdir) == epoch_metrics(tmp_path / 'straight') and straight.returncode == 0
+    )
 
 
 @pytest.fixture(scope='module')

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import pathlib
 import signal
 import subprocess
 import sys
@@ -10,11 +11,12 @@ import time
 
 import pytest
 
-from vgg_flax import config_utils, hyper, metric_writers, run_dir, sweep
+from vgg_flax import config_utils, hyper, run_dir, sweep
 
 from conftest import (
     PNG_MAGIC,
     ROOT,
+    epoch_metrics,
     logged_past,
     sigterm_once_training,
     tiny_config,
@@ -285,44 +287,44 @@ def test_seeds_killed_mid_seed_resume_to_the_uninterrupted_runs(tmp_path):
     )
 
     def start(workdir):
-        return subprocess.Popen(
-            [
-                sys.executable,
-                '-m',
-                'vgg_flax.sweep',
-                f'--config={path}',
-                f'--workdir={workdir}',
-                '--seeds=2',
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        """The sweep, its output in a file beside `workdir`: a pipe nobody reads could fill."""
+        with open(f'{workdir}.log', 'w') as log:
+            return subprocess.Popen(
+                [
+                    sys.executable,
+                    '-m',
+                    'vgg_flax.sweep',
+                    f'--config={path}',
+                    f'--workdir={workdir}',
+                    '--seeds=2',
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    def output(workdir):
+        return pathlib.Path(f'{workdir}.log').read_text()
 
     def metrics(workdir):
-        keys = ('epoch', 'step', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy')
-        return [
-            [{key: record[key] for key in keys} for record in metric_writers.read_history(str(run))]
-            for run in (workdir / 'seed=0', workdir / 'seed=1')
-        ]
+        return [epoch_metrics(workdir / seed) for seed in ('seed=0', 'seed=1')]
 
-    straight = start(tmp_path / 'straight')
-    assert straight.wait(timeout=600) == 0, straight.communicate()[1]
+    straight = tmp_path / 'straight'
+    assert start(straight).wait(timeout=600) == 0, output(straight)
     workdir = tmp_path / 'killed'
     second_seed = workdir / 'seed=1'
     process, deadline = start(workdir), time.time() + 600
     while not ((second_seed / 'checkpoints' / '25').is_dir() and logged_past(second_seed, 25)):
-        assert process.poll() is None and time.time() < deadline, process.communicate()[1]
+        assert process.poll() is None and time.time() < deadline, output(workdir)
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
-    process.communicate()
+    process.wait()
     assert not (second_seed / 'results.json').exists()
-    resumed = start(workdir)
-    stdout, stderr = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, stderr
-    assert '[0] seed=0: done, skipped' in stdout and 'Resuming' in stdout
-    assert metrics(workdir) == metrics(tmp_path / 'straight')
-    assert [len(seed) for seed in metrics(workdir)] == [2, 2]
-    rows = [read_csv(w / 'results.csv') for w in (workdir, tmp_path / 'straight')]
+    assert start(workdir).wait(timeout=600) == 0, output(workdir)
+    assert '[0] seed=0: done, skipped' in output(workdir) and 'Resuming' in output(workdir)
+    resumed = metrics(workdir)
+    assert resumed == metrics(straight)
+    assert [len(seed) for seed in resumed] == [2, 2]
+    rows = [read_csv(w / 'results.csv') for w in (workdir, straight)]
     assert [r['test_accuracy'] for r in rows[0]] == [r['test_accuracy'] for r in rows[1]]
