@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import subprocess
+
+import pytest
 
 from vgg_flax import distributed, environment
+
+from conftest import ROOT
 
 
 def test_describe_records_versions_devices_and_flags(monkeypatch):
@@ -37,3 +42,14 @@ def test_cpu_tuning_skips_unverified_jaxlib_and_accelerator_installs(monkeypatch
     monkeypatch.setattr(distributed, 'ACCELERATOR_PLUGINS', ('json',))  # Any importable name.
     assert not environment.tune_cpu_backend()
     assert os.environ['XLA_FLAGS'] == ''
+
+
+def test_describe_records_the_codes_git_commit(tmp_path, monkeypatch):
+    head = subprocess.run(
+        ['git', '-C', str(ROOT), 'rev-parse', 'HEAD'], capture_output=True, text=True
+    )
+    if head.returncode:
+        pytest.skip('the tests do not run from a git checkout')
+    assert environment.describe()['git']['commit'] == head.stdout.strip()
+    monkeypatch.setattr(environment, '__file__', str(tmp_path / 'environment.py'))
+    assert environment.code_version() is None  # Installed from a wheel: no checkout to name.

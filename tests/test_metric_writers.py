@@ -111,8 +111,19 @@ def test_the_train_curve_takes_epochs_the_step_log_lacks_from_the_history():
     assert metric_writers.train_curve(history(3), steps(3)) == steps(3)
 
 
+def test_the_curves_name_the_run_and_their_axes(tmp_path):
+    figure = metric_writers.plot_curves(
+        history(2), steps(2), str(tmp_path / 'curves.png'), 'quick-seed0'
+    )
+    (axes,) = figure.axes
+    assert axes.get_title() == 'quick-seed0'
+    assert axes.get_xlabel() == 'epoch' and axes.get_ylabel() == 'loss / accuracy'
+    labels = {text.get_text() for text in axes.get_legend().get_texts()}
+    assert labels == {'train loss', 'train acc', 'val acc', 'test acc'}
+
+
 def test_a_failed_plot_is_not_lost(tmp_path, monkeypatch):
-    def broken_plot(history, steps, path):
+    def broken_plot(history, steps, path, title):
         raise RuntimeError('no fonts')
 
     monkeypatch.setattr(metric_writers, 'plot_curves', broken_plot)

@@ -1,4 +1,5 @@
-"""Every command in the README's bash blocks runs as written, at tiny sizes on small IDX files.
+"""Every command in the bash blocks of the README and docs/ runs as written, at tiny sizes on small
+IDX files.
 
 The commands that share a workdir run in the README's order, each group in a sandbox of its own
 (so that the groups can run on separate workers). The `python -m vgg_flax.X` commands run in this
@@ -9,6 +10,7 @@ scripts' `pip install` is skipped: this environment has the pinned packages alre
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pathlib
@@ -23,32 +25,56 @@ import pytest
 
 from conftest import ROOT, TINY_CONV_ARCH, write_fashion_idx_dir
 
-README_DATA_DIR = '/data/fashion-mnist'
+# What the guides' commands name the data's directory (`DATA=...` in a line above them).
+README_DATA_DIR = '/path/to/fashion-mnist'
+GUIDES = (ROOT / 'README.md', *sorted((ROOT / 'docs').glob('*.md')))
 
 
+def expand(assignments: list[str], line: str) -> list[str]:
+    """The words that bash makes of `line` after the guide's `NAME=value` lines above it."""
+    script = '\n'.join([*assignments, f'set -- {line}', 'printf "%s\\0" "$@"'])
+    done = subprocess.run(
+        ['bash', '-c', script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={'PATH': os.environ['PATH'], 'SLURM_ARRAY_TASK_ID': '0'},
+    )
+    return done.stdout.split('\0')[:-1]
+
+
+@functools.cache
 def readme_commands() -> list[list[str]]:
-    """Each command of the README's bash blocks as its words (continuations joined, comments
-    dropped); the SLURM scripts' `srun` lines without `srun`."""
+    """Each command of the README's and the docs' bash blocks as bash expands it (continuations
+    joined, comments dropped, variables set by the guide's lines above it); the SLURM scripts'
+    `srun` lines without `srun`."""
     commands = []
-    for block in re.findall(r'```bash\n(.*?)```', (ROOT / 'README.md').read_text(), re.S):
-        for line in block.replace('\\\n', ' ').splitlines():
-            words = shlex.split(line, comments=True)
-            commands.append(words[1:] if words[:1] == ['srun'] else words)
-    return [words for words in commands if words]
+    for guide in GUIDES:
+        assignments: list[str] = []
+        for block in re.findall(r'```bash\n(.*?)```', guide.read_text(), re.S):
+            for line in block.replace('\\\n', ' ').splitlines():
+                words = shlex.split(line, comments=True)
+                if words and all(re.fullmatch(r'[A-Z_]+=.*', word) for word in words):
+                    assignments.append(line)
+                elif words:
+                    words = expand(assignments, line)
+                    commands.append(words[1:] if words[:1] == ['srun'] else words)
+    return commands
 
 
 def readme_groups() -> dict[str, list[list[str]]]:
-    """The commands to run (all but the suite's own), grouped by the workdir they use (scripts/
-    train.sh's default is runs/d2l); a command with none is a group of its own."""
+    """The commands to run (all but the suite's own and the environment's activation), grouped
+    by the workdir they use (scripts/train.sh's default on a CPU is runs/quick); a command with
+    none is a group of its own."""
     groups: dict[str, list[list[str]]] = {}
     for words in readme_commands():
-        if words[:2] == ['bash', 'scripts/test.sh']:
-            continue  # The suite this test is part of.
+        if words[:2] == ['bash', 'scripts/test.sh'] or words[0] == 'source':
+            continue  # The suite this test is part of; the .venv this test runs in.
         workdir = next(
             (word.split('=', 1)[1] for word in words if word.startswith('--workdir=')), None
         )
         if workdir is None and words[:2] == ['bash', 'scripts/train.sh']:
-            workdir = 'runs/d2l'
+            workdir = 'runs/quick'
         groups.setdefault(workdir or ' '.join(words), []).append(words)
     return groups
 
@@ -82,6 +108,8 @@ def sandbox(tmp_path: pathlib.Path) -> pathlib.Path:
     root = tmp_path / 'repo'
     for directory in ('scripts', 'benchmarks'):
         shutil.copytree(ROOT / directory, root / directory)
+    for name in ('requirements.txt', 'requirements-cpu.txt', 'setup.cfg', 'pyproject.toml'):
+        shutil.copy(ROOT / name, root / name)
     (root / 'experiments').symlink_to(ROOT / 'experiments')
     python = f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n'
     executable(root / '.venv' / 'bin' / 'python', python)
@@ -97,6 +125,7 @@ def test_the_readme_has_the_commands_this_test_knows():
     assert kinds == {
         'bash scripts/train.sh',
         'bash scripts/test.sh',
+        'source .venv/bin/activate',
         'python -m vgg_flax.main',
         'python -m vgg_flax.evaluate',
         'python -m vgg_flax.sweep',
@@ -104,7 +133,7 @@ def test_the_readme_has_the_commands_this_test_knows():
         '.venv/bin/python -m vgg_flax.main',
         'python -m vgg_flax.benchmark',
         'python -m vgg_flax.summary',
-        'DATA_DIR=/data/fashion-mnist OUT=gpu_results bash',
+        'DATA_DIR=/path/to/fashion-mnist OUT=gpu_results bash',
     }
 
 
@@ -114,10 +143,7 @@ def test_every_readme_command_runs(group, sandbox, tmp_path, monkeypatch, run_cl
     monkeypatch.chdir(sandbox)
     monkeypatch.setenv('PATH', f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
     for words in readme_groups()[group]:
-        words = [
-            word.replace(README_DATA_DIR, str(idx_dir)).replace('$SLURM_ARRAY_TASK_ID', '0')
-            for word in words
-        ]
+        words = [word.replace(README_DATA_DIR, str(idx_dir)) for word in words]
         if words[:2] == ['bash', 'scripts/train.sh']:
             done = subprocess.run(
                 [*words, *tiny(idx_dir)], capture_output=True, text=True, timeout=600
@@ -157,13 +183,20 @@ def test_every_readme_command_runs(group, sandbox, tmp_path, monkeypatch, run_cl
             assert re.fullmatch(r'\d+ point\(s\) not done.\n', done.stderr), done.stderr
         else:
             assert done.returncode == 0, (words, done.stdout[-2000:], done.stderr[-3000:])
-    expected = {'runs/d2l': 'results.json', 'runs/ratio': 'results.md'}.get(group)
+    expected = {
+        'runs/quick': 'results.json',
+        'runs/d2l': 'results.json',
+        'runs/ratio_32px': 'results.md',
+    }.get(group)
     assert expected is None or (sandbox / group / expected).is_file()
 
 
 def test_the_groups_hold_every_command_once():
     grouped = [words for group in readme_groups().values() for words in group]
     assert sorted(grouped) == sorted(
-        words for words in readme_commands() if words[:2] != ['bash', 'scripts/test.sh']
+        words
+        for words in readme_commands()
+        if words[:2] != ['bash', 'scripts/test.sh'] and words[0] != 'source'
     )
-    assert readme_groups()['runs/d2l'][-1][:3] == ['python', '-m', 'vgg_flax.evaluate']
+    for trained in ('runs/quick_lr', 'runs/d2l'):  # The README's run, and docs/runs.md's.
+        assert readme_groups()[trained][-1][:3] == ['python', '-m', 'vgg_flax.evaluate']

@@ -7,6 +7,7 @@ import importlib.metadata
 import os
 import platform
 import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -40,6 +41,7 @@ def describe() -> dict[str, Any]:
         'python': platform.python_version(),
         'platform': platform.platform(),
         'packages': versions,
+        'git': code_version(),
         'xla_flags': os.environ.get('XLA_FLAGS', ''),
         'backend': jax.default_backend(),
         'device_kind': devices[0].device_kind,
@@ -47,6 +49,29 @@ def describe() -> dict[str, Any]:
         'num_processes': jax.process_count(),
         'devices': [str(device) for device in devices],
     }
+
+
+def code_version() -> dict[str, Any] | None:
+    """The git commit of the vgg_flax code that runs, and whether it had uncommitted changes
+    (then the commit alone does not reproduce the result); None outside a git checkout."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ['git', '-C', package_dir, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+
+    try:
+        return {
+            'commit': git('rev-parse', 'HEAD'),
+            'dirty': bool(git('status', '--porcelain', '--untracked-files=no')),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def start_cli(argv: list[str], compilation_cache: bool = True) -> None:

@@ -10,13 +10,16 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 from tqdm import tqdm
 
 from vgg_flax import checkpointing, run_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS_FILE = 'metrics.jsonl'
 STEPS_FILE = 'steps.jsonl'
@@ -82,11 +85,11 @@ def train_curve(
 
 
 def plot_curves(
-    history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], path: str
-) -> None:
+    history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], path: str, title: str
+) -> Figure:
     """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson
     (and validation accuracy, where the run holds out a validation set); for a population, the
-    members' mean with their range as a band.
+    members' mean with their range as a band. `title` names the run.
 
     Uses matplotlib's object API, not pyplot, so it can run on a background thread.
     """
@@ -116,13 +119,16 @@ def plot_curves(
                 alpha=0.2,
                 linewidth=0,
             )
+    ax.set_title(title, fontsize='medium')
     ax.set_xlabel('epoch')
+    ax.set_ylabel('loss / accuracy')
     ax.set_xlim(0, max(epochs) + 0.1)
     ax.set_xticks(range(max(epochs) + 1) if max(epochs) <= 20 else ax.get_xticks())
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
 class SummaryWriter:
@@ -254,6 +260,7 @@ class RunLog:
                 self._history,
                 list(self._steps),
                 os.path.join(self._workdir, CURVES_FILE),
+                os.path.basename(os.path.abspath(self._workdir)),
             )
 
     def _wait_for_plot(self) -> None:
