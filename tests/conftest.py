@@ -48,7 +48,7 @@ def compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def load_experiment(path: os.PathLike) -> ml_collections.ConfigDict:
-    return config_utils.load_module(path).get_config()
+    return config_utils.load_config(path)
 
 
 # Two VGG blocks: a test of the loop, the data or the checkpoints needs no more, and two blocks

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -164,6 +165,42 @@ def test_point_config_and_names():
     )
     with pytest.raises(ValueError, match=r"the sweep sets 'model.widht_ratio'"):
         sweep.point_config(base, {'model.widht_ratio': 8})
+
+
+def test_a_points_value_must_be_of_its_fields_type():
+    base = config_utils.default_config()
+    config = sweep.point_config(base, {'train.learning_rate': 1, 'model.conv_arch': [[1, 64]]})
+    assert type(config.train.learning_rate) is float and config.model.conv_arch == ((1, 64),)
+    for value in ('0.1', None):
+        with pytest.raises(
+            config_utils.ConfigError,
+            match=re.escape(
+                f'the sweep point train.learning_rate={value} sets '
+                f'config.train.learning_rate={value!r}; it must be a number'
+            ),
+        ):
+            sweep.point_config(base, {'train.learning_rate': value})
+
+
+def test_a_sweep_of_a_bad_point_or_a_raising_get_sweep_fails_in_one_line(tmp_path, run_cli):
+    """Before any point trains, and before the workdir is made."""
+    config = 'from vgg_flax import config_utils, hyper\n\n\ndef get_config():\n'
+    config += '    return config_utils.default_config()\n\n\ndef get_sweep():\n'
+    for name, get_sweep, message in (
+        (
+            'bad_type',
+            "    return hyper.axis('train.learning_rate', [0.1, 'fast'])\n",
+            "sets config.train.learning_rate='fast'; it must be a number",
+        ),
+        ('raises', "    raise KeyError('oops')\n", "bad_type_raises.py does not load: 'oops'"),
+    ):
+        path = tmp_path / f'bad_type_{name}.py'
+        path.write_text(config + get_sweep)
+        workdir = tmp_path / name
+        done = run_cli(sweep, f'--config={path}', f'--workdir={workdir}')
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not workdir.exists()
 
 
 def test_named_points_are_named_by_their_name_and_seed_and_set_their_fields():

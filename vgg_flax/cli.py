@@ -4,6 +4,10 @@ Each tool (`main`, `evaluate`, `sweep`, `summary`, `benchmark`, `profiling`) def
 at import and imports these, so any tool's `main` can be imported and called in-process (the
 tests do) without a flag being defined twice. A tool marks which flags it requires as it starts,
 and runs as `app.run(main, flags_parser=cli.parse_flags)` (a tool that trains: `cli.run(main)`).
+
+The --config file is loaded as every experiment file is (`config_utils.load_config`), so its
+fields are held to the defaults' before any override applies; an override of a tuple field is one
+value, so that a field given twice takes the last, as every other field does.
 """
 
 import os
@@ -12,20 +16,57 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
+from ml_collections.config_flags import tuple_parser
 
 from vgg_flax import config_utils
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+    """--config's value: the experiment file's config as `config_utils.load_config` checks it,
+    locked so that an override cannot add a field."""
+
+    def parse(self, argument: str) -> ml_collections.ConfigDict:
+        config = config_utils.load_config(argument)
+        config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return 'config object'
+
+
+class _TupleParser(flags.ArgumentParser):
+    """A tuple field's override, e.g. --config.model.dense_features=(512,512), read as
+    ml_collections reads it. Not its TupleParser: ml_collections gives a field of that parser a
+    flag that joins the values of every occurrence into one tuple, so a field given twice
+    would train a network that neither value describes."""
+
+    def parse(self, argument: Any) -> tuple[Any, ...]:
+        try:
+            return config_utils.as_tuples(tuple_parser.TupleParser().parse(argument))
+        except ValueError:
+            raise ValueError(
+                f'{argument!r} is not a tuple; write it as Python does, quoted for the shell, '
+                "e.g. '(512,512)' or '((1,64),(1,128))'."
+            ) from None
+
+    def flag_type(self) -> str:
+        return 'tuple'
+
 
 CONFIG = config_flags.DEFINE_config_file(
     'config',
     None,
     'Experiment config file: a Python file with get_config() (a sweep also has '
     'get_sweep()); its fields can be overridden, e.g. --config.train.num_epochs=10.',
-    lock_config=True,
 )
+flags.FLAGS[CONFIG.name].parser = _ConfigFileParser()
+config_flags.register_flag_parser_for_type(tuple, _TupleParser())
+
 # Required wherever a CLI reads it (flags.mark_flags_as_required), so a str once parsed.
 WORKDIR = cast(
     'flags.FlagHolder[str]',
@@ -76,29 +117,19 @@ def interrupted_while_starting() -> int:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """Parses the command line as absl does; a mistake in --config ends the process (status 1)
-    with one line naming it: a config file that is missing or does not load, or an override of
-    a field the config does not have (with the field it most likely meant)."""
+    with one line naming it: a config file that does not load or sets a field the defaults lack
+    or of another type (`config_utils.load_config`), or an override of a field the config does
+    not have (with the field it most likely meant)."""
     try:
-        remaining = flags.FLAGS(argv)
-        if flags.FLAGS['config'].present:
-            CONFIG.value.keys()  # The file loads lazily: a missing one fails here, not in main.
-        return remaining
+        return flags.FLAGS(argv)
     except flags.Error as e:  # absl's own message, as its default parser gives it.
         sys.exit(
             f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.'
         )
+    except config_utils.ConfigError as e:
+        sys.exit(f'error: {e}')
     except (AttributeError, KeyError):  # ml_collections found no such field to override.
         sys.exit(f'error: {_unknown_override(argv)}')
-    except Exception as e:  # Whatever the config file raised.
-        path = _config_path(argv)
-        if not os.path.isfile(path):
-            sys.exit(
-                f'error: the config file {path} does not exist; pass the path of an '
-                'experiment config, e.g. --config=experiments/quick.py.'
-            )
-        lines = str(e).strip().splitlines()
-        reason = lines[-1].strip() if lines else type(e).__name__
-        sys.exit(f'error: the config file {path} does not load: {reason}')
 
 
 def _config_path(argv: list[str]) -> str:
@@ -112,16 +143,13 @@ def _config_path(argv: list[str]) -> str:
 
 def _unknown_override(argv: list[str]) -> str:
     """Which --config.FIELD override names no field of the config file."""
-    module = config_utils.load_module(_config_path(argv))
+    config = config_utils.load_config(_config_path(argv))
     overrides = [
         arg.split('=', 1)[0].removeprefix('--config.')
         for arg in argv
         if arg.startswith('--config.')
     ]
-    field, close = config_utils.unknown_field(module.get_config(), overrides) or (
-        ','.join(overrides),
-        None,
-    )
+    field, close = config_utils.unknown_field(config, overrides) or (','.join(overrides), None)
     return f'--config.{field}: the config has no such field' + (
         f'; did you mean --config.{close}?' if close else '.'
     )

@@ -1,18 +1,21 @@
 """Every config field with its default (the lesson's recipe), and configs as JSON.
 
 Experiment files in `experiments/` start from `default_config()`, or from another experiment's
-config (`experiment_config`), and change what they need, so every experiment has the same fields
-and an override of an unknown field is an error.
+config (`experiment_config`), and change what they need. Every experiment file is loaded by
+`load_config`, which holds its config to the defaults' fields and types, so a misspelt field is an
+error where it is set, as an override of an unknown field is, instead of a new field beside the
+default that the run then trains with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import json
 import os
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -121,6 +124,12 @@ def train_defaults() -> ml_collections.ConfigDict:
     return config
 
 
+class ConfigError(Exception):
+    """An experiment file that does not load, or a config (a file's, a sweep point's) whose
+    fields differ from the defaults', in one line. Not a ValueError, which absl's flag parsing
+    would recast as its own error."""
+
+
 def load_module(path: str | os.PathLike) -> types.ModuleType:
     """The Python file at `path` (an experiment file), imported under its file's stem."""
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
@@ -131,12 +140,109 @@ def load_module(path: str | os.PathLike) -> types.ModuleType:
     return module
 
 
+@contextlib.contextmanager
+def file_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Whatever the experiment file at `path` raises as it loads or runs, as a ConfigError
+    naming the file."""
+    try:
+        yield
+    except ConfigError:  # Of this file, or of the experiment it starts from.
+        raise
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        reason = lines[-1].strip() if lines else type(e).__name__
+        raise ConfigError(f'the config file {path} does not load: {reason}') from e
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of the experiment file at `path`, `conformed` to the defaults: every way
+    in which the file fails is a ConfigError naming it."""
+    if not os.path.isfile(path):
+        state = 'is a directory' if os.path.isdir(path) else 'does not exist'
+        raise ConfigError(
+            f'the config file {path} {state}; pass the path of an experiment config, e.g. '
+            '--config=experiments/quick.py.'
+        )
+    with file_errors(path):
+        get_config = getattr(load_module(path), 'get_config', None)
+        if not callable(get_config):
+            raise ConfigError(
+                f'the config file {path} has no get_config(); define one that returns the '
+                "experiment's config, as experiments/quick.py does."
+            )
+        config = get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        returned = 'None' if config is None else f'a {type(config).__name__}'
+        raise ConfigError(
+            f'{path}: get_config() returned {returned}, not a ConfigDict; start from '
+            'config_utils.default_config() and return it.'
+        )
+    return conformed(config, str(path))
+
+
 def experiment_config(beside: str, name: str) -> ml_collections.ConfigDict:
     """`get_config()` of the experiment file `name`.py in the directory of the file `beside`:
     a variant of an experiment starts from it and states only what differs."""
-    return load_module(
-        os.path.join(os.path.dirname(os.path.abspath(beside)), f'{name}.py')
-    ).get_config()
+    return load_config(os.path.join(os.path.dirname(os.path.abspath(beside)), f'{name}.py'))
+
+
+# What a field must hold, by the type of its default.
+_KINDS = {
+    bool: 'True or False',
+    int: 'an integer',
+    float: 'a number',
+    str: 'a string',
+    tuple: 'a tuple',
+}
+
+
+def conformed(config: ml_collections.ConfigDict, source: str) -> ml_collections.ConfigDict:
+    """`config` with exactly the fields of `default_config()`, each of its default's type, so
+    that a misspelt field fails where `source` sets it instead of leaving its default in force.
+    An int where a number is due becomes that float, and lists where a tuple is due tuples, as
+    an override gives them; anything else is a ConfigError naming the field."""
+    given = flatten(config.to_dict())
+    if unknown := unknown_field(default_config(), given):
+        field, close = unknown
+        raise ConfigError(
+            f'{source} sets config.{field}, which is not a config field'
+            + (
+                f'; did you mean config.{close}?'
+                if close
+                else '; config_utils.default_config() has every field.'
+            )
+        )
+    result = default_config()
+    values = {}
+    for field, default in flatten(result.to_dict()).items():
+        if field not in given:
+            raise ConfigError(
+                f'{source} has no config.{field}; start from config_utils.default_config(), '
+                'which has every field.'
+            )
+        value, kind = given[field], type(default)
+        if kind is float and type(value) is int:
+            value = float(value)
+        if kind is tuple and type(value) is list:
+            value = tuple(value)
+        if type(value) is not kind:
+            raise ConfigError(
+                f'{source} sets config.{field}={value!r}; it must be '
+                f'{_KINDS.get(kind, f"a {kind.__name__}")}, as its default {default!r} is.'
+            )
+        values[field] = as_tuples(value)
+    result.update_from_flattened_dict(values)
+    return result
+
+
+def as_tuples(value: Any) -> Any:
+    """`value` with every list in it a tuple: a config's sequences are tuples (JSON's lists, a
+    config file's lists and an override's are not)."""
+    if isinstance(value, dict):
+        return {key: as_tuples(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return tuple(as_tuples(item) for item in value)
+    return value
 
 
 def to_plain(value: Any) -> Any:
@@ -148,22 +254,14 @@ def to_plain(value: Any) -> Any:
 
 def from_plain(plain: dict[str, Any]) -> ml_collections.ConfigDict:
     """Inverse of `to_plain`: lists become tuples again, so the config equals the original."""
-
-    def tuples(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {key: tuples(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return tuple(tuples(item) for item in value)
-        return value
-
-    return ml_collections.ConfigDict(tuples(plain))
+    return ml_collections.ConfigDict(as_tuples(plain))
 
 
 def flatten(plain: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    """{'a': {'b': 1}, 'c': {}} -> {'a.b': 1, 'c': {}}: an empty section is a field of its own."""
     flat = {}
     for key, value in plain.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             flat.update(flatten(value, f'{prefix}{key}.'))
         else:
             flat[f'{prefix}{key}'] = value

@@ -59,7 +59,8 @@ _POPULATION = flags.DEFINE_bool(
 
 
 def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
-    """`base` with the point's fields set; an unknown field is an error."""
+    """`base` with the point's fields set; an unknown field is a ValueError, a value of another
+    type than the field's default a ConfigError (`config_utils.conformed`)."""
     fields = {field: value for field, value in point.items() if field != hyper.NAME}
     if unknown := config_utils.unknown_field(base, fields):
         field, close = unknown
@@ -67,9 +68,9 @@ def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collection
             f'the sweep sets {field!r}, which is not a config field'
             + (f'; did you mean {close!r}?' if close else '.')
         )
-    config = ml_collections.ConfigDict(base.to_dict())
+    config = ml_collections.ConfigDict(base.to_dict(), type_safe=False)
     config.update_from_flattened_dict(fields)
-    return config
+    return config_utils.conformed(config, f'the sweep point {hyper.point_name(point)}')
 
 
 def with_seeds(points: Sequence[Point], first_seed: int, num_seeds: int) -> list[Point]:
@@ -88,10 +89,11 @@ def with_seeds(points: Sequence[Point], first_seed: int, num_seeds: int) -> list
 def load_sweep(config_path: str) -> list[Point]:
     """The points of the experiment file's `get_sweep()`; a single experiment is one point, its
     config as it is (so that `--seeds=N` gives its spread over seeds)."""
-    module = config_utils.load_module(config_path)
-    if not hasattr(module, 'get_sweep'):
-        return [{}]
-    points = list(module.get_sweep())
+    with config_utils.file_errors(config_path):
+        module = config_utils.load_module(config_path)
+        if not hasattr(module, 'get_sweep'):
+            return [{}]
+        points = list(module.get_sweep())
     if bad := [
         p[hyper.NAME]
         for p in points
@@ -241,7 +243,7 @@ def main(argv: list[str]) -> int:
                 '--index (a job-array task) or --population.'
             )
         runs = plan(cli.CONFIG.value, points, workdir, _POPULATION.value)
-    except ValueError as e:
+    except (ValueError, config_utils.ConfigError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     if _LIST.value:
