@@ -128,6 +128,121 @@ def test_no_readable_checkpoint_is_one_line_and_moves_nothing(finished_run, tmp_
     assert not (workdir / checkpointing.DAMAGED_DIR).exists()
 
 
+def delete_step(step_dir: pathlib.Path) -> None:
+    shutil.rmtree(step_dir)
+
+
+def delete_step_arrays(step_dir: pathlib.Path) -> None:
+    """As orbax leaves a step it is deleting, halfway."""
+    shutil.rmtree(step_dir / 'arrays')
+
+
+@pytest.mark.parametrize('deletion', [delete_step, delete_step_arrays])
+def test_evaluate_reads_the_new_checkpoint_of_a_run_that_replaced_it_while_it_was_read(
+    deletion, finished_run, tmp_path, monkeypatch, capfd
+):
+    """A run that keeps one checkpoint saves step 30 and deletes step 20 between evaluate's
+    listing of the steps and its read of step 20: evaluate reads step 30 and moves nothing."""
+    workdir = copy_without_results(finished_run[0], tmp_path)
+    checkpoints = workdir / checkpointing.CHECKPOINT_DIR
+    shutil.rmtree(checkpoints / '10')
+    (checkpoints / '30').rename(tmp_path / 'saving')
+    restore = checkpointing.Checkpointer.restore
+
+    def run_saves_while_read(self, step, like):
+        if (tmp_path / 'saving').exists():
+            (tmp_path / 'saving').rename(checkpoints / '30')
+            deletion(checkpoints / '20')
+        return restore(self, step, like)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, 'restore', run_saves_while_read)
+    config = run_dir.read_config(str(workdir))
+    config.train.keep_checkpoints = 1
+    state, step = evaluate.restore_state(config, str(workdir))
+    assert step == int(state.step) == 30
+    assert 'damaged' not in capfd.readouterr().err
+    assert not (workdir / checkpointing.DAMAGED_DIR).exists()
+    assert (checkpoints / '30').is_dir()
+
+
+def test_a_step_asked_for_that_the_run_deletes_while_it_is_read_is_one_line(
+    finished_run, tmp_path, monkeypatch
+):
+    workdir = copy_without_results(finished_run[0], tmp_path)
+    restore = checkpointing.Checkpointer.restore
+
+    def run_deletes_while_read(self, step, like):
+        shutil.rmtree(workdir / checkpointing.CHECKPOINT_DIR / str(step), ignore_errors=True)
+        return restore(self, step, like)
+
+    monkeypatch.setattr(checkpointing.Checkpointer, 'restore', run_deletes_while_read)
+    with pytest.raises(run_dir.RunDirError, match=r'no checkpoint at step 20; it has 10, 30\.$'):
+        evaluate.restore_state(run_dir.read_config(str(workdir)), str(workdir), step=20)
+
+
+def test_checkpoints_that_change_during_every_read_are_given_up_in_one_line(
+    finished_run, tmp_path, monkeypatch
+):
+    """A run that saves a checkpoint (and deletes the last) faster than one is read."""
+    workdir = copy_without_results(finished_run[0], tmp_path)
+    listings = iter([[10], [20], [20], [30], [30], [40], [40], [50], [50], [60]])
+    monkeypatch.setattr(checkpointing, 'saved_steps', lambda _: next(listings))
+
+    def deleted(self, step, like):
+        raise FileNotFoundError(f'Checkpoint at {step} not found.')
+
+    monkeypatch.setattr(checkpointing.Checkpointer, 'restore', deleted)
+    with pytest.raises(run_dir.RunDirError) as error:
+        evaluate.restore_state(run_dir.read_config(str(workdir)), str(workdir))
+    assert str(error.value) == (
+        f'the checkpoints in {workdir / "checkpoints"} changed during each of 5 reads: the run '
+        'there, still training, saves a new one and deletes the oldest (it keeps 3) before one '
+        'is read. Evaluate once the run has ended, or resume it with a larger '
+        'config.train.keep_checkpoints.'
+    )
+
+
+def test_evaluating_a_damaged_step_asked_for_is_one_line_and_moves_nothing(
+    finished_run, tmp_path, capfd
+):
+    workdir = copy_without_results(finished_run[0], tmp_path)
+    truncate_largest_array_file(workdir / checkpointing.CHECKPOINT_DIR / '20')
+    config = run_dir.read_config(str(workdir))
+    with pytest.raises(run_dir.RunDirError) as error:
+        evaluate.restore_state(config, str(workdir), step=20)
+    message = str(error.value)
+    assert message.startswith(
+        f'the checkpoint of step 20 in {workdir / "checkpoints"} is damaged ('
+    )
+    assert message.endswith(
+        'evaluating moves nothing there: pass another --step (the run has 10, 20, 30), or none '
+        'for the newest readable one.'
+    )
+    assert '\n' not in message and 'Traceback' not in capfd.readouterr().err
+    assert checkpointing.saved_steps(str(workdir)) == [10, 20, 30]
+    assert not (workdir / checkpointing.DAMAGED_DIR).exists()
+
+
+def test_evaluating_a_run_with_no_readable_checkpoint_is_one_line_and_moves_nothing(
+    finished_run, tmp_path, capfd
+):
+    workdir = copy_without_results(finished_run[0], tmp_path)
+    for step in ('10', '20', '30'):
+        truncate_largest_array_file(workdir / checkpointing.CHECKPOINT_DIR / step)
+    with pytest.raises(run_dir.RunDirError) as error:
+        evaluate.restore_state(run_dir.read_config(str(workdir)), str(workdir))
+    message = str(error.value)
+    assert message.startswith(f'no checkpoint in {workdir / "checkpoints"} is readable (step 30: ')
+    assert message.endswith(
+        'evaluating moves nothing there: evaluate again once the run has saved a readable '
+        'checkpoint, or pass another --workdir.'
+    )
+    assert 'Move' not in message and '\n' not in message
+    assert 'Traceback' not in capfd.readouterr().err
+    assert checkpointing.saved_steps(str(workdir)) == [10, 20, 30]
+    assert not (workdir / checkpointing.DAMAGED_DIR).exists()
+
+
 def test_a_failed_save_stops_the_run_and_its_log_does_not_run_ahead(idx_dir, tmp_path, run_cli):
     """A file-size limit makes every checkpoint write fail as a full disk does, from the first."""
     workdir = tmp_path / 'run'

@@ -25,7 +25,14 @@ from vgg_flax import (
     validation,
 )
 
-from conftest import ROOT, TINY_CONV_ARCH, epoch_metrics, tiny_config, write_fashion_idx_dir
+from conftest import (
+    PNG_MAGIC,
+    ROOT,
+    TINY_CONV_ARCH,
+    epoch_metrics,
+    tiny_config,
+    write_fashion_idx_dir,
+)
 
 FAULT_CHILD = ROOT / 'tests' / 'fault_child.py'
 TINY = (
@@ -278,6 +285,93 @@ def test_evaluate_on_a_run_in_progress_says_so_and_which_step(finished_run, tmp_
     assert done.stdout.startswith(f'{workdir} is still training (host ')
     assert 'evaluating its latest checkpoint so far, step 10.' in done.stdout
     assert 'still training' not in run_cli(evaluate, f'--workdir={workdir}').stdout
+
+
+@pytest.mark.parametrize('num_images, num_test', [(12, 100), (18, 12), (1000, 100)])
+def test_evaluate_shows_any_number_of_images_and_writes_both_reports(
+    finished_run, tmp_path, run_cli, num_images, num_test
+):
+    """A last row of the plot left part empty, or a test split smaller than the plot."""
+    workdir = copy_of(finished_run[0], tmp_path)
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_test=num_test)
+    done = run_cli(
+        evaluate, f'--workdir={workdir}', f'--idx_dir={idx_dir}', f'--num_images={num_images}'
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads((workdir / evaluate.EVALUATION_FILE).read_text())['num_examples'] == num_test
+    assert (workdir / evaluate.PREDICTIONS_FILE).read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize('num_images', ['0', '-3', '1001'])
+def test_evaluate_refuses_a_number_of_images_out_of_range_in_one_line_first(
+    tmp_path, run_cli, num_images
+):
+    done = run_cli(evaluate, f'--workdir={tmp_path / "nowhere"}', f'--num_images={num_images}')
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f'error: --num_images={num_images} must be an integer from 1 to 1000: the test images '
+        'predictions.png shows.'
+    ]
+
+
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--step=15'], 'has no checkpoint at step 15; it has 10.'),
+        (['--step=-1'], 'has no checkpoint at step -1; it has 10.'),
+        (['--idx_dir=/nowhere'], 'error: /nowhere/t10k-images-idx3-ubyte(.gz) is missing.'),
+    ],
+)
+def test_evaluate_refuses_a_step_or_data_it_cannot_use_in_one_line(
+    finished_run, tmp_path, run_cli, args, message
+):
+    workdir = copy_of(finished_run[0], tmp_path)
+    done = run_cli(evaluate, f'--workdir={workdir}', *args)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith('error: ') and message in line
+    assert not (workdir / evaluate.EVALUATION_FILE).exists()
+
+
+def test_evaluate_of_damaged_idx_files_is_one_line_naming_the_file(finished_run, tmp_path, run_cli):
+    workdir = copy_of(finished_run[0], tmp_path)
+    idx_dir = write_fashion_idx_dir(tmp_path / 'idx')
+    images = idx_dir / 't10k-images-idx3-ubyte.gz'
+    images.write_bytes(images.read_bytes()[:-1000])
+    done = run_cli(evaluate, f'--workdir={workdir}', f'--idx_dir={idx_dir}')
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f'error: {images} cannot be read (Compressed file ended before the end-of-stream marker '
+        'was reached); the file is corrupt or truncated, download it again.'
+    ]
+
+
+def test_evaluate_of_a_run_without_checkpoints_is_one_line_and_changes_nothing(
+    finished_run, tmp_path, run_cli
+):
+    workdir = copy_of(finished_run[0], tmp_path)
+    shutil.rmtree(workdir / 'checkpoints')
+    before = sorted(p.name for p in workdir.iterdir())
+    done = run_cli(evaluate, f'--workdir={workdir}')
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f'error: {workdir} has no checkpoint yet; train first.'
+    ]
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_evaluate_that_cannot_write_its_reports_says_so_in_one_line(
+    finished_run, tmp_path, run_cli
+):
+    workdir = copy_of(finished_run[0], tmp_path)
+    (workdir / evaluate.EVALUATION_FILE).mkdir()  # Fails to be replaced, as a read-only disk.
+    done = run_cli(evaluate, f'--workdir={workdir}')
+    assert done.returncode == 1 and 'checkpoint step 10: test accuracy' in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        f'error: writing {workdir / evaluate.EVALUATION_FILE} failed (Is a directory); the '
+        f'numbers above are not saved: make {workdir} writable (or free disk space) and '
+        'evaluate again.'
+    ]
 
 
 @pytest.mark.parametrize('name', ['with space/run 1', 'ünï/ç😀', 'y' * 250, 'sub/../dotdot'])

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -175,6 +176,118 @@ def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, mes
     assert message in str(error.value)
     if case not in ('missing', 'count_mismatch', 'label_range'):
         assert str(images_gz) in str(error.value)
+
+
+def header(ndim, *shape):
+    """An IDX header of unsigned bytes: magic number, then each dimension."""
+    return ((0x08 << 8) | ndim).to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in shape)
+
+
+def deflate_cut_by_a_bad_block(path):
+    """The file's first half compressed as it was, then a deflate block of a type that does not
+    exist: the stream breaks mid-file, as flipped bytes break it."""
+    raw = gzip.decompress(path.read_bytes())
+    compressor = zlib.compressobj(wbits=31)  # A gzip stream.
+    half = compressor.compress(raw[: len(raw) // 2]) + compressor.flush(zlib.Z_FULL_FLUSH)
+    path.write_bytes(half + b'\x07' + raw[len(raw) // 2 :])  # BFINAL=1, BTYPE=3.
+
+
+def as_raw_file(path):
+    raw_path = path.with_suffix('')
+    raw_path.write_bytes(gzip.decompress(path.read_bytes()))
+    path.unlink()
+    return raw_path
+
+
+IMAGES, LABELS = 'train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'
+TEST_IMAGES = 't10k-images-idx3-ubyte.gz'
+
+
+@pytest.mark.parametrize(
+    'name,damage,message',
+    [
+        (
+            IMAGES,
+            deflate_cut_by_a_bad_block,
+            'cannot be read (Error -3 while decompressing data: invalid block type)',
+        ),
+        (
+            IMAGES,
+            lambda path: os.truncate(as_raw_file(path), 5000),
+            'is truncated: its header gives shape (320, 28, 28) (250880 bytes of data) but it '
+            'holds 4984',
+        ),
+        (IMAGES, lambda path: path.write_bytes(header(3, 0, 28, 28)), 'gives shape (0, 28, 28)'),
+        (LABELS, lambda path: path.write_bytes(header(1, 0)), 'gives shape (0,) in its header'),
+        (
+            IMAGES,
+            lambda path: path.write_bytes(gzip.compress(header(3, 320, 65535, 65535))),
+            'holds images of 65535x65535 pixels, not the 28x28 of Fashion-MNIST',
+        ),
+        (
+            LABELS,  # Checked against its header alone: nothing is allocated for what it claims.
+            lambda path: path.write_bytes(gzip.compress(header(1, 2**32 - 1) + bytes(320))),
+            'holds 320 images but train-labels-idx1-ubyte holds 4294967295 labels',
+        ),
+        (
+            TEST_IMAGES,
+            lambda path: input_pipeline.write_idx(str(path), np.zeros((100, 32, 32), np.uint8)),
+            'holds images of 32x32 pixels, not the 28x28 of Fashion-MNIST',
+        ),
+        (LABELS, lambda path: path.write_bytes(b''), 'is empty; download it again.'),
+        (IMAGES, lambda path: path.write_bytes(gzip.compress(b'')), 'shorter than an IDX header'),
+        (
+            LABELS,
+            lambda path: (path.unlink(), path.mkdir()),
+            'cannot be opened (Is a directory); it must be a readable IDX file.',
+        ),
+        (
+            LABELS,
+            lambda path: path.write_bytes(path.read_bytes() + b'<html>'),
+            'cannot be read (Not a gzipped file',
+        ),
+        (
+            LABELS,
+            lambda path: path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes()) + b'x')),
+            'is longer than its header says',
+        ),
+        (
+            LABELS,
+            lambda path: input_pipeline.write_idx(str(path), np.full(320, 10, np.uint8)),
+            "labels from source 'idx' hold 320 values outside 0..9 (first: 10 at index 0) in ",
+        ),
+    ],
+)
+def test_a_damaged_or_absurd_idx_file_is_one_line_naming_it(idx_dir, name, damage, message):
+    path = idx_dir / name
+    damage(path)
+    split = 'test' if name == TEST_IMAGES else 'train'
+    with pytest.raises(input_pipeline.DataError) as error:
+        input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), split)
+    assert message in str(error.value) and '\n' not in str(error.value)
+    assert str(idx_dir) in str(error.value) and path.name.removesuffix('.gz') in str(error.value)
+
+
+def test_an_idx_file_is_read_by_its_content_whatever_its_name_says(idx_dir):
+    """A browser may store a download decompressed under its .gz name."""
+    expected = input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), 'train')
+    path = idx_dir / LABELS
+    path.write_bytes(gzip.decompress(path.read_bytes()))
+    split = input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), 'train')
+    np.testing.assert_array_equal(split.labels, expected.labels)
+
+
+def test_an_idx_dir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / 'idx').write_text('')
+    with pytest.raises(input_pipeline.DataError, match='idx is a file; it must be the directory'):
+        input_pipeline.load_split(data_config(idx_dir=str(tmp_path / 'idx')), 'train')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads a file without read permission')
+def test_an_unreadable_idx_file_is_one_line(idx_dir):
+    (idx_dir / LABELS).chmod(0)
+    with pytest.raises(input_pipeline.DataError, match=r'cannot be opened \(Permission denied\)'):
+        input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), 'train')
 
 
 def test_tfds_source_with_mock_data(tfds_servers_answer):

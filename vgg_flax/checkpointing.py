@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -30,6 +30,7 @@ from vgg_flax.run_dir import RunDirError
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'checkpoints.damaged'  # Where a run moves the damaged checkpoints it skipped.
+READ_ATTEMPTS = 5  # Reads of a run whose checkpoints keep changing meanwhile, before giving up.
 
 
 class SaveError(RuntimeError):
@@ -153,43 +154,51 @@ class Checkpointer:
         arrays = restored['arrays']
         return like.replace(**arrays['state'], sums=arrays['sums']), list(restored['history'])
 
-    def restore_latest(
-        self, like: Any, set_aside_damaged: bool = True
-    ) -> tuple[Any, list[dict[str, Any]]]:
+    def restore_latest(self, like: Any) -> tuple[Any, list[dict[str, Any]]]:
         """`restore` of the newest readable checkpoint; `like` and no history when there is none.
 
         A damaged checkpoint (a truncated or missing file) is skipped with a warning that names
-        it. A training run sets it aside in `checkpoints.damaged/` (nothing is deleted), so that
-        it saves that step afresh; `evaluate` leaves it in place. If no checkpoint is readable,
-        RunDirError says so and nothing is moved.
+        it, and set aside in `checkpoints.damaged/` (nothing is deleted), so that the run saves
+        that step afresh. If no checkpoint is readable, RunDirError says so and nothing is moved.
         """
-        damaged, restored = [], None
+        step, restored, damaged = self._first_readable(like, self.all_steps())
+        if restored is None and damaged:
+            raise RunDirError(
+                f'no checkpoint in {self.directory} is readable ({_listed(damaged)}). Move '
+                f'{self.directory} elsewhere to train from scratch, or pass another --workdir.'
+            )
+        if damaged:
+            self._set_aside([bad for bad, _ in damaged])
+        self._warn_skipped(damaged, step, f'moved it to {self._damaged_directory} and ')
+        return restored or (like, [])
+
+    def _first_readable(
+        self, like: Any, steps: list[int]
+    ) -> tuple[int | None, tuple[Any, list[dict[str, Any]]] | None, list[tuple[int, str]]]:
+        """The newest of `steps` that reads and its `restore` (None, None if none does), and
+        (step, reason) of each one tried before it, which did not read."""
+        damaged = []
         with _stderr_held_back() as discard:
-            for step in sorted(self.all_steps(), reverse=True):
+            for step in sorted(steps, reverse=True):
                 try:
                     restored = self.restore(step, like)
                     break
                 except Exception as e:  # Whatever it raised.
                     damaged.append((step, _reason(e)))
+            else:
+                step, restored = None, None
             if damaged:
                 discard()
-        if restored is None and damaged:
-            raise RunDirError(
-                f'no checkpoint in {self.directory} is readable ('
-                + '; '.join(f'step {step}: {reason}' for step, reason in damaged)
-                + f'). Move {self.directory} elsewhere to train from scratch, or pass another '
-                '--workdir.'
-            )
-        if damaged and set_aside_damaged:
-            self._set_aside([step for step, _ in damaged])
-        for bad, reason in damaged:
-            _warn(
-                f'warning: the checkpoint of step {bad} in {self.directory} is damaged '
-                f'({reason}); '
-                + (f'moved it to {self._damaged_directory} and ' if set_aside_damaged else '')
-                + f'using step {step}.'
-            )
-        return restored or (like, [])
+        return step, restored, damaged
+
+    def _warn_skipped(self, damaged: list[tuple[int, str]], used: int | None, done: str) -> None:
+        """Names each damaged step skipped for step `used`, and what was `done` with it."""
+        if used is not None:
+            for bad, reason in damaged:
+                _warn(
+                    f'warning: the checkpoint of step {bad} in {self.directory} is damaged '
+                    f'({reason}); {done}using step {used}.'
+                )
 
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged step directories out of orbax's sight (process 0 of a job does it)."""
@@ -218,6 +227,14 @@ class Checkpointer:
             self.close()
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of the checkpoints in `workdir` as its directory lists them now (a save in
+    progress is not among them until it is complete)."""
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    names = os.listdir(directory) if os.path.isdir(directory) else ()
+    return sorted(int(name) for name in names if name.isdigit())
+
+
 def check_step(workdir: str, step: int | None, steps: list[int]) -> None:
     """Raises RunDirError unless `steps` has a checkpoint, and `step` among them if one is asked."""
     if not steps:
@@ -229,6 +246,57 @@ def check_step(workdir: str, step: int | None, steps: list[int]) -> None:
         )
 
 
+def read_checkpoint(workdir: str, keep: int, like: Any, step: int | None = None) -> tuple[int, Any]:
+    """The step and state of the checkpoint at `step` (default: the newest readable one) of the
+    run in `workdir`, on the arrays of `like`, for a reader (`evaluate`): it moves nothing.
+
+    The run may still be training, saving checkpoints and deleting those beyond its newest
+    `keep` while they are read. A read that fails while the steps on disk change is made again
+    on the new steps; a step that fails with them unchanged is damaged, and left in place:
+    skipped with a warning, or, if it is the `step` asked for, a RunDirError.
+    """
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    for _ in range(READ_ATTEMPTS):
+        steps = saved_steps(workdir)
+        check_step(workdir, step, steps)
+        try:
+            checkpointer = Checkpointer(workdir, keep)
+        except FileNotFoundError:  # A step deleted while orbax listed the steps.
+            continue
+        try:
+            used, restored, damaged = checkpointer._first_readable(
+                like, steps if step is None else [step]
+            )
+        finally:
+            checkpointer.close()
+        if (restored is None or damaged) and saved_steps(workdir) != steps:
+            continue  # The run saved or deleted checkpoints meanwhile: read the new ones.
+        if restored is None and step is None:
+            raise RunDirError(
+                f'no checkpoint in {directory} is readable ({_listed(damaged)}); evaluating '
+                'moves nothing there: evaluate again once the run has saved a readable '
+                'checkpoint, or pass another --workdir.'
+            )
+        if restored is None:
+            raise RunDirError(
+                f'the checkpoint of step {step} in {directory} is damaged ({damaged[0][1]}); '
+                'evaluating moves nothing there: pass another --step (the run has '
+                f'{", ".join(map(str, steps))}), or none for the newest readable one.'
+            )
+        checkpointer._warn_skipped(damaged, used, '')
+        return cast(int, used), restored[0]
+    raise RunDirError(
+        f'the checkpoints in {directory} changed during each of {READ_ATTEMPTS} reads: the run '
+        f'there, still training, saves a new one and deletes the oldest (it keeps {keep}) '
+        'before one is read. Evaluate once the run has ended, or resume it with a larger '
+        'config.train.keep_checkpoints.'
+    )
+
+
+def _listed(damaged: list[tuple[int, str]]) -> str:
+    return '; '.join(f'step {step}: {reason}' for step, reason in damaged)
+
+
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     """The model variables of the checkpoint at `step` (default: the latest) of a run: those
     its evaluation used, the moving average of the weights where the run kept one.
@@ -237,13 +305,9 @@ def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
     the config nor the train state: `models.VGG(...).apply(variables, images, train=False)`.
     A population's arrays have the member axis in front (`jax.vmap` the apply over it).
     """
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    steps = [
-        int(name)
-        for name in (os.listdir(directory) if os.path.isdir(directory) else ())
-        if name.isdigit()
-    ]
+    steps = saved_steps(workdir)
     check_step(workdir, step, steps)
+    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     path = pathlib.Path(directory, str(max(steps) if step is None else step), 'arrays')
     as_numpy = jax.tree.map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray),

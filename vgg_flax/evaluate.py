@@ -33,6 +33,7 @@ from vgg_flax import (
 
 EVALUATION_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.png'
+MAX_IMAGES = 1000  # Test images predictions.png can show: a minute of matplotlib's time.
 
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
 _DATA_SOURCE = flags.DEFINE_enum(
@@ -42,27 +43,24 @@ _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of
 _TFDS_DATA_DIR = flags.DEFINE_string(
     'tfds_data_dir', None, 'Override config.data.tfds_data_dir of the run.'
 )
-_NUM_IMAGES = flags.DEFINE_integer('num_images', 18, 'Test images shown in predictions.png.')
+_NUM_IMAGES = flags.DEFINE_integer(
+    'num_images',
+    18,
+    f'Test images shown in predictions.png: the first N of the test split (all of it if it has '
+    f'fewer), 1 to {MAX_IMAGES}.',
+)
 
 
 def restore_state(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None, num_channels: int = 1
 ) -> tuple[train_steps.TrainState, int]:
-    """The train state saved at `step` (default: the latest readable) of the run in `workdir`."""
-    checkpointer = checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
-    try:
-        checkpointing.check_step(workdir, step, checkpointer.all_steps())
-        like = train_steps.create_train_state(
-            config, train_steps.run_keys(config)[0], num_channels=num_channels
-        )
-        state, _ = (
-            checkpointer.restore_latest(like, set_aside_damaged=False)
-            if step is None
-            else checkpointer.restore(step, like)
-        )
-    finally:
-        checkpointer.close()
-    return state, int(state.step)
+    """The train state saved at `step` (default: the latest readable) of the run in `workdir`,
+    which may still be training; nothing there is moved (`checkpointing.read_checkpoint`)."""
+    like = train_steps.create_train_state(
+        config, train_steps.run_keys(config)[0], num_channels=num_channels
+    )
+    step, state = checkpointing.read_checkpoint(workdir, config.train.keep_checkpoints, like, step)
+    return state, step
 
 
 def predict(
@@ -151,7 +149,8 @@ def plot_predictions(
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis('off')
-    for ax, image, label, prediction in zip(axes.flat, images, labels, predictions, strict=True):
+    shown = axes.reshape(-1)[: len(images)]  # The last row may have empty cells.
+    for ax, image, label, prediction in zip(shown, images, labels, predictions, strict=True):
         ax.imshow(image[..., 0], cmap='gray')
         ax.set_title(
             f'{names[label]}\n{names[prediction]}',
@@ -169,10 +168,19 @@ def evaluate_run(
     data_overrides: dict[str, Any] | None = None,
     num_images: int = 18,
 ) -> dict[str, Any]:
-    """Restores the run's checkpoint, evaluates it on the test split and writes the reports."""
+    """Restores the run's checkpoint, evaluates it on the test split and writes the reports.
+
+    Every check that can refuse the request comes before the data and the model are loaded.
+    """
+    if not 1 <= num_images <= MAX_IMAGES:
+        raise ValueError(
+            f'--num_images={num_images!r} must be an integer from 1 to {MAX_IMAGES}: the test '
+            'images predictions.png shows.'
+        )
     config = run_dir.read_config(workdir)
     config.data.update({k: v for k, v in (data_overrides or {}).items() if v is not None})
     validation.validate_config(config)
+    checkpointing.check_step(workdir, step, checkpointing.saved_steps(workdir))
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
     if holder := run_dir.held_by(workdir):
@@ -198,14 +206,6 @@ def evaluate_run(
             'below, their ensemble (the mean of their logits)\n'
         )
     print(format_report(matrix, names, step))
-    shown = min(num_images, len(test_split))
-    plot_predictions(
-        test_split.images[:shown],
-        test_split.labels[:shown],
-        predictions[:shown],
-        names,
-        os.path.join(workdir, PREDICTIONS_FILE),
-    )
     evaluation = {
         'step': step,
         'test_accuracy': float(matrix.trace() / matrix.sum()),
@@ -214,7 +214,20 @@ def evaluate_run(
         'confusion_matrix': matrix.tolist(),
         **({'members_test_accuracy': members} if members else {}),
     }
-    run_dir.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
+    try:
+        run_dir.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
+        plot_predictions(
+            test_split.images[:num_images],
+            test_split.labels[:num_images],
+            predictions[:num_images],
+            names,
+            os.path.join(workdir, PREDICTIONS_FILE),
+        )
+    except OSError as e:  # A read-only or full disk, say.
+        raise run_dir.RunDirError(
+            f'writing {e.filename2 or e.filename} failed ({e.strerror or e}); the numbers above '
+            f'are not saved: make {workdir} writable (or free disk space) and evaluate again.'
+        ) from e
     return evaluation
 
 

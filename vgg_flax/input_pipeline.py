@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import socket
 import urllib.parse
 import urllib.request
+import zlib
+from collections.abc import Iterator
 from typing import Any, BinaryIO, cast
 
 import jax
@@ -44,6 +47,8 @@ IDX_FILES = {
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
 _IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the only type these files use.
+_GZIP_MAGIC = b'\x1f\x8b'
+_CHUNK = 1 << 22  # Bytes read at a time: what a header claims never sizes a buffer.
 OFFLINE_HINT = (
     'Without internet, use the four original IDX files instead: '
     '--config.data.source=idx --config.data.idx_dir=DIR, where DIR holds '
@@ -121,15 +126,17 @@ def load_split(
     limit = data_config[f'max_{split}_examples'] or None
     if data_config.source == 'tfds':
         images, labels = _load_tfds(split, data_config.tfds_data_dir, limit, shard)
+        origin = f'TFDS fashion_mnist/{split}'
     else:
-        images, labels = _load_idx(split, data_config.idx_dir, limit, shard)
+        images, labels, origin = _load_idx(split, data_config.idx_dir, limit, shard)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         where = f' of share {shard[0]} of {shard[1]}' if shard[1] > 1 else ''
         raise DataError(
             f'the {split} labels from source {data_config.source!r} hold '
             f'{int(bad.sum())} values outside 0..{num_classes - 1} (first: '
-            f'{int(labels[bad][0])} at index {int(np.argmax(bad))}{where}).'
+            f'{int(labels[bad][0])} at index {int(np.argmax(bad))}{where}) in {origin}: '
+            'they are not the labels of the images, or config.model.num_classes is too small.'
         )
     return Split(images=images, labels=labels.astype(np.int32))
 
@@ -215,27 +222,46 @@ def _unreachable_download_host(builder: Any) -> str | None:
 
 def _load_idx(
     split: str, idx_dir: str, limit: int | None, shard: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Share `shard` of the split's first `limit` rows; every process checks the whole files."""
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Share `shard` of the split's first `limit` rows, and the path of its labels file.
+
+    Every process checks the whole files: both headers against Fashion-MNIST's shapes (N images
+    of 28x28 pixels, N labels) before any data is read, then each file's size against its header.
+    """
     images_name, labels_name = IDX_FILES[split]
     images_path = _find_idx_file(idx_dir, images_name)
-    labels = read_idx(_find_idx_file(idx_dir, labels_name), ndim=1)
-    num_images = read_idx_shape(images_path, ndim=3)[0]
-    if num_images != len(labels):
+    labels_path = _find_idx_file(idx_dir, labels_name)
+    images_shape = read_idx_shape(images_path, ndim=3)
+    if images_shape[1:] != IMAGE_SHAPE[:2]:
         raise DataError(
-            f'{idx_dir}: {images_name} holds {num_images} images but {labels_name} '
-            f'holds {len(labels)} labels; the two files must come from the same '
+            f'{images_path} holds images of {images_shape[1]}x{images_shape[2]} pixels, '
+            f'not the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} of Fashion-MNIST; it is not the right '
+            'IDX file, download it again.'
+        )
+    num_labels = read_idx_shape(labels_path, ndim=1)[0]
+    if images_shape[0] != num_labels:
+        raise DataError(
+            f'{idx_dir}: {images_name} holds {images_shape[0]} images but {labels_name} '
+            f'holds {num_labels} labels; the two files must come from the same '
             'release.'
         )
-    start, stop = shard_bounds(min(len(labels), limit or len(labels)), shard)
+    labels = read_idx(labels_path, ndim=1)
+    start, stop = shard_bounds(min(num_labels, limit or num_labels), shard)
     images = read_idx(images_path, ndim=3, rows=(start, stop))
-    return images[..., None], labels[start:stop]
+    return images[..., None], labels[start:stop], labels_path
 
 
 def _find_idx_file(idx_dir: str, name: str) -> str:
+    """The path of IDX file `name` in `idx_dir`, gzipped or raw; whatever stands at that path
+    (a directory, say) is left to `_open_idx` to refuse, naming it."""
+    if os.path.isfile(idx_dir):
+        raise DataError(
+            f'config.data.idx_dir={idx_dir} is a file; it must be the directory that holds '
+            'the four Fashion-MNIST IDX files.'
+        )
     for candidate in (name + '.gz', name):
         path = os.path.join(idx_dir, candidate)
-        if os.path.isfile(path):
+        if os.path.lexists(path):
             return path
     raise DataError(
         f'{os.path.join(idx_dir, name)}(.gz) is missing. config.data.idx_dir must '
@@ -259,11 +285,11 @@ def read_idx(path: str, ndim: int, rows: tuple[int, int] | None = None) -> np.nd
     with _open_idx(path) as f:
         shape = _read_idx_header(f, path, ndim)
         start, stop = rows or (0, shape[0])
-        row_size = int(np.prod(shape[1:]))
-        before = _skip(f, start * row_size, path)
+        row_size = math.prod(shape[1:])
+        before = _skip(f, path, start * row_size)
         data = _read(f, path, (stop - start) * row_size)
-        held = before + len(data) + _skip(f, None, path)
-    size = int(np.prod(shape))
+        held = before + len(data) + _skip(f, path)
+    size = math.prod(shape)
     if held != size:
         state = 'truncated' if held < size else 'longer than its header says'
         raise DataError(
@@ -273,30 +299,60 @@ def read_idx(path: str, ndim: int, rows: tuple[int, int] | None = None) -> np.nd
     return np.frombuffer(data, dtype=np.uint8).reshape((stop - start, *shape[1:]))
 
 
-def _open_idx(path: str, mode: str = 'rb') -> BinaryIO:
-    """An IDX file, through gzip when its name ends in .gz."""
-    return cast(BinaryIO, gzip.open(path, mode) if path.endswith('.gz') else open(path, mode))
+def _open_idx(path: str) -> BinaryIO:
+    """An IDX file to read, through gzip when its content is gzip-compressed, whatever its name
+    says (a browser may store a download decompressed under its .gz name).
+
+    A file that cannot be opened (a directory, no read permission), that is empty or that is
+    neither gzip-compressed nor an IDX file is a DataError naming it.
+    """
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if head.startswith(_GZIP_MAGIC):
+            return cast(BinaryIO, gzip.open(path, 'rb'))
+        if head.startswith(b'\x00\x00'):  # An IDX magic number; `_read_idx_header` checks it.
+            return open(path, 'rb')
+    except OSError as e:
+        raise DataError(
+            f'{path} cannot be opened ({e.strerror or e}); it must be a readable IDX file.'
+        ) from e
+    if not head:
+        raise DataError(f'{path} is empty; download it again.')
+    raise DataError(
+        f'{path} cannot be read: it is neither gzip-compressed nor an IDX file (it begins '
+        f'{head!r}); download it again.'
+    )
+
+
+def _chunks(f: BinaryIO, path: str, size: int | None) -> Iterator[bytes]:
+    """The next `size` bytes (None: all the rest) in chunks, so that memory follows what the
+    file holds, not what its header claims. A damaged or cut-off gzip stream is a DataError
+    naming the file."""
+    left = size
+    while left is None or left > 0:
+        try:
+            chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(
+                f'{path} cannot be read ({e}); the file is corrupt or truncated, download it again.'
+            ) from e
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
 
 
 def _read(f: BinaryIO, path: str, size: int) -> bytes:
-    """Up to `size` bytes; a bad or cut-off gzip stream becomes a DataError naming the file."""
-    try:
-        return f.read(size)
-    except (OSError, EOFError) as e:
-        raise DataError(
-            f'{path} cannot be read ({e}); the file is corrupt or truncated, download it again.'
-        ) from e
+    """Up to `size` bytes."""
+    return b''.join(_chunks(f, path, size))
 
 
-def _skip(f: BinaryIO, size: int | None, path: str) -> int:
-    """Reads past `size` bytes (None: to the end) in chunks; returns how many there were."""
-    skipped = 0
-    while size is None or skipped < size:
-        chunk = _read(f, path, 1 << 22 if size is None else min(1 << 22, size - skipped))
-        if not chunk:
-            break
-        skipped += len(chunk)
-    return skipped
+def _skip(f: BinaryIO, path: str, size: int | None = None) -> int:
+    """Reads past `size` bytes (None: to the end) without keeping them; returns how many there
+    were."""
+    return sum(map(len, _chunks(f, path, size)))
 
 
 def _read_idx_header(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
@@ -311,7 +367,13 @@ def _read_idx_header(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
             f'{expected_magic:08x} (unsigned bytes, {ndim} dimensions); it is not '
             f'the right IDX file.'
         )
-    return tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
+    shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
+    if 0 in shape:
+        raise DataError(
+            f'{path} gives shape {shape} in its header: a size of 0, so it holds no data; '
+            'download it again.'
+        )
+    return shape
 
 
 def write_idx(path: str, array: np.ndarray) -> None:
@@ -320,7 +382,7 @@ def write_idx(path: str, array: np.ndarray) -> None:
     header = ((_IDX_UBYTE << 8) | array.ndim).to_bytes(4, 'big') + b''.join(
         d.to_bytes(4, 'big') for d in array.shape
     )
-    with _open_idx(path, 'wb') as f:
+    with cast(BinaryIO, gzip.open(path, 'wb') if path.endswith('.gz') else open(path, 'wb')) as f:
         f.write(header + array.tobytes())
 
 
