@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,9 @@ from vgg_flax import (
     validation,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 EVALUATION_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.png'
 MAX_IMAGES = 1000  # Test images predictions.png can show: a minute of matplotlib's time.
@@ -46,8 +49,8 @@ _TFDS_DATA_DIR = flags.DEFINE_string(
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images',
     18,
-    f'Test images shown in predictions.png: the first N of the test split (all of it if it has '
-    f'fewer), 1 to {MAX_IMAGES}.',
+    f'Test images shown in predictions.png, 1 to {MAX_IMAGES}: the first ones the model gets '
+    'wrong (up to two thirds of them), then the first it gets right.',
 )
 
 
@@ -125,27 +128,44 @@ def format_report(matrix: np.ndarray, names: list[str], step: int) -> str:
         )
     ]
     width = max(5, len(str(matrix.max())) + 1)
+    name_width = max(map(len, names))
     lines += [
         '',
         'confusion matrix (rows: true class, columns: predicted class)',
-        ' ' * 12 + ''.join(f'{i:>{width}}' for i in range(len(names))),
+        ' ' * (name_width + 2) + ''.join(f'{i:>{width}}' for i in range(len(names))),
     ]
     lines += [
-        f'{i} {name[:10]:<10}' + ''.join(f'{n:>{width}}' for n in row)
+        f'{i} {name:<{name_width}}' + ''.join(f'{n:>{width}}' for n in row)
         for i, (name, row) in enumerate(zip(names, matrix, strict=True))
     ]
     return '\n'.join(lines)
 
 
+def shown_examples(labels: np.ndarray, predictions: np.ndarray, num_images: int) -> np.ndarray:
+    """The indices of the `num_images` test images predictions.png shows: the first ones the
+    model gets wrong, which a researcher looks for, up to two thirds of them (more where too few
+    are right), then the first ones it gets right, for comparison."""
+    wrong = np.flatnonzero(labels != predictions)
+    right = np.flatnonzero(labels == predictions)
+    num_wrong = min(len(wrong), max(num_images - len(right), -(-2 * num_images // 3)))
+    num_right = min(len(right), num_images - num_wrong)
+    return np.concatenate([wrong[:num_wrong], right[:num_right]])
+
+
 def plot_predictions(
-    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, names: list[str], path: str
-) -> None:
-    """A grid of images titled 'true / predicted'; wrong predictions in red."""
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    names: list[str],
+    path: str,
+    title: str,
+) -> Figure:
+    """A grid of images, each titled with its true and predicted class; wrong ones in red."""
     from matplotlib.figure import Figure  # Imported when used: slow to import.
 
     cols = min(len(images), 9)
     rows = -(-len(images) // cols)
-    fig = Figure(figsize=(1.5 * cols, 1.9 * rows), dpi=120)
+    fig = Figure(figsize=(1.6 * cols, 2.0 * rows + 0.4), dpi=120, layout='constrained')
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis('off')
@@ -153,13 +173,13 @@ def plot_predictions(
     for ax, image, label, prediction in zip(shown, images, labels, predictions, strict=True):
         ax.imshow(image[..., 0], cmap='gray')
         ax.set_title(
-            f'{names[label]}\n{names[prediction]}',
+            f'true: {names[label]}\npred: {names[prediction]}',
             fontsize=7,
             color='black' if label == prediction else 'red',
         )
-    fig.suptitle('true (top) and predicted (bottom) class; red: wrong', fontsize=8)
-    fig.tight_layout()
+    fig.suptitle(f'{title}: the first mistakes (red), then right predictions', fontsize=8)
     fig.savefig(path)
+    return fig
 
 
 def evaluate_run(
@@ -216,12 +236,14 @@ def evaluate_run(
     }
     try:
         run_dir.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
+        shown = shown_examples(test_split.labels, predictions, num_images)
         plot_predictions(
-            test_split.images[:num_images],
-            test_split.labels[:num_images],
-            predictions[:num_images],
+            test_split.images[shown],
+            test_split.labels[shown],
+            predictions[shown],
             names,
             os.path.join(workdir, PREDICTIONS_FILE),
+            f'{os.path.basename(os.path.abspath(workdir))}, step {step}',
         )
     except OSError as e:  # A read-only or full disk, say.
         raise run_dir.RunDirError(
