@@ -333,6 +333,17 @@ def test_evaluate_refuses_a_step_or_data_it_cannot_use_in_one_line(
     assert not (workdir / evaluate.EVALUATION_FILE).exists()
 
 
+def test_evaluate_on_other_test_data_than_the_runs_says_so(finished_run, tmp_path, run_cli):
+    workdir = copy_of(finished_run[0], tmp_path)
+    same = run_cli(evaluate, f'--workdir={workdir}')
+    assert same.returncode == 0 and 'warning' not in same.stderr
+    other = write_fashion_idx_dir(tmp_path / 'other', num_test=60)
+    done = run_cli(evaluate, f'--workdir={workdir}', f'--idx_dir={other}')
+    assert done.returncode == 0
+    assert f'is not the one {workdir} was evaluated on' in done.stderr
+    assert 'on 60 images' in done.stdout
+
+
 def test_evaluate_of_damaged_idx_files_is_one_line_naming_the_file(finished_run, tmp_path, run_cli):
     workdir = copy_of(finished_run[0], tmp_path)
     idx_dir = write_fashion_idx_dir(tmp_path / 'idx')

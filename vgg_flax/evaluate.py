@@ -182,6 +182,24 @@ def plot_predictions(
     return fig
 
 
+def warn_if_other_data(workdir: str, test_split: input_pipeline.Split) -> None:
+    """Says so where the test split is not the one the run recorded (`run_dir.DATA_FILE`):
+    other files through --idx_dir, or the run's own files changed since, so that the accuracy
+    below is not taken for the run's own evaluation."""
+    path = os.path.join(workdir, run_dir.DATA_FILE)
+    if not os.path.isfile(path):
+        return
+    recorded = run_dir.read_json(path, 'delete it; evaluating does not need it.')
+    recorded = recorded.get('test') if isinstance(recorded, dict) else None
+    now = input_pipeline.fingerprint(test_split.images, test_split.labels)
+    if recorded != now:
+        print(
+            f'warning: this test split ({now}) is not the one {workdir} was evaluated on '
+            f'({recorded}, in {run_dir.DATA_FILE}): the numbers below are on other data.',
+            file=sys.stderr,
+        )
+
+
 def evaluate_run(
     workdir: str,
     step: int | None = None,
@@ -202,6 +220,7 @@ def evaluate_run(
     validation.validate_config(config)
     checkpointing.check_step(workdir, step, checkpointing.saved_steps(workdir))
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
+    warn_if_other_data(workdir, test_split)
     state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
     if holder := run_dir.held_by(workdir):
         print(
