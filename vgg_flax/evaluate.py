@@ -191,7 +191,7 @@ def warn_if_other_data(workdir: str, test_split: input_pipeline.Split) -> None:
         return
     recorded = run_dir.read_json(path, 'delete it; evaluating does not need it.')
     recorded = recorded.get('test') if isinstance(recorded, dict) else None
-    now = input_pipeline.fingerprint(test_split.images, test_split.labels)
+    now = input_pipeline.fingerprint(jnp.asarray(test_split.images), jnp.asarray(test_split.labels))
     if recorded != now:
         print(
             f'warning: this test split ({now}) is not the one {workdir} was evaluated on '
