@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import errno
+import json
+import os
 import pathlib
 import re
 import signal
@@ -10,14 +13,16 @@ import subprocess
 import sys
 import time
 
+import ml_collections
 import pytest
 
-from vgg_flax import config_utils, hyper, run_dir, sweep
+from vgg_flax import config_utils, hyper, run_dir, sweep, sweep_dir, sweep_report
 
 from conftest import (
     PNG_MAGIC,
     ROOT,
     epoch_metrics,
+    load_experiment,
     logged_past,
     sigterm_once_training,
     tiny_config,
@@ -192,7 +197,11 @@ def test_a_sweep_of_a_bad_point_or_a_raising_get_sweep_fails_in_one_line(tmp_pat
             "    return hyper.axis('train.learning_rate', [0.1, 'fast'])\n",
             "sets config.train.learning_rate='fast'; it must be a number",
         ),
-        ('raises', "    raise KeyError('oops')\n", "bad_type_raises.py does not load: 'oops'"),
+        (
+            'raises',
+            "    raise KeyError('oops')\n",
+            "bad_type_raises.py: get_sweep() raised KeyError: 'oops'",
+        ),
     ):
         path = tmp_path / f'bad_type_{name}.py'
         path.write_text(config + get_sweep)
@@ -365,3 +374,216 @@ def test_seeds_killed_mid_seed_resume_to_the_uninterrupted_runs(tmp_path):
     assert [len(seed) for seed in resumed] == [2, 2]
     rows = [read_csv(w / 'results.csv') for w in (workdir, straight)]
     assert [r['test_accuracy'] for r in rows[0]] == [r['test_accuracy'] for r in rows[1]]
+
+
+def fake_finished(runs, epochs=None):
+    """What finished runs leave for their sweep to read (their config.json and results.json),
+    without training them."""
+    for run in runs:
+        os.makedirs(run.workdir, exist_ok=True)
+        config = config_utils.to_plain(run.config)
+        if epochs:
+            config['train']['num_epochs'] = epochs
+        run_dir.write_json_atomic(os.path.join(run.workdir, run_dir.CONFIG_FILE), config)
+        results = {'epochs': epochs or run.config.train.num_epochs, 'test_accuracy': 0.5}
+        if run.member is not None:
+            results['members'] = [dict(results) for _ in range(run.config.num_seeds)]
+        run_dir.write_json_atomic(os.path.join(run.workdir, run_dir.RESULTS_FILE), results)
+
+
+def one_error_line(done, *says):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith('error: '), done.stderr
+    for text in says:
+        assert text in lines[0], (text, lines[0])
+
+
+def test_a_sweep_records_its_definition_refuses_another_and_reports_its_own(
+    sweep_file, tmp_path, run_sweep, run_cli, monkeypatch
+):
+    """The finished runs of one sweep are never reported or skipped as another's: a workdir
+    that records no definition yet has its runs checked against the command, the first training
+    command records it, a later one must ask for the same sweep (up to what a resume may
+    change), and --list and --report need no flag but --workdir."""
+    sweep_file.write_text(sweep_file.read_text().replace('[8, 16, 3]', '[8, 16]'))
+    workdir = tmp_path / 'sweep'
+    flags = ['--config.train.learning_rate=0.1', '--config.data.image_size=28']
+    base = load_experiment(sweep_file)
+    base.train.learning_rate, base.data.image_size = 0.1, 28
+    fake_finished(sweep.plan(base, sweep.load_sweep(str(sweep_file)), str(workdir)))
+
+    done = run_sweep(sweep_file, workdir, '--report')  # Without the sweep's flags.
+    one_error_line(
+        done,
+        f'error: [0] model.width_ratio=8: {workdir}/model.width_ratio=8 holds a run of another '
+        'config (data.image_size: 28 in the run, 32 now; train.learning_rate: 0.1 in the run, '
+        '0.05 now)',
+        '1 more point(s) likewise.',
+    )
+    assert not (workdir / 'results.md').exists() and not (workdir / 'sweep.json').exists()
+
+    done = run_sweep(sweep_file, workdir, *flags)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(': done, skipped') == 2
+    assert (workdir / sweep_dir.SWEEP_FILE).is_file()
+    report = (workdir / 'results.md').read_text()
+
+    for other, differ in (
+        ([], 'data.image_size: 28 in the run, 32 now; train.learning_rate: 0.1 in the run, 0.05'),
+        (
+            ['--config.train.learning_rate=0.2', '--config.data.image_size=28'],
+            'train.learning_rate: 0.1 in the run, 0.2 now',
+        ),
+        ([*flags, '--seeds=2'], '--seeds: 1 in the run, 2 now'),
+        (
+            [*flags, '--seeds=2', '--population', '--list'],
+            '--seeds: 1 in the run, 2 now; --population: off in the run, on now',
+        ),
+        (
+            [*flags, '--config.train.num_epochs=2', '--config.train.lr_schedule=cosine'],
+            "train.lr_schedule: 'constant' in the run, 'cosine' now; train.num_epochs: 1 in the "
+            'run, 2 now (the cosine schedule',
+        ),
+    ):
+        one_error_line(
+            run_sweep(sweep_file, workdir, *other),
+            f'error: {workdir} holds another sweep ({differ}',
+            f"pass another --workdir for this one, or that sweep's own flags, "
+            f'--config={sweep_file} --config.train.learning_rate=0.1 '
+            '--config.data.image_size=28 (--list and --report need none).',
+        )
+    assert (workdir / 'results.md').read_text() == report
+
+    listed = run_cli(sweep, f'--workdir={workdir}', '--list')
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        '  0  done     model.width_ratio=8',
+        '  1  done     model.width_ratio=16',
+    ]
+    done = run_sweep(sweep_file, workdir, '--report')
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(workdir / 'results.csv')
+    assert [(row['status'], row['test_accuracy']) for row in rows] == [('done', '0.5')] * 2
+    assert (workdir / 'results.md').read_text() == report  # The same sweep, the same FLOPs.
+
+    # More epochs at a constant learning rate continue the runs, as a resume would.
+    done = run_sweep(sweep_file, workdir, '--report', *flags, '--config.train.num_epochs=2')
+    assert done.returncode == 1 and '2 point(s) not done.' in done.stderr, done.stderr
+    # A point trained longer than the sweep asks is not reported as the sweep's.
+    run = sweep.plan(base, [{'model.width_ratio': 16}], str(workdir))[0]
+    fake_finished([run], epochs=3)
+    one_error_line(
+        run_sweep(sweep_file, workdir, '--report'),
+        f'error: [1] model.width_ratio=16: {workdir}/model.width_ratio=16 has trained 3 '
+        'epochs, more than config.train.num_epochs=1: ask for 3 or more',
+    )
+    fake_finished([run])
+
+    # A point added to the sweep file shifts no job-array task onto another sweep's point.
+    sweep_file.write_text(sweep_file.read_text().replace('[8, 16]', '[8, 16, 4]'))
+    one_error_line(
+        run_sweep(sweep_file, workdir, *flags, '--index=2'),
+        'its points: 1 new (model.width_ratio=4)',
+    )
+    # A report that cannot be written (a full disk) says so, and the runs stay as they were.
+    runs_before = sorted(str(p) for p in workdir.rglob('*'))
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sweep_report, 'write_report', full_disk)
+    one_error_line(
+        run_cli(sweep, f'--workdir={workdir}', '--report'),
+        f'error: the report cannot be written in {workdir} (No space left on device); the '
+        'runs are intact',
+    )
+    assert sorted(str(p) for p in workdir.rglob('*')) == runs_before
+
+    (workdir / sweep_dir.SWEEP_FILE).write_text(json.dumps({'points': 'all'}))
+    one_error_line(
+        run_cli(sweep, f'--workdir={workdir}', '--list'),
+        f'{workdir}/sweep.json does not hold a sweep definition; delete it',
+    )
+
+
+def test_a_point_is_done_only_where_its_run_has_the_config_asked_for(tmp_path):
+    """A run of another config, or one trained longer, is not the point's; what a resume may
+    change (more epochs at a constant rate, a moved data directory) does not make it another's."""
+    base = tiny_config(str(tmp_path / 'idx'))
+    points = hyper.axis('model.width_ratio', [8, 16])
+    workdir = str(tmp_path / 'sweep')
+    fake_finished(sweep.plan(base, points, workdir))
+
+    def plan(**fields):
+        config = ml_collections.ConfigDict(base.to_dict())
+        config.update_from_flattened_dict(fields)
+        return sweep.plan(config, points, workdir)
+
+    assert [(run.status(), run.problem()) for run in plan()] == [('done', None)] * 2
+    assert [run.status() for run in plan(**{'data.idx_dir': '/moved'})] == ['done'] * 2
+    longer = plan(**{'train.num_epochs': 3})
+    assert [(run.status(), run.problem()) for run in longer] == [('missing', None)] * 2
+    assert plan(**{'train.num_epochs': 1})[0].problem() == (
+        f'{workdir}/model.width_ratio=8 has trained 2 epochs, more than '
+        'config.train.num_epochs=1: ask for 2 or more, or pass another --workdir.'
+    )
+    assert plan(**{'train.momentum': 0.5})[1].problem() == (
+        f'{workdir}/model.width_ratio=16 holds a run of another config (train.momentum: 0.9 in '
+        'the run, 0.5 now): ask for the config it ran, or pass another --workdir.'
+    )
+    cosine = plan(**{'train.lr_schedule': 'cosine', 'train.num_epochs': 3})[0].problem()
+    assert cosine and 'the cosine schedule spans' in cosine
+
+
+def test_damaged_point_directories_are_named_with_their_fix(tmp_path):
+    base = tiny_config(str(tmp_path / 'idx'))
+    workdir = str(tmp_path / 'sweep')
+    first, second = sweep.plan(base, hyper.axis('seed', [0, 1]), workdir)
+    population = sweep.plan(base, hyper.axis('seed', [0, 1]), workdir, population=True)
+    fake_finished([first, population[0]])
+    results = pathlib.Path(first.workdir) / run_dir.RESULTS_FILE
+    for damaged, says in (
+        ('{', 'results.json is damaged'),
+        ('[1]', 'results.json does not hold the results of this run'),
+        ('{"epochs": "2"}', 'results.json does not hold the results of this run'),
+        ('{"epochs": 2, "test_accuracy": "high"}', 'does not hold the results of this run'),
+    ):
+        results.write_text(damaged)
+        problem = first.problem()
+        assert problem and says in problem and problem.endswith(run_dir.RESULTS_FIX), damaged
+        assert first.status() == 'missing' and first.results() is None
+    members = pathlib.Path(population[0].workdir) / run_dir.RESULTS_FILE
+    for damaged in ({}, {'members': [{}]}, {'members': [1, 2]}):
+        members.write_text(json.dumps({'epochs': 2, **damaged}))
+        assert [run.results() for run in population] == [None, None]
+        assert 'does not hold the results of this run' in (population[1].problem() or '')
+    (pathlib.Path(first.workdir) / run_dir.CONFIG_FILE).write_text('[]')
+    assert 'config.json does not hold a config of this package' in (first.problem() or '')
+    pathlib.Path(second.workdir).write_text('')
+    assert second.problem() == (
+        f"{second.workdir} is not a directory: move it out of the sweep's --workdir."
+    )
+
+
+def test_commands_that_cannot_be_a_sweep_are_refused_in_one_line_before_anything_runs(
+    sweep_file, tmp_path, run_sweep, run_cli
+):
+    not_a_directory = tmp_path / 'file'
+    not_a_directory.write_text('')
+    one_error_line(run_sweep(sweep_file, not_a_directory), f'--workdir={not_a_directory} is a file')
+    one_error_line(run_sweep(sweep_file, ''), '--workdir is empty')
+    missing = tmp_path / 'missing'
+    one_error_line(run_sweep(sweep_file, missing, '--report'), 'there is no sweep to report')
+    one_error_line(run_cli(sweep, f'--workdir={missing}', '--list'), 'pass --config=FILE')
+    for body, says in (
+        ("raise KeyError('ratio')", "get_sweep() raised KeyError: 'ratio'"),
+        ('return None', 'get_sweep() returns NoneType, not a list of points'),
+        (
+            "return hyper.axis('model.width_ratio', ['8'])",
+            "sets config.model.width_ratio='8'; it must be an integer",
+        ),
+    ):
+        definitions = SWEEP_FILE.format(idx_dir='unread').split('def get_sweep')[0]
+        sweep_file.write_text(f'{definitions}def get_sweep():\n    {body}\n')
+        one_error_line(run_sweep(sweep_file, missing), says)
+    assert not missing.exists()

@@ -55,16 +55,20 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
             f'{path} is missing: {workdir} holds no run of vgg_flax.main. Pass the '
             'workdir that a training run wrote.'
         )
-    plain = read_json(path, CONFIG_FIX)
+    return config_from_plain(read_json(path, CONFIG_FIX), path, CONFIG_FIX)
+
+
+def config_from_plain(plain: Any, path: str, fix: str) -> ml_collections.ConfigDict:
+    """The config that `plain`, read from `path`, holds; fields added to the package since it was
+    written take their defaults. Another value (a file edited by hand into another shape) is a
+    RunDirError naming `path` and `fix`."""
     config = config_utils.default_config()
     try:
         if not isinstance(plain, dict):
             raise TypeError(f'a JSON {type(plain).__name__}, not an object')
         config.update(config_utils.from_plain(plain))
     except (TypeError, ValueError, AttributeError, KeyError) as e:
-        raise RunDirError(
-            f'{path} does not hold a config of this package ({e}); {CONFIG_FIX}'
-        ) from None
+        raise RunDirError(f'{path} does not hold a config of this package ({e}); {fix}') from None
     return config
 
 

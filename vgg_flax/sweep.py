@@ -13,6 +13,12 @@ report gives each group's mean, standard deviation and 95% confidence interval o
 runs, and counts the runs that are not finished instead of averaging them. With `--population`,
 a group whose seeds are consecutive trains as one population (`config.num_seeds`, one vmapped
 program) in one directory; the report is the same, a row per member.
+
+The workdir records what the sweep trains (`vgg_flax.sweep_dir`): a later command must ask for
+the same sweep, up to what a resume may change (more epochs, a moved data directory), or is
+refused before anything trains; `--list` and `--report` take whatever they do not set from the
+record, so they need no flag but --workdir. A point counts as done only where its run's config
+is the one asked for now.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from vgg_flax import (
     environment,
     hyper,
     run_dir,
+    sweep_dir,
     sweep_report,
     train,
 )
@@ -91,24 +98,17 @@ def load_sweep(config_path: str) -> list[Point]:
     config as it is (so that `--seeds=N` gives its spread over seeds)."""
     with config_utils.file_errors(config_path):
         module = config_utils.load_module(config_path)
-        if not hasattr(module, 'get_sweep'):
-            return [{}]
-        points = list(module.get_sweep())
-    if bad := [
-        p[hyper.NAME]
-        for p in points
-        if hyper.NAME in p
-        and (
-            not isinstance(p[hyper.NAME], str)
-            or not p[hyper.NAME].strip('.')
-            or '/' in p[hyper.NAME]
-        )
-    ]:
-        raise ValueError(f'{config_path}: point names must be usable as directory names: {bad}')
-    names = [hyper.point_name(p) for p in points]
-    if len(set(names)) != len(names):
-        raise ValueError(f'{config_path}: get_sweep() repeats points: {names}')
-    return points
+    if not hasattr(module, 'get_sweep'):
+        return [{}]
+    try:
+        points = module.get_sweep()
+    except Exception as e:  # The experiment file's own code: say what it raised, in one line.
+        reason = ''.join(f': {line}' for line in str(e).strip().splitlines()[-1:])
+        raise ValueError(f'{config_path}: get_sweep() raised {type(e).__name__}{reason}') from None
+    try:
+        return hyper.check_points(points)
+    except ValueError as e:
+        raise ValueError(f'{config_path}: get_sweep() {e}') from None
 
 
 @dataclasses.dataclass
@@ -126,27 +126,78 @@ class PointRun:
         return hyper.point_name(self.point)
 
     def results(self) -> dict[str, Any] | None:
-        """The run's results; None until it has finished, or where its results.json is damaged
-        (training the point again then fails, naming the file)."""
+        """The run's results; None until it has written them, or where they are damaged (which
+        `problem` names)."""
+        try:
+            return self._read_results()
+        except run_dir.RunDirError:
+            return None
+
+    def _read_results(self) -> dict[str, Any] | None:
+        """The run's results; a RunDirError where results.json is damaged or of another shape."""
         path = os.path.join(self.workdir, run_dir.RESULTS_FILE)
         if not os.path.isfile(path):
             return None
-        try:
-            results = run_dir.read_json(path, run_dir.RESULTS_FIX)
-        except run_dir.RunDirError:
+        results = run_dir.read_json(path, run_dir.RESULTS_FIX)
+        if self.member is not None:
+            results = self._member_results(results, self.member)
+        if not (
+            isinstance(results, dict)
+            and type(results.get('epochs')) is int
+            and all(_is_number(results[key]) for key in sweep_report.RESULT_KEYS if key in results)
+        ):
+            raise run_dir.RunDirError(
+                f'{path} does not hold the results of this run; {run_dir.RESULTS_FIX}'
+            )
+        return results
+
+    def _member_results(self, population: Any, member: int) -> dict[str, Any] | None:
+        """`member`'s own results over its population's, its examples/sec a share of the
+        population's; None where `population` lists no such member."""
+        members = population.get('members') if isinstance(population, dict) else None
+        if not (
+            isinstance(members, list)
+            and len(members) == self.config.num_seeds
+            and isinstance(members[member], dict)
+        ):
             return None
-        if self.member is None:
-            return results
-        members = results.pop('members')
+        share = population.get('examples_per_sec')
         return {
-            **results,
-            **members[self.member],
-            'examples_per_sec': results['examples_per_sec'] / len(members),
+            **{key: value for key, value in population.items() if key != 'members'},
+            **members[member],
+            'examples_per_sec': share / len(members) if isinstance(share, (int, float)) else share,
         }
+
+    def problem(self) -> str | None:
+        """Why the point's directory cannot be used for it as asked now; None where it can. A run
+        there of another config, or with more epochs than asked, is refused as a resume refuses
+        it (`config_utils.resume_conflicts`): its results are another experiment's."""
+        if os.path.lexists(self.workdir) and not os.path.isdir(self.workdir):
+            return f"{self.workdir} is not a directory: move it out of the sweep's --workdir."
+        try:
+            if os.path.isfile(os.path.join(self.workdir, run_dir.CONFIG_FILE)):
+                saved = config_utils.to_plain(run_dir.read_config(self.workdir))
+                if conflicts := config_utils.resume_conflicts(
+                    saved, config_utils.to_plain(self.config)
+                ):
+                    return (
+                        f'{self.workdir} holds a run of another config ({"; ".join(conflicts)}): '
+                        'ask for the config it ran, or pass another --workdir.'
+                    )
+            results = self._read_results()
+        except run_dir.RunDirError as e:
+            return str(e)
+        if results and results['epochs'] > self.config.train.num_epochs:
+            return (
+                f'{self.workdir} has trained {results["epochs"]} epochs, more than '
+                f'config.train.num_epochs={self.config.train.num_epochs}: ask for '
+                f'{results["epochs"]} or more, or pass another --workdir.'
+            )
+        return None
 
     def status(self) -> str:
         results = self.results()
-        if results and results['epochs'] >= self.config.train.num_epochs:
+        if results and results['epochs'] == self.config.train.num_epochs:
             return 'done'
         if run_dir.held_by(self.workdir):
             return 'running'  # Trained by another sweep process right now.
@@ -157,32 +208,56 @@ class PointRun:
         return 'missing'
 
 
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def plan(
     base: ml_collections.ConfigDict, points: Sequence[Point], workdir: str, population: bool = False
 ) -> list[PointRun]:
     """A run per point; with `population`, the points of a group with consecutive seeds are
-    the members of one population run, in `<the group's name>,seeds=FIRST-LAST`."""
+    the members of one population run, in `<the group's name>,seeds=FIRST-LAST`. Each run's
+    directory is one path component in `workdir` (`sweep_dir.point_directory`), and no two runs
+    share one unless they are members of one population."""
     runs = [
         PointRun(
-            i, point, point_config(base, point), os.path.join(workdir, hyper.point_name(point))
+            i,
+            point,
+            point_config(base, point),
+            sweep_dir.point_directory(workdir, hyper.point_name(point)),
         )
         for i, point in enumerate(points)
     ]
-    if not population:
-        return runs
-    groups: dict[str, list[PointRun]] = {}
+    if population:
+        groups: dict[str, list[PointRun]] = {}
+        for run in runs:
+            seedless = {field: value for field, value in run.point.items() if field != 'seed'}
+            groups.setdefault(hyper.point_name(seedless), []).append(run)
+        for name, members in groups.items():
+            seeds = [run.config.seed for run in members]
+            if len(members) < 2 or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+                continue
+            config = ml_collections.ConfigDict(members[0].config.to_dict())
+            config.num_seeds = len(members)
+            directory = sweep_dir.point_directory(workdir, f'{name},seeds={seeds[0]}-{seeds[-1]}')
+            for i, run in enumerate(members):
+                run.config, run.workdir, run.member = config, directory, i
+    # Compared without case: a file system may ignore it.
+    sharing: dict[str, list[PointRun]] = {}
     for run in runs:
-        seedless = {field: value for field, value in run.point.items() if field != 'seed'}
-        groups.setdefault(hyper.point_name(seedless), []).append(run)
-    for name, members in groups.items():
-        seeds = [run.config.seed for run in members]
-        if len(members) < 2 or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
-            continue
-        config = ml_collections.ConfigDict(members[0].config.to_dict())
-        config.num_seeds = len(members)
-        directory = os.path.join(workdir, f'{name},seeds={seeds[0]}-{seeds[-1]}')
-        for i, run in enumerate(members):
-            run.config, run.workdir, run.member = config, directory, i
+        sharing.setdefault(os.path.basename(run.workdir).casefold(), []).append(run)
+    for shared in sharing.values():
+        one_population = all(run.member is not None for run in shared) and (
+            len({id(run.config) for run in shared}) == 1
+        )
+        if len(shared) > 1 and not one_population:
+            first, second = shared[:2]
+            raise ValueError(
+                f'points {first.index} ({first.name}) and {second.index} ({second.name}) would '
+                f'share the directory {second.workdir} (a file system may ignore case): the '
+                'sweep repeats a point or names two alike; drop one, or name them apart '
+                '(hyper.named).'
+            )
     return runs
 
 
@@ -205,14 +280,21 @@ def run_point(run: PointRun) -> bool:
     except train.TrainingInterrupted:
         raise
     except Exception as e:  # One bad point must not stop the rest.
-        os.makedirs(run.workdir, exist_ok=True)
-        with open(error_path, 'w') as f:
-            f.write(traceback.format_exc())
         print(
             f'[{run.index}] {run.name}: FAILED: {type(e).__name__}: {e}',
             file=sys.stderr,
             flush=True,
         )
+        try:
+            os.makedirs(run.workdir, exist_ok=True)
+            with open(error_path, 'w') as f:
+                f.write(traceback.format_exc())
+        except OSError as unwritten:  # A full disk: the line above is all there is.
+            print(
+                f'[{run.index}] {run.name}: {error_path} cannot be written ({unwritten.strerror})',
+                file=sys.stderr,
+                flush=True,
+            )
         return False
     if os.path.isfile(error_path):
         os.remove(error_path)
@@ -231,19 +313,94 @@ def run_points(selected: Sequence[PointRun]) -> tuple[list[PointRun], list[Point
     return [run for run in failed if run not in busy], busy
 
 
+def asked_definition(
+    workdir: str, recorded: sweep_dir.Definition | None, training: bool
+) -> sweep_dir.Definition:
+    """The sweep this command asks for. Without --config, or with --list or --report, what the
+    command does not set (the overrides, --seeds, --population) is the `recorded` sweep's; a
+    training command with --config asks for just what it says. Either must match the record up
+    to what a resume may change; a ValueError names the differences and the way on."""
+    config_flag = flags.FLAGS['config']
+    if not config_flag.present and recorded is None:
+        raise ValueError(
+            f'--workdir={workdir} holds no sweep yet; pass --config=FILE, the experiment to sweep.'
+        )
+    overrides = config_flags.get_override_values(config_flag) if config_flag.present else {}
+    seeds_set, population_set = flags.FLAGS['seeds'].present, flags.FLAGS['population'].present
+    inherit = None if config_flag.present and training else recorded
+    if inherit is not None and not (overrides or seeds_set or population_set):
+        asked = inherit
+    else:
+        config_file = (
+            os.path.abspath(config_flags.get_config_filename(config_flag))
+            if config_flag.present or inherit is None
+            else inherit.config_file
+        )
+        base_from = inherit if not overrides else None
+        base = cli.CONFIG.value if base_from is None else base_from.base
+        seeds = inherit.seeds if inherit is not None and not seeds_set else _SEEDS.value
+        population = (
+            inherit.population if inherit is not None and not population_set else _POPULATION.value
+        )
+        asked = sweep_dir.Definition(
+            config_file,
+            sweep_dir.override_flags(overrides) if base_from is None else base_from.overrides,
+            seeds,
+            population,
+            base,
+            with_seeds(load_sweep(config_file), base.seed, seeds),
+        )
+    if asked.population and _INDEX.value is not None and training:
+        raise ValueError(
+            '--population trains the members of a population together; drop '
+            '--index (a job-array task) or --population.'
+        )
+    if recorded is not None and (differ := sweep_dir.differences(recorded, asked)):
+        raise ValueError(
+            f'{workdir} holds another sweep ({"; ".join(differ)}): pass another --workdir '
+            f"for this one, or that sweep's own flags, {recorded.command()} (--list and "
+            '--report need none).'
+        )
+    return asked
+
+
+def check_workdir(workdir: str) -> None:
+    """Refuses a --workdir that cannot hold a sweep, or a report of a sweep that is not there."""
+    if not workdir:
+        raise ValueError('--workdir is empty; pass the directory of the sweep.')
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f'--workdir={workdir} is a file, not a directory; pass a directory.')
+    if _REPORT.value and not os.path.isdir(workdir):
+        raise ValueError(
+            f'--workdir={workdir} does not exist: there is no sweep to report; pass the '
+            'directory the sweep trained in.'
+        )
+
+
+def refuse_unusable(runs: Sequence[PointRun]) -> None:
+    """A ValueError naming the first point whose directory cannot serve it (`PointRun.problem`),
+    and how many more there are, before anything trains."""
+    problems = {
+        run.workdir: f'[{run.index}] {run.name}: {problem}'
+        for run in runs
+        if (problem := run.problem())
+    }
+    if problems:
+        first, *more = problems.values()
+        raise ValueError(first + (f' {len(more)} more point(s) likewise.' if more else ''))
+
+
 def main(argv: list[str]) -> int:
     environment.start_cli(argv)
-    config_path = config_flags.get_config_filename(flags.FLAGS['config'])
     workdir = cli.WORKDIR.value
+    training = not (_LIST.value or _REPORT.value)
     try:
-        points = with_seeds(load_sweep(config_path), cli.CONFIG.value.seed, _SEEDS.value)
-        if _POPULATION.value and _INDEX.value is not None:
-            raise ValueError(
-                '--population trains the members of a population together; drop '
-                '--index (a job-array task) or --population.'
-            )
-        runs = plan(cli.CONFIG.value, points, workdir, _POPULATION.value)
-    except (ValueError, config_utils.ConfigError) as e:
+        check_workdir(workdir)
+        recorded = sweep_dir.read(workdir)
+        definition = asked_definition(workdir, recorded, training)
+        runs = plan(definition.base, definition.points, workdir, definition.population)
+        refuse_unusable(runs)
+    except (ValueError, OSError, run_dir.RunDirError, config_utils.ConfigError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     if _LIST.value:
@@ -259,7 +416,16 @@ def main(argv: list[str]) -> int:
         return 1
     failed: list[PointRun] = []
     busy: list[PointRun] = []
-    if not _REPORT.value:
+    if training:
+        try:
+            sweep_dir.write(workdir, definition)
+        except OSError as e:
+            print(
+                f'error: cannot write {os.path.join(workdir, sweep_dir.SWEEP_FILE)} '
+                f'({e.strerror}); pass a --workdir you can write to.',
+                file=sys.stderr,
+            )
+            return 1
         try:
             failed, busy = run_points(runs if _INDEX.value is None else [runs[_INDEX.value]])
         except train.TrainingInterrupted as e:
@@ -267,9 +433,18 @@ def main(argv: list[str]) -> int:
             return 128 + e.signum
         except KeyboardInterrupt:  # Ctrl-C before a point's loop catches signals.
             return cli.interrupted_while_starting()
-    rows = sweep_report.write_report(runs, workdir)
-    with open(os.path.join(workdir, 'results.md')) as f:
-        print(f.read(), end='')
+    try:
+        rows = sweep_report.write_report(runs, workdir)
+        with open(os.path.join(workdir, 'results.md')) as f:
+            print(f.read(), end='')
+    except OSError as e:
+        print(
+            f'error: the report cannot be written in {workdir} ({e.strerror}); the runs are '
+            'intact: make room there (or restore the directory), then run the same command '
+            'with --report.',
+            file=sys.stderr,
+        )
+        return 1
     not_done = [row for row in rows if row['status'] != 'done']
     if busy:
         print(
@@ -292,5 +467,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-    flags.mark_flags_as_required(['config', 'workdir'])
+    flags.mark_flags_as_required(['workdir'])  # --config too, until the workdir records it.
     cli.run(main)

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 
 Point = hyper.Point
 REPORT_FILES = ('results.csv', 'summary.csv', 'results.md', 'sweep.png')
+# The keys of a run's results.json that its row reports, each a number where present.
+RESULT_KEYS = (
+    'test_accuracy',
+    'best_test_accuracy',
+    'val_accuracy',
+    'best_epoch',
+    'epochs',
+    'examples_per_sec',
+    'wall_seconds',
+)
 # Reported as mean, std, 95% CI, min and max over a group's finished runs.
 SPREAD_KEYS = ('test_accuracy', 'best_test_accuracy', 'val_accuracy')
 
@@ -59,15 +69,7 @@ def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
         except ValueError:  # An invalid point: its row says 'failed' and has no cost.
             row.update(params=None, forward_gflops=None, step_memory_mib=None)
         results = run.results() or {}
-        row.update(
-            test_accuracy=results.get('test_accuracy'),
-            best_test_accuracy=results.get('best_test_accuracy'),
-            val_accuracy=results.get('val_accuracy'),
-            best_epoch=results.get('best_epoch'),
-            epochs=results.get('epochs'),
-            examples_per_sec=results.get('examples_per_sec'),
-            wall_seconds=results.get('wall_seconds'),
-        )
+        row.update({key: results.get(key) for key in RESULT_KEYS})
         rows.append(row)
     return rows
 
@@ -112,19 +114,21 @@ def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[di
             summary_row.update(
                 {
                     f'{key}_{stat}': value
-                    for stat, value in seed_statistics(
-                        [row[key] for row in done if row.get(key) is not None]
-                    ).items()
+                    for stat, value in seed_statistics(_present(done, key)).items()
                 }
             )
-        summary_row['examples_per_sec'] = seed_statistics(
-            [row['examples_per_sec'] for row in done]
-        )['mean']
+        speeds = _present(done, 'examples_per_sec')
+        summary_row['examples_per_sec'] = seed_statistics(speeds)['mean']
         summary_row.update(
             {key: members[0][key] for key in ('params', 'forward_gflops', 'step_memory_mib')}
         )
         summaries.append(summary_row)
     return summaries
+
+
+def _present(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
+    """The rows' values of `key`, where they have one (a run's results may lack a key)."""
+    return [row[key] for row in rows if row.get(key) is not None]
 
 
 def _set_fields(row: dict[str, Any], fields: Sequence[str]) -> Point:
