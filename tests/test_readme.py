@@ -164,10 +164,13 @@ def test_every_readme_command_runs(group, sandbox, tmp_path, monkeypatch, run_cl
         else:
             module_name = words[words.index('-m') + 1]
             module = importlib.import_module(module_name)
-            # Evaluating and summarising take seconds as written: only training is shrunk.
-            extra = (
-                [] if module_name in ('vgg_flax.evaluate', 'vgg_flax.summary') else tiny(idx_dir)
+            # Evaluating, summarising and a sweep's --list or --report without --config (which
+            # read the sweep's record) take seconds as written: only training is shrunk.
+            as_written = module_name in ('vgg_flax.evaluate', 'vgg_flax.summary') or (
+                module_name == 'vgg_flax.sweep'
+                and not any(word.startswith('--config=') for word in words)
             )
+            extra = [] if as_written else tiny(idx_dir)
             if module_name == 'vgg_flax.benchmark':
                 extra += ['--steps=2', '--repeats=1', '--warmup=1', '--loop_steps=0']
             if module_name == 'vgg_flax.sweep' and not any(
