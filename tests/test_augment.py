@@ -28,6 +28,7 @@ def batch() -> np.ndarray:
     return images[..., None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'spec',
     [
@@ -66,6 +67,7 @@ def test_flip_mirrors_about_half_the_images_exactly():
     assert all(m or k for m, k in zip(mirrored, kept, strict=True)) and 16 <= sum(mirrored) <= 48
 
 
+@pytest.mark.slow
 def test_erasing_replaces_one_rectangle_within_the_area_range():
     images = np.zeros((300, 28, 28, 1), np.uint8)
     spec = augment.Augment(erase_prob=0.5, erase_area=(0.1, 0.2))
@@ -97,6 +99,7 @@ def test_a_bad_augment_field_is_named(field, value, message):
         validation.validate_config(config)
 
 
+@pytest.mark.slow
 def test_the_default_config_trains_exactly_as_before_augmentation(idx_dir, tmp_path):
     """The first epoch of the tiny config, as the step computed it before augmentation and
     label smoothing existed (pinned to 1e-3: the CPU's instruction set moves the last digits;
@@ -109,6 +112,7 @@ def test_the_default_config_trains_exactly_as_before_augmentation(idx_dir, tmp_p
     assert record['test_loss'] == pytest.approx(1.3683935547, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_augmentation_and_label_smoothing_train_deterministically(idx_dir, tmp_path):
     config = pinned_config(idx_dir)
     config.train.label_smoothing = 0.1

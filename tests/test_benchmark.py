@@ -8,11 +8,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from vgg_flax import benchmark
 
 from conftest import ROOT, tiny_config
 
 
+@pytest.mark.slow
 def test_benchmark_reports_step_loop_eval_compile_and_mfu_inputs():
     config = tiny_config('unused: random data')
     config.train.steps_per_call = 2
@@ -39,6 +42,7 @@ def test_benchmark_reports_step_loop_eval_compile_and_mfu_inputs():
     json.dumps(result)  # The record is JSON-ready.
 
 
+@pytest.mark.slow
 def test_benchmark_cli_writes_json_and_compiles_afresh(tmp_path):
     output, cache = tmp_path / 'result.json', tmp_path / 'xla_cache'
     # As benchmarks/gpu_session.sh runs it: with a cache that its training runs fill.
@@ -93,6 +97,7 @@ def get_sweep():
 """
 
 
+@pytest.mark.slow
 def test_every_gpu_session_stage_runs_on_a_cpu(idx_dir, tmp_path):
     """benchmarks/gpu_session.sh, every stage, at tiny sizes on this CPU (this Python first on
     PATH: the script calls python3), so that no stage fails for the first time on a GPU: each

@@ -362,6 +362,7 @@ def test_tfds_reachability_is_left_to_tfds_with_a_proxy_or_cached_downloads(
         input_pipeline.load_split(data_config(source='tfds', tfds_data_dir=str(tmp_path)), 'test')
 
 
+@pytest.mark.slow
 def test_idx_source_does_not_import_tensorflow(idx_dir):
     code = (
         'import sys\nfrom vgg_flax import config_utils, input_pipeline, train\n'
@@ -393,6 +394,7 @@ def test_invalid_data_config(overrides, message):
     assert message in str(error.value)
 
 
+@pytest.mark.slow
 def test_preprocess_scales_and_resizes_bilinearly():
     images = jnp.full((2, 28, 28, 1), 51, jnp.uint8)
     x = input_pipeline.preprocess(images, 56)

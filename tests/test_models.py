@@ -243,6 +243,7 @@ def test_max_pool_2x2_equals_flax_max_pool(size):
     np.testing.assert_allclose(grad, expected_grad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('channels', [1, 3])
 def test_shifted_sum_conv_equals_flax_conv(channels):
     """The same parameters, values and gradients as nn.Conv, up to float32 rounding."""

@@ -47,6 +47,7 @@ def first_losses(config, num_steps=3):
     return np.array(losses)
 
 
+@pytest.mark.slow
 def test_each_member_steps_as_a_single_run_with_its_seed(idx_dir):
     config = tiny_config(str(idx_dir))
     config.seed, config.num_seeds = 5, 3
@@ -59,6 +60,7 @@ def test_each_member_steps_as_a_single_run_with_its_seed(idx_dir):
     assert len({round(float(loss), 4) for loss in population[0]}) == 3  # Three models.
 
 
+@pytest.mark.slow
 def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.num_seeds = 2
@@ -118,6 +120,7 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     assert evaluation['test_accuracy'] == pytest.approx(ensemble)
 
 
+@pytest.mark.slow
 def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path):
     """kill -9 in the second epoch, then the same command: the members' metrics equal those of
     an uninterrupted run (both run as the CLI, whose CPU tuning flags change the last digits)."""
@@ -204,6 +207,7 @@ print(json.dumps({{'devices': jax.device_count(), 'all_reduce': 'all-reduce' in 
 """
 
 
+@pytest.mark.slow
 def test_members_over_four_devices_train_without_an_all_reduce(idx_dir, tmp_path):
     """Each of 4 CPU devices trains one whole member: no gradient all-reduce, and the members'
     metrics are those of the same population with every batch split over the devices."""

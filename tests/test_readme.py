@@ -137,6 +137,7 @@ def test_the_readme_has_the_commands_this_test_knows():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('group', list(readme_groups()))
 def test_every_readme_command_runs(group, sandbox, tmp_path, monkeypatch, run_cli):
     idx_dir = write_fashion_idx_dir(tmp_path / 'idx')

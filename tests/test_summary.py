@@ -10,6 +10,7 @@ from vgg_flax import summary
 from conftest import ROOT, load_experiment, tiny_config
 
 
+@pytest.mark.slow
 def test_summary_rows_and_totals():
     config = tiny_config(idx_dir='unread')
     config.model.conv_arch = ()  # VGG-11's five blocks.
@@ -56,6 +57,7 @@ def run_summary(run_cli):
     return lambda *args: run_cli(summary, *args)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_lessons_shapes_and_parameter_count(run_summary):
     done = run_summary(f'--config={ROOT / "experiments" / "d2l_vgg11.py"}')
     assert done.returncode == 0, done.stderr
@@ -73,6 +75,7 @@ def test_cli_prints_the_lessons_shapes_and_parameter_count(run_summary):
         assert row in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_override_applies(run_summary):
     done = run_summary(
         f'--config={ROOT / "experiments" / "d2l_vgg11.py"}', '--config.model.width_ratio=1'
@@ -95,6 +98,7 @@ def test_cli_rejects_unknown_fields_and_bad_values(override, message, run_summar
     assert message in done.stderr
 
 
+@pytest.mark.slow
 def test_every_named_arch_summarises_at_full_width():
     config = load_experiment(ROOT / 'experiments' / 'd2l_vgg11.py')
     config.model.arch, config.model.width_ratio = 'vgg19', 1

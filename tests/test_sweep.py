@@ -71,6 +71,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sweep_lists_runs_skips_resumes_and_reports(sweep_file, tmp_path, run_sweep):
     workdir = tmp_path / 'sweep'
     done = run_sweep(sweep_file, workdir, '--list')
@@ -239,6 +240,7 @@ def test_seeds_flag_repeats_every_point(sweep_file, tmp_path, run_sweep):
     assert done.returncode == 1 and 'the sweep sets seed itself' in done.stderr
 
 
+@pytest.mark.slow
 def test_a_population_sweep_reports_what_separate_runs_report(sweep_file, tmp_path, run_sweep):
     """--population trains each point's seeds as one population; the report keeps a row per
     seed, with the numbers the separate runs give (to float noise), and a failing point fails
@@ -273,6 +275,7 @@ def test_a_population_sweep_reports_what_separate_runs_report(sweep_file, tmp_pa
     assert done.returncode == 1 and 'drop --index' in done.stderr
 
 
+@pytest.mark.slow
 def test_a_point_that_another_process_trains_is_skipped_and_left_alone(
     sweep_file, tmp_path, run_sweep
 ):
@@ -291,6 +294,7 @@ def test_a_point_that_another_process_trains_is_skipped_and_left_alone(
     assert run_sweep(sweep_file, workdir, '--index=1').returncode == 0  # Once it has ended.
 
 
+@pytest.mark.slow
 def test_sigterm_mid_sweep_then_the_same_command_finishes_without_redoing_a_point(
     tmp_path, idx_dir, run_sweep
 ):
@@ -320,6 +324,7 @@ def test_sigterm_mid_sweep_then_the_same_command_finishes_without_redoing_a_poin
     assert [row['status'] for row in read_csv(workdir / 'results.csv')] == ['done', 'done']
 
 
+@pytest.mark.slow
 def test_seeds_killed_mid_seed_resume_to_the_uninterrupted_runs(tmp_path):
     """kill -9 in the second seed's second epoch, then the same command: the first seed is
     skipped, the second resumes from its checkpoint, and every seed's metrics equal those of an

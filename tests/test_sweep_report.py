@@ -16,6 +16,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_reports_of_named_and_of_chained_points_keep_their_points_apart(tmp_path):
     """Points need not set the same fields: a named ablation with seeds groups by name, and a
     chain's report has a column per field any point sets ('-' where one keeps the base's)."""

@@ -13,6 +13,7 @@ from vgg_flax import input_pipeline, train_steps
 from conftest import tiny_config
 
 
+@pytest.mark.slow
 def test_steps_lower_the_loss(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
@@ -32,6 +33,7 @@ def test_steps_lower_the_loss(idx_dir):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
