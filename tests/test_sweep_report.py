@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 
 import pytest
 
@@ -103,3 +104,30 @@ def test_groups_average_finished_seeds_only_and_count_the_rest():
     assert (sixteen['done'], sixteen['not_done']) == (1, 'failed 4, missing 5')
     assert sixteen['test_accuracy_mean'] == 0.60 and sixteen['test_accuracy_ci95'] is None
     assert 'seed' not in eight and eight['params'] == 10
+
+
+def test_the_plot_shows_accuracy_against_the_ratio_the_parameters_and_the_flops():
+    groups = [
+        {
+            'model.width_ratio': ratio,
+            'runs': 3,
+            'done': 3 if ratio > 1 else 2,
+            'test_accuracy_mean': 0.93 - 0.005 * ratio,
+            'test_accuracy_ci95': 0.002,
+            'examples_per_sec': 500.0 * ratio,
+            'params': 10e6 / ratio**2,
+            'forward_gflops': 0.3 / ratio**2,
+        }
+        for ratio in (1, 2, 4, 8, 16)
+    ]
+    figure = sweep_report.plot_sweep(groups, ['model.width_ratio'], io.BytesIO())
+    assert [ax.get_xlabel() for ax in figure.axes] == [
+        'model.width_ratio',
+        'parameters (millions)',
+        'forward GFLOPs per image',
+        'model.width_ratio',
+    ]
+    for ax in figure.axes[:3]:  # Every ratio's mean with its error bar.
+        assert ax.get_ylabel() == 'test accuracy (mean, 95% CI)'
+        assert len(ax.lines[0].get_xdata()) == 5
+    assert 'runs not finished: 1 (1 of 3)' in [text.get_text() for text in figure.texts]

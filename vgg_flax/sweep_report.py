@@ -17,6 +17,9 @@ import scipy.stats
 from vgg_flax import config_utils, hyper, run_dir, summary
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
     from vgg_flax.sweep import PointRun
 
 Point = hyper.Point
@@ -235,17 +238,17 @@ def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]
     return rows
 
 
-def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> None:
-    """Mean test accuracy (error bars: 95% CI over seeds) against the swept value and against
-    parameters; mean throughput beside."""
+def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> Figure:
+    """Mean test accuracy (error bars: 95% CI over seeds) against the swept value, against
+    parameters and against forward FLOPs (what the accuracy costs); mean throughput beside."""
     import matplotlib.ticker  # Imported when used: slow to import.
     from matplotlib.figure import Figure  # Imported when used: slow to import.
 
     numeric = len(fields) == 1 and all(isinstance(g[fields[0]], (int, float)) for g in groups)
     labels = [g[fields[0]] if numeric else hyper.point_name(_set_fields(g, fields)) for g in groups]
     positions: list[Any] = labels if numeric else list(range(len(groups)))
-    fig = Figure(figsize=(13, 3.8), dpi=110)
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(17, 3.8), dpi=110)
+    axes = fig.subplots(1, 4)
     done = [i for i, g in enumerate(groups) if g['done']]
 
     def accuracy(ax: Any, indices: Sequence[int], xs: Sequence[float]) -> None:
@@ -259,9 +262,9 @@ def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO
         ax.set_ylabel('test accuracy (mean, 95% CI)')
 
     accuracy(axes[0], done, [positions[i] for i in done])
-    axes[2].plot([positions[i] for i in done], [groups[i]['examples_per_sec'] for i in done], 'o-')
-    axes[2].set_ylabel('examples per sec')
-    for ax in (axes[0], axes[2]):
+    axes[3].plot([positions[i] for i in done], [groups[i]['examples_per_sec'] for i in done], 'o-')
+    axes[3].set_ylabel('examples per sec')
+    for ax in (axes[0], axes[3]):
         ax.set_xlabel(fields[0] if numeric else 'point')
         if numeric and all(x > 0 for x in positions) and max(positions) / min(positions) >= 8:
             ax.set_xscale('log', base=2)
@@ -269,21 +272,25 @@ def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO
             ax.set_xticks(positions, [str(x) for x in positions])
         else:
             ax.set_xticks(positions, [str(x) for x in labels], rotation=30, ha='right', fontsize=7)
-    with_params = [i for i in done if groups[i]['params']]
-    millions = [groups[i]['params'] / 1e6 for i in with_params]
-    accuracy(axes[1], with_params, millions)
-    for i, x in zip(with_params, millions, strict=True):
-        axes[1].annotate(
-            str(labels[i]),
-            (x, groups[i]['test_accuracy_mean']),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords='offset points',
-        )
-    axes[1].set_xscale('log')
-    axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[1].set_xticks(millions, [f'{x:.3g}' for x in millions], rotation=30, fontsize=7)
-    axes[1].set_xlabel('parameters (millions)')
+    for ax, key, scale, name in (
+        (axes[1], 'params', 1e6, 'parameters (millions)'),
+        (axes[2], 'forward_gflops', 1, 'forward GFLOPs per image'),
+    ):
+        measured = [i for i in done if groups[i][key]]
+        xs = [groups[i][key] / scale for i in measured]
+        accuracy(ax, measured, xs)
+        for i, x in zip(measured, xs, strict=True):
+            ax.annotate(
+                str(labels[i]),
+                (x, groups[i]['test_accuracy_mean']),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords='offset points',
+            )
+        ax.set_xscale('log')
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(xs, [f'{x:.3g}' for x in xs], rotation=30, fontsize=7)
+        ax.set_xlabel(name)
     unfinished = [
         f'{labels[i]} ({g["runs"] - g["done"]} of {g["runs"]})'
         for i, g in enumerate(groups)
@@ -295,3 +302,4 @@ def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(file, format='png')
+    return fig
