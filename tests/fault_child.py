@@ -9,7 +9,10 @@ FAULT is one of:
   sigint_twice N    Ctrl-C twice in quick succession after the N-th call of the train step;
   unwritable_log N  after the N-th call, the step log becomes a file no one can write (a
                     directory in its place: root can write a read-only file);
-  blocked_thread    leave a thread that never ends, as a failed orbax save can.
+  blocked_thread    leave a thread that never ends, as a failed orbax save can;
+  checkpoints_file N  just before the save of step N, `checkpoints/` is moved to
+                    `checkpoints.moved` and a file takes its place (root can write to a
+                    read-only directory: a file there fails the save as that would).
 """
 
 from __future__ import annotations
@@ -74,6 +77,16 @@ def inject(fault: str, n: int) -> None:
             os.mkdir(steps_log)
 
         after_call(n, unwritable_log)
+    elif fault == 'checkpoints_file':
+        save = checkpointing.Checkpointer.save
+
+        def save_after_moving(self, step, *args, **kwargs):
+            if step == n:
+                os.replace(self.directory, self.directory + '.moved')
+                open(self.directory, 'w').close()
+            save(self, step, *args, **kwargs)
+
+        checkpointing.Checkpointer.save = save_after_moving  # type: ignore[method-assign]
     elif fault == 'blocked_thread':
         threading.Thread(target=threading.Event().wait).start()
     else:

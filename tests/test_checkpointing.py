@@ -28,6 +28,10 @@ from vgg_flax import (
 
 from conftest import ROOT, tiny_config
 
+# Orbax's reads of arrays a test damaged leave coroutines that the garbage collector reports as
+# unraisable; the tests check what the run itself says.
+DAMAGED_READS = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
 
 @pytest.fixture(scope='module')
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, dict]:
@@ -81,6 +85,8 @@ def delete_metadata(step_dir: pathlib.Path) -> None:
     (step_dir / 'history' / 'metadata').unlink()
 
 
+@DAMAGED_READS
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', [truncate_largest_array_file, delete_manifests, delete_metadata])
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_readable(
     damage, finished_run, tmp_path, capfd
@@ -113,6 +119,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_readable(
     assert resumed['test_loss'] == results['test_loss']
 
 
+@DAMAGED_READS
 def test_no_readable_checkpoint_is_one_line_and_moves_nothing(finished_run, tmp_path, capfd):
     workdir = copy_without_results(finished_run[0], tmp_path)
     for step in ('10', '20', '30'):
@@ -202,6 +209,7 @@ def test_checkpoints_that_change_during_every_read_are_given_up_in_one_line(
     )
 
 
+@DAMAGED_READS
 def test_evaluating_a_damaged_step_asked_for_is_one_line_and_moves_nothing(
     finished_run, tmp_path, capfd
 ):
@@ -223,6 +231,7 @@ def test_evaluating_a_damaged_step_asked_for_is_one_line_and_moves_nothing(
     assert not (workdir / checkpointing.DAMAGED_DIR).exists()
 
 
+@DAMAGED_READS
 def test_evaluating_a_run_with_no_readable_checkpoint_is_one_line_and_moves_nothing(
     finished_run, tmp_path, capfd
 ):
@@ -243,6 +252,8 @@ def test_evaluating_a_run_with_no_readable_checkpoint_is_one_line_and_moves_noth
     assert not (workdir / checkpointing.DAMAGED_DIR).exists()
 
 
+@DAMAGED_READS
+@pytest.mark.slow
 def test_a_failed_save_stops_the_run_and_its_log_does_not_run_ahead(idx_dir, tmp_path, run_cli):
     """A file-size limit makes every checkpoint write fail as a full disk does, from the first."""
     workdir = tmp_path / 'run'
@@ -277,6 +288,8 @@ def test_a_failed_save_stops_the_run_and_its_log_does_not_run_ahead(idx_dir, tmp
     assert [r['epoch'] for r in metric_writers.read_history(str(workdir))] == [1, 2, 3]
 
 
+@DAMAGED_READS
+@pytest.mark.slow
 def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(
     idx_dir, tmp_path, monkeypatch, run_cli
 ):
@@ -304,6 +317,7 @@ def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(
     assert checkpointing.Checkpointer(str(workdir), keep=3).all_steps() == [10]
 
 
+@pytest.mark.slow
 def test_load_variables_reads_a_run_without_its_config(finished_run):
     run, _ = finished_run
     config = run_dir.read_config(str(run))

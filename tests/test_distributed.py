@@ -90,6 +90,7 @@ def assert_same_metrics(a, b):
             assert x[key] == pytest.approx(y[key], abs=0.02), key
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_and_checkpoints_move_between_them(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 2
@@ -105,6 +106,7 @@ def test_four_devices_match_one_and_checkpoints_move_between_them(idx_dir, tmp_p
     assert_same_metrics(metric_writers.read_history(str(tmp_path / 'moved')), one)
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_split_over_the_devices_is_refused(idx_dir, tmp_path):
     out, shares = run_on_devices(3, idx_dir, tmp_path / 'run', epochs=1, batch_size=32)
     assert shares == []  # Refused before any data is read.
@@ -148,6 +150,7 @@ def finish(processes: list[subprocess.Popen]) -> list[str]:
 ODD_SIZES = (317, 99)  # Train and test examples: each splits into halves one example apart.
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_step(
     idx_dir, tmp_path
 ):
@@ -188,6 +191,7 @@ def test_two_processes_match_one_device_and_a_signal_to_one_stops_both_at_one_st
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('victim', [1, 0])
 def test_a_process_killed_stops_the_other_in_bounded_time_and_the_job_resumes(
     idx_dir, tmp_path, monkeypatch, victim
@@ -226,3 +230,17 @@ def test_a_bad_peer_timeout_is_one_line(monkeypatch, value):
     monkeypatch.setenv(distributed.PEER_TIMEOUT_ENV, value)
     with pytest.raises(ValueError, match=f"VGG_FLAX_PEER_TIMEOUT='{value}' must be a positive"):
         distributed.peer_timeout()
+
+
+def test_a_slurm_allocation_entered_without_srun_is_one_line(monkeypatch):
+    """A batch script or salloc shell has SLURM_NTASKS but only srun starts its tasks."""
+    for name in ('JAX_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE', 'SLURM_STEP_NUM_TASKS'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('SLURM_NTASKS', '2')
+    with pytest.raises(SystemExit) as error:
+        distributed.initialize_if_launched()
+    assert error.value.code == (
+        'error: SLURM_NTASKS=2 says this job has 2 processes, but this one was not started by '
+        'srun, which starts them all; run it as `srun python -m vgg_flax.main ...`, or as '
+        '`srun --ntasks=1 ...` to train in one process.'
+    )

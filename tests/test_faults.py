@@ -3,18 +3,23 @@ cannot go on says so in one line and exits non-zero."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pathlib
+import pty
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import ml_collections
 import pytest
 
 from vgg_flax import (
+    checkpointing,
     config_utils,
     evaluate,
     input_pipeline,
@@ -68,6 +73,7 @@ def run_with_fault(fault: str, *args: str, timeout: float = 300) -> subprocess.C
     )
 
 
+@pytest.mark.slow
 def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metrics(
     idx_dir, tmp_path, run_cli
 ):
@@ -88,6 +94,7 @@ def test_kill_9_while_a_checkpoint_is_written_resumes_to_the_uninterrupted_metri
     assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == ['10', '20', '30']
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_compiling_is_one_line_and_the_same_command_then_trains(
     idx_dir, tmp_path, run_cli
 ):
@@ -104,6 +111,7 @@ def test_ctrl_c_while_compiling_is_one_line_and_the_same_command_then_trains(
     assert json.loads((workdir / 'results.json').read_text())['epochs'] == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_twice_stops_at_once_and_the_same_command_resumes_exactly(
     idx_dir, tmp_path, run_cli
 ):
@@ -223,6 +231,7 @@ def test_resuming_on_other_data_is_refused_in_one_line(idx_dir, tmp_path, change
     assert len(metric_writers.read_history(str(workdir))) == 1  # Nothing trained on it.
 
 
+@pytest.mark.slow
 def test_the_same_data_at_another_path_resumes(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
@@ -276,6 +285,7 @@ def test_evaluate_on_a_missing_or_empty_directory_is_one_line(tmp_path, run_cli,
     ]
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_run_in_progress_says_so_and_which_step(finished_run, tmp_path, run_cli):
     run, _ = finished_run
     workdir = copy_of(run, tmp_path)
@@ -385,6 +395,7 @@ def test_evaluate_that_cannot_write_its_reports_says_so_in_one_line(
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['with space/run 1', 'ünï/ç😀', 'y' * 250, 'sub/../dotdot'])
 def test_workdir_names_a_user_may_choose_train_resume_and_evaluate(
     idx_dir, tmp_path, run_cli, name
@@ -410,6 +421,7 @@ def test_a_workdir_name_longer_than_the_filesystem_allows_is_one_line(idx_dir, t
     ]
 
 
+@pytest.mark.slow
 def test_a_log_write_that_fails_mid_run_stops_it_in_one_line_and_the_rerun_resumes(
     idx_dir, tmp_path, run_cli
 ):
@@ -429,6 +441,7 @@ def test_a_log_write_that_fails_mid_run_stops_it_in_one_line_and_the_rerun_resum
     assert resumed.returncode == 0 and 'from the checkpoint at step 10 ' in resumed.stdout
 
 
+@pytest.mark.slow
 def test_a_thread_left_waiting_does_not_hold_the_exit(idx_dir, tmp_path):
     """A failed save can leave orbax waiting minutes for a signal: the CLI exits all the same."""
     start = time.monotonic()
@@ -456,4 +469,114 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused_in_one_line(finished
     assert str(error.value).startswith(
         f'{workdir} has trained 2 epochs already, more than '
         'config.train.num_epochs=1; ask for at least that many'
+    )
+
+
+@pytest.mark.slow
+def test_a_save_that_fails_in_the_background_exits_at_once_in_one_line(idx_dir, tmp_path):
+    """A file where `checkpoints/` was fails the save as a read-only directory does, leaving a
+    thread of orbax's waiting minutes: the run says so in one line and exits all the same. It
+    is the run's last save: the run is not finished without it."""
+    workdir = tmp_path / 'run'
+    args = run_args(idx_dir, workdir, '--config.train.num_epochs=1')
+    start = time.monotonic()
+    stopped = run_with_fault('checkpoints_file 10', *args, timeout=250)
+    assert stopped.returncode == 1 and time.monotonic() - start < 100, stderr_of(stopped)
+    assert stopped.stderr.strip().splitlines() == [
+        f'error: saving the checkpoint of step 10 failed ({workdir / "checkpoints"} was deleted, '
+        'moved or replaced while the run trained); the run stopped. No checkpoint is saved yet: '
+        'put it back (a run without it starts from scratch) and run the same command to resume.'
+    ]
+    # Nothing is logged beyond what the checkpoints hold (none): a resume logs it all again.
+    assert metric_writers.read_history(str(workdir)) == []
+    assert not (workdir / run_dir.RESULTS_FILE).exists()
+    assert (workdir / 'checkpoints').read_text() == ''  # Left as the run found it.
+
+
+@pytest.mark.slow
+def test_sighup_from_a_closed_terminal_saves_and_stops(idx_dir, tmp_path):
+    """The terminal hangs up (its writes fail from then on) and sends SIGHUP, maybe twice."""
+    workdir = tmp_path / 'run'
+    terminal, child_side = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'vgg_flax.main', *run_args(idx_dir, workdir)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=child_side,
+        stderr=child_side,
+    )
+    os.close(child_side)
+    shown = []  # What the terminal shows (a progress bar): read, lest the child block on it.
+    reader = threading.Thread(target=lambda: read_until_closed(terminal, shown), daemon=True)
+    reader.start()
+    steps_log = workdir / metric_writers.STEPS_FILE
+    deadline = time.time() + 300
+    while not (steps_log.is_file() and steps_log.read_text()) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGHUP)
+    process.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    os.close(terminal)
+    assert process.wait(timeout=300) == 128 + signal.SIGHUP, b''.join(shown)[-2000:]
+    assert b'Traceback' not in b''.join(shown)
+    assert checkpointing.Checkpointer(str(workdir), keep=3).all_steps()
+
+
+def read_until_closed(fd: int, into: list[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := os.read(fd, 4096):
+            into.append(chunk)
+
+
+@pytest.mark.slow
+def test_a_run_that_lost_its_config_json_is_checked_against_its_checkpoints(
+    finished_run, tmp_path, capsys
+):
+    run, config = finished_run
+    workdir = copy_of(run, tmp_path)
+    for name in (run_dir.CONFIG_FILE, run_dir.DATA_FILE, run_dir.RESULTS_FILE):
+        (workdir / name).unlink()
+    other = ml_collections.ConfigDict(config.to_dict())
+    other.train.learning_rate = 0.1
+    with pytest.raises(run_dir.RunDirError) as error:
+        train.train_and_evaluate(other, str(workdir))
+    assert 'train.learning_rate: 0.05 in the run, 0.1 now' in str(error.value)
+    assert capsys.readouterr().err.splitlines() == [
+        f'warning: {workdir / name} was missing; wrote it back from the checkpoint of step 10.'
+        for name in (run_dir.CONFIG_FILE, run_dir.DATA_FILE)
+    ]
+    for name in (run_dir.CONFIG_FILE, run_dir.DATA_FILE):
+        assert (workdir / name).read_text() == (run / name).read_text()
+    # Results that cannot be written (a directory in their place) stop the run in one line.
+    (workdir / run_dir.RESULTS_FILE).mkdir()
+    with pytest.raises(run_dir.RunDirError) as error:
+        train.train_and_evaluate(config, str(workdir))
+    assert str(error.value).startswith(
+        f'writing {workdir / run_dir.RESULTS_FILE} failed (Is a directory); the run stopped, '
+    )
+    (workdir / run_dir.RESULTS_FILE).rmdir()
+    assert train.train_and_evaluate(config, str(workdir))['epochs'] == 1
+    # Checkpoints without a record of the run's files cannot say what they trained.
+    (workdir / run_dir.CONFIG_FILE).unlink()
+    shutil.rmtree(workdir / checkpointing.CHECKPOINT_DIR / '10' / checkpointing.RUN_ITEM)
+    with pytest.raises(run_dir.RunDirError) as error:
+        train.train_and_evaluate(other, str(workdir))
+    assert str(error.value) == (
+        f'{workdir / run_dir.CONFIG_FILE} is missing and the checkpoints in '
+        f'{workdir / checkpointing.CHECKPOINT_DIR} do not say which config they were trained '
+        'with, so the run cannot be checked against this one; restore config.json from a copy, '
+        'or pass another --workdir (or move the checkpoints elsewhere to train from scratch).'
+    )
+
+
+def test_a_checkpoint_whose_history_is_not_a_list_of_records_is_damaged(finished_run, tmp_path):
+    run, config = finished_run
+    workdir = copy_of(run, tmp_path)
+    (workdir / run_dir.RESULTS_FILE).unlink()
+    (workdir / checkpointing.CHECKPOINT_DIR / '10' / 'history' / 'metadata').write_text('{}')
+    with pytest.raises(run_dir.RunDirError) as error:
+        train.train_and_evaluate(config, str(workdir))
+    assert str(error.value).startswith(
+        f'no checkpoint in {workdir / checkpointing.CHECKPOINT_DIR} is readable (step 10: its '
+        'history is not a list of records of steps). Move '
     )

@@ -36,6 +36,7 @@ def train_args(idx_dir, workdir, *extra):
     )
 
 
+@pytest.mark.slow
 def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     workdir = tmp_path / 'run'
     done = run_cli(main, *train_args(idx_dir, workdir, '--config.train.num_epochs=2'))
@@ -101,6 +102,7 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     assert done.returncode == 1 and 'no checkpoint at step 7; it has 10, 20' in done.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_same_command_resumes(tmp_path, run_cli):
     idx_dir = write_fashion_idx_dir(tmp_path / 'idx', num_train=6400)
     workdir = tmp_path / 'run'
@@ -156,6 +158,7 @@ def test_a_second_run_of_a_held_workdir_exits_1_naming_the_holder(idx_dir, tmp_p
     ]
 
 
+@pytest.mark.slow
 def test_a_diverged_run_exits_1(idx_dir, tmp_path, run_cli):
     done = run_cli(
         main,

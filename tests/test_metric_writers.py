@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from vgg_flax import metric_writers
+from vgg_flax import metric_writers, run_dir
 
 from conftest import PNG_MAGIC
 
@@ -131,3 +131,14 @@ def test_a_failed_plot_is_not_lost(tmp_path, monkeypatch):
     log.write_epoch(history(1))
     with pytest.raises(RuntimeError, match='no fonts'):
         log.close()
+
+
+def test_a_log_line_of_valid_json_but_no_record_is_damaged(tmp_path, capsys):
+    (tmp_path / metric_writers.STEPS_FILE).write_text('{"step": 5}\n[1, 2]\n{"epoch": 1}\n')
+    assert metric_writers.read_steps(str(tmp_path)) == [{'step': 5}]
+    assert 'steps.jsonl line 3 is damaged (not a JSON object with a "step")' in (
+        capsys.readouterr().err
+    )
+    (tmp_path / metric_writers.METRICS_FILE).write_text('"epoch 1"\n')
+    with pytest.raises(run_dir.RunDirError, match=r'metrics.jsonl line 1 is damaged \(not a JSON'):
+        metric_writers.read_history(str(tmp_path))

@@ -60,6 +60,7 @@ def test_training_beats_chance_and_writes_the_run(idx_dir, tmp_path, capsys):
     assert 'epoch 0.40/2' in progress[0] and 'examples/sec' in progress[0]
 
 
+@pytest.mark.slow
 def test_evaluation_counts_every_test_example(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
@@ -69,6 +70,7 @@ def test_evaluation_counts_every_test_example(idx_dir, tmp_path):
     assert round(record['test_accuracy'] * 100) == pytest.approx(record['test_accuracy'] * 100)
 
 
+@pytest.mark.slow
 def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_set(
     idx_dir, tmp_path
 ):
@@ -120,6 +122,7 @@ def test_a_validation_set_as_large_as_the_files_training_split_is_refused(idx_di
         train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 3
@@ -145,6 +148,7 @@ def test_same_seed_same_metrics_and_resume_matches_an_uninterrupted_run(idx_dir,
     assert straight['test_accuracy'] == again['test_accuracy'] == resumed['test_accuracy']
 
 
+@pytest.mark.slow
 def test_a_moving_average_run_evaluates_it_saves_it_and_resumes_exactly(idx_dir, tmp_path):
     """Evaluation, `evaluate` and `load_variables` use the average, checkpoints hold it (with
     the BatchNorm statistics), and a run resumed between epochs matches an uninterrupted one."""
@@ -239,6 +243,7 @@ def signal_during_call(monkeypatch, call: int, signum: int = signal.SIGTERM) -> 
     wrap_train_steps(monkeypatch, with_a_signal)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeypatch):
     config = tiny_config(str(idx_dir))
     train.train_and_evaluate(config, str(tmp_path / 'straight'))
@@ -255,6 +260,7 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeyp
     assert metrics_of(metric_writers.read_history(workdir)) == straight
 
 
+@pytest.mark.slow
 def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_path, monkeypatch):
     """A stop waits for the calls queued on the device; there are never more than two."""
     real_step, markers, queued = train_steps.train_step, [], []
@@ -286,6 +292,7 @@ def test_the_host_runs_at_most_two_calls_ahead_of_a_slow_device(idx_dir, tmp_pat
     assert len(queued) == 10 and max(queued) <= 2, queued
 
 
+@pytest.mark.slow
 def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(
     idx_dir, tmp_path, monkeypatch
 ):
@@ -331,6 +338,7 @@ def test_a_multi_host_stop_falls_on_a_call_boundary(monkeypatch):
     assert polled == [1, 2, 3, 4, 5, 6, 7]  # Every step, as the service expects.
 
 
+@pytest.mark.slow
 def test_a_multi_host_run_polls_the_preemption_service_at_every_step(
     idx_dir, tmp_path, monkeypatch
 ):
@@ -358,6 +366,7 @@ def test_a_multi_host_run_polls_the_preemption_service_at_every_step(
     assert polled == sorted(polled) and sorted(set(polled)) == list(range(1, 21))
 
 
+@pytest.mark.slow
 def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoch(
     idx_dir, tmp_path, monkeypatch
 ):
@@ -384,6 +393,7 @@ def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoc
     assert metrics_of(metric_writers.read_history(workdir)) == straight
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
@@ -398,6 +408,7 @@ def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
     assert 'Use a new --workdir' in message
 
 
+@pytest.mark.slow
 def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, tmp_path):
     """model.first_conv came later; a run without it resumes, its first conv computed alike."""
     config = tiny_config(str(idx_dir))
@@ -416,6 +427,7 @@ def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, 
     assert train.train_and_evaluate(config, workdir)['epochs'] == 2
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 3
@@ -467,6 +479,7 @@ def test_results_json(idx_dir, tmp_path):
     assert results['train_flops_per_example'] > 0
 
 
+@pytest.mark.slow
 def test_short_real_data_run_beats_chance(real_data_dir, tmp_path):
     config = tiny_config(str(real_data_dir))
     config.data.max_train_examples = 3200
@@ -475,6 +488,7 @@ def test_short_real_data_run_beats_chance(real_data_dir, tmp_path):
     assert results['test_accuracy'] > 0.6, results  # Chance: 0.1.
 
 
+@pytest.mark.slow
 def test_training_from_tfds_with_mock_data(tmp_path, tfds_servers_answer):
     tfds = pytest.importorskip('tensorflow_datasets')
     config = tiny_config()
@@ -485,6 +499,7 @@ def test_training_from_tfds_with_mock_data(tmp_path, tfds_servers_answer):
     assert results['steps'] == 3 and 0.0 <= results['test_accuracy'] <= 1.0
 
 
+@pytest.mark.slow
 def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.model.dtype = 'bfloat16'
@@ -501,6 +516,7 @@ def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
     assert dtypes == {np.dtype(np.float32)}  # bf16 is the compute dtype only.
 
 
+@pytest.mark.slow
 def test_a_held_workdir_refuses_a_second_run_and_the_hold_dies_with_its_process(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
@@ -549,6 +565,7 @@ def test_an_unusable_workdir_is_a_clear_error(idx_dir, tmp_path, monkeypatch, wo
         train.train_and_evaluate(tiny_config(str(idx_dir)), workdir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('learning_rate,kept', [(1e6, []), (300.0, [1])])
 def test_a_diverged_run_stops_and_never_saves_non_finite_values(
     idx_dir, tmp_path, learning_rate, kept
@@ -601,3 +618,17 @@ def test_a_finished_run_run_again_changes_nothing(idx_dir, tmp_path, capsys):
     assert train.train_and_evaluate(config, str(workdir)) == results
     assert files() == before
     assert 'has finished its 1 epochs already' in capsys.readouterr().out
+
+
+def test_a_step_out_of_memory_is_one_line_naming_the_fix():
+    """What XLA raises when a step needs more than `ulimit -v` (or the devices) allows."""
+    with pytest.raises(ValueError) as error, train.out_of_memory_stops_the_run():
+        raise jax.errors.JaxRuntimeError(
+            'INTERNAL: Error dispatching computation: Out of memory allocating 2281720896 bytes.'
+        )
+    assert str(error.value).startswith(
+        'a step ran out of memory (INTERNAL: Error dispatching computation: Out of memory '
+        'allocating 2281720896 bytes.); lower config.data.image_size or config.train.batch_size'
+    )
+    with pytest.raises(jax.errors.JaxRuntimeError), train.out_of_memory_stops_the_run():
+        raise jax.errors.JaxRuntimeError('INTERNAL: something else')

@@ -2,7 +2,9 @@
 one.
 
 A checkpoint holds the train state, the running sums of the epoch in progress and the metrics
-history, so a resumed run continues exactly where the saved one stopped, mid-epoch included.
+history, so a resumed run continues exactly where the saved one stopped, mid-epoch included; and
+the run's config and data fingerprints, so a run whose config.json or data.json is lost is still
+checked against what it was trained with.
 `load_variables` reads a run's model variables without a config, e.g. in a notebook.
 """
 
@@ -15,6 +17,7 @@ import logging
 import os
 import pathlib
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -26,17 +29,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from vgg_flax import run_dir
 from vgg_flax.run_dir import RunDirError
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'checkpoints.damaged'  # Where a run moves the damaged checkpoints it skipped.
 READ_ATTEMPTS = 5  # Reads of a run whose checkpoints keep changing meanwhile, before giving up.
+RUN_ITEM = 'run'  # The item of a checkpoint that keeps the run's files: `RUN_FILES` by name.
+RUN_FILES = (run_dir.CONFIG_FILE, run_dir.DATA_FILE)
 
 
 class SaveError(RuntimeError):
     """A checkpoint could not be written (a full disk, say); `kept_step` is the last one saved."""
 
-    def __init__(self, step: int, kept_step: int | None, reason: str):
+    def __init__(
+        self,
+        step: int,
+        kept_step: int | None,
+        reason: str,
+        fix: str = 'free some disk space (or fix the cause)',
+    ):
         self.kept_step = kept_step
         super().__init__(
             f'saving the checkpoint of step {step} failed ({reason}); the run stopped. '
@@ -45,13 +57,15 @@ class SaveError(RuntimeError):
                 if kept_step is not None
                 else 'No checkpoint is saved yet'
             )
-            + ': free some disk space (or fix the cause) and run the same command to resume.'
+            + f': {fix} and run the same command to resume.'
         )
 
 
-def _reason(error: BaseException) -> str:
-    """The gist of an orbax or tensorstore error: the first line of its root cause, shortened."""
-    while (cause := error.__cause__ or error.__context__) is not None:
+def _reason(error: BaseException, handled: BaseException | None = None) -> str:
+    """The gist of an orbax or tensorstore error: the first line of its root cause, shortened.
+    The chain ends before `handled`, what was being handled when the storage raised (another
+    error that stops the run, as it waits for the save in flight)."""
+    while (cause := error.__cause__ or error.__context__) not in (None, handled):
         error = cause
     lines = str(error).split(' [tensorstore_spec=')[0].strip().splitlines()
     line = lines[0] if lines else type(error).__name__
@@ -61,10 +75,19 @@ def _reason(error: BaseException) -> str:
 @functools.cache
 def _quiet_orbax() -> None:
     """Keeps orbax's logged errors off the console (for the rest of the process): each one
-    reaches the run as an exception, which it says in one line."""
+    reaches the run as an exception, which it says in one line. So are the tracebacks that
+    tensorstore reports (as unraisable) for each write of a failed save that ends after orbax
+    closed the save's event loop."""
     logging.getLogger('absl').addFilter(
         lambda record: record.levelno < logging.ERROR or 'orbax' not in record.pathname
     )
+    unraisablehook = sys.unraisablehook
+
+    def quiet_unraisablehook(unraisable: Any) -> None:
+        if str(unraisable.exc_value) != 'Event loop is closed':
+            unraisablehook(unraisable)
+
+    sys.unraisablehook = quiet_unraisablehook
 
 
 class Checkpointer:
@@ -72,20 +95,28 @@ class Checkpointer:
 
     On disk, `checkpoints/STEP/arrays` is an orbax PyTree {'state': {'step', 'params',
     'opt_state', 'batch_stats', and 'ema' where the run keeps a moving average of the weights},
-    'sums': the epoch's running sums}, and `checkpoints/STEP/history`
-    the metrics history as JSON. Orbax writes each checkpoint to a temporary directory and renames
+    'sums': the epoch's running sums}, `checkpoints/STEP/history`
+    the metrics history as JSON, and `checkpoints/STEP/run` the `run_files` (JSON) a training run
+    gives. Orbax writes each checkpoint to a temporary directory and renames
     it when complete, so a killed run leaves the previous checkpoint intact. Saves run in the
     background: `check` raises `SaveError` once one has failed, and is cheap enough for every step.
     """
 
-    def __init__(self, workdir: str, keep: int):
+    def __init__(self, workdir: str, keep: int, run_files: dict[str, Any] | None = None):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         self._damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
+        self._run_files = run_files
+        if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+            raise RunDirError(
+                f'{self.directory} is not a directory (a file or a broken link stands where the '
+                'run keeps its checkpoints); move it elsewhere and run the same command.'
+            )
         _quiet_orbax()
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         )
         self._saving: int | None = None  # The step whose save is in flight.
+        self._identity = _identity(self.directory)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -105,7 +136,10 @@ class Checkpointer:
         self.wait()
         arrays = _layout(state)
         needed = sum(leaf.nbytes for leaf in jax.tree.leaves(arrays)) + 2**20
-        free = shutil.disk_usage(self.directory).free
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError as e:
+            raise self._error(step, e) from None
         if free < needed:  # Said here in one line; a write cut short says it in hundreds.
             raise SaveError(
                 step,
@@ -113,17 +147,28 @@ class Checkpointer:
                 f'it needs about {needed / 2**20:,.0f} MiB '
                 f'and {free / 2**20:,.0f} MiB are free on the disk of {self.directory}',
             )
+        items = {'arrays': ocp.args.StandardSave(arrays), 'history': ocp.args.JsonSave(history)}
+        if self._run_files is not None:
+            items[RUN_ITEM] = ocp.args.JsonSave(self._run_files)
         try:
-            self._manager.save(
-                step,
-                args=ocp.args.Composite(
-                    arrays=ocp.args.StandardSave(arrays), history=ocp.args.JsonSave(history)
-                ),
-                force=True,
-            )
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as e:  # Whatever the storage raised.
-            raise SaveError(step, self.latest_step(), _reason(e)) from e
+            raise self._error(step, e) from e
         self._saving = step
+
+    def _error(
+        self, step: int, error: BaseException, handled: BaseException | None = None
+    ) -> SaveError:
+        """The SaveError of `step`'s save, which raised `error`, or which failed because the
+        directory was deleted or moved while the run trained (orbax may create another)."""
+        if _identity(self.directory) == self._identity:
+            return SaveError(step, self.latest_step(), _reason(error, handled))
+        return SaveError(
+            step,
+            self.latest_step(),
+            f'{self.directory} was deleted, moved or replaced while the run trained',
+            'put it back (a run without it starts from scratch)',
+        )
 
     def check(self) -> None:
         """Raises SaveError if the save in flight has failed."""
@@ -133,12 +178,13 @@ class Checkpointer:
     def wait(self) -> None:
         """Blocks until the save in flight is on disk; raises SaveError if it failed."""
         step, self._saving = self._saving, None
+        handled = sys.exc_info()[1]
         try:
             self._manager.wait_until_finished()
         except Exception as e:  # Whatever the storage raised.
             if step is None:
                 raise
-            raise SaveError(step, self.latest_step(), _reason(e)) from e
+            raise self._error(step, e, handled) from e
 
     def restore(self, step: int, like: Any) -> tuple[Any, list[dict[str, Any]]]:
         """The state saved at `step`, on the shapes, dtypes and shardings of `like`'s arrays."""
@@ -151,17 +197,29 @@ class Checkpointer:
                 arrays=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
             ),
         )
-        arrays = restored['arrays']
-        return like.replace(**arrays['state'], sums=arrays['sums']), list(restored['history'])
+        arrays, history = restored['arrays'], restored['history']
+        if not (
+            isinstance(history, list)
+            and all(isinstance(r, dict) and isinstance(r.get('step'), int) for r in history)
+        ):
+            raise ValueError('its history is not a list of records of steps')
+        return like.replace(**arrays['state'], sums=arrays['sums']), history
 
     def restore_latest(self, like: Any) -> tuple[Any, list[dict[str, Any]]]:
         """`restore` of the newest readable checkpoint; `like` and no history when there is none.
 
-        A damaged checkpoint (a truncated or missing file) is skipped with a warning that names
-        it, and set aside in `checkpoints.damaged/` (nothing is deleted), so that the run saves
-        that step afresh. If no checkpoint is readable, RunDirError says so and nothing is moved.
+        A damaged checkpoint (a truncated or missing file, or a file in place of its directory,
+        which orbax would not see and would replace) is skipped with a warning that names it, and
+        set aside in `checkpoints.damaged/` (nothing is deleted), so that the run saves that step
+        afresh. If no checkpoint is readable, RunDirError says so and nothing is moved.
         """
+        files = [
+            (int(name), 'a file, not a checkpoint')
+            for name in _listdir(self.directory)
+            if name.isdigit() and not os.path.isdir(os.path.join(self.directory, name))
+        ]
         step, restored, damaged = self._first_readable(like, self.all_steps())
+        damaged = files + damaged
         if restored is None and damaged:
             raise RunDirError(
                 f'no checkpoint in {self.directory} is readable ({_listed(damaged)}). Move '
@@ -203,12 +261,13 @@ class Checkpointer:
     def _set_aside(self, steps: list[int]) -> None:
         """Moves damaged step directories out of orbax's sight (process 0 of a job does it)."""
         if jax.process_index() == 0:
-            os.makedirs(self._damaged_directory, exist_ok=True)
-            for step in steps:
-                os.replace(
-                    os.path.join(self.directory, str(step)),
-                    os.path.join(self._damaged_directory, str(step)),
-                )
+            with run_dir.stops_the_run_if_a_write_fails():
+                os.makedirs(self._damaged_directory, exist_ok=True)
+                for step in steps:
+                    os.replace(
+                        os.path.join(self.directory, str(step)),
+                        _unused_path(os.path.join(self._damaged_directory, str(step))),
+                    )
         multihost_utils.sync_global_devices('checkpoints set aside')
         self._manager.reload()
 
@@ -231,8 +290,63 @@ def saved_steps(workdir: str) -> list[int]:
     """The steps of the checkpoints in `workdir` as its directory lists them now (a save in
     progress is not among them until it is complete)."""
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    names = os.listdir(directory) if os.path.isdir(directory) else ()
-    return sorted(int(name) for name in names if name.isdigit())
+    return sorted(int(name) for name in _listdir(directory) if name.isdigit())
+
+
+def restore_run_files(workdir: str) -> None:
+    """Writes back the run's files (config.json, data.json) that `workdir` lost, from the newest
+    checkpoint that keeps them, so the run is checked against them as if never lost.
+
+    Checkpoints without that record cannot say which config they were trained with: with
+    config.json lost, RunDirError refuses them, naming the fix.
+    """
+    lost = [name for name in RUN_FILES if not os.path.exists(os.path.join(workdir, name))]
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    steps = saved_steps(workdir)[::-1]
+    if not lost or not steps:
+        return
+    for step in steps:
+        try:
+            kept = ocp.JsonCheckpointHandler().restore(pathlib.Path(directory, str(step), RUN_ITEM))
+        except Exception:  # No record in it, or a damaged one.
+            continue
+        for name in lost:
+            if isinstance(kept, dict) and name in kept:
+                with run_dir.stops_the_run_if_a_write_fails():
+                    run_dir.write_json_atomic(os.path.join(workdir, name), kept[name])
+                _warn(
+                    f'warning: {os.path.join(workdir, name)} was missing; wrote it back from the '
+                    f'checkpoint of step {step}.'
+                )
+        return
+    if run_dir.CONFIG_FILE in lost:
+        raise RunDirError(
+            f'{os.path.join(workdir, run_dir.CONFIG_FILE)} is missing and the checkpoints in '
+            f'{directory} do not say which config they were trained with, so the run cannot be '
+            'checked against this one; restore config.json from a copy, or pass another '
+            '--workdir (or move the checkpoints elsewhere to train from scratch).'
+        )
+
+
+def _unused_path(path: str) -> str:
+    """`path`, or `path.2`, `path.3`, ... where it is taken (a step set aside before)."""
+    number = 1
+    while os.path.lexists(candidate := path if number == 1 else f'{path}.{number}'):
+        number += 1
+    return candidate
+
+
+def _identity(directory: str) -> tuple[int, int] | None:
+    """Which directory is at `directory` now (device and inode), if one is."""
+    try:
+        status = os.stat(directory)
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino) if stat.S_ISDIR(status.st_mode) else None
+
+
+def _listdir(directory: str) -> list[str]:
+    return os.listdir(directory) if os.path.isdir(directory) else []
 
 
 def check_step(workdir: str, step: int | None, steps: list[int]) -> None:

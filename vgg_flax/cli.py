@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -82,25 +83,38 @@ def run(main: Callable[[list[str]], int | None], grace_seconds: float = 5.0) -> 
     """`app.run(main)` for a tool that trains. A checkpoint save that failed in orbax's
     background (a read-only directory) can leave a thread waiting minutes for a signal that
     never comes, which Python's exit would wait for: a thread still running `grace_seconds`
-    after `main` returned (every file of the run closed by then) is not waited for."""
+    after `main` ended (every file of the run closed by then) is not waited for."""
     try:
         app.run(main, flags_parser=parse_flags)
-    except SystemExit as e:
-        left = [
-            thread
-            for thread in threading.enumerate()
-            if thread is not threading.main_thread() and not thread.daemon
-        ]
-        deadline = time.monotonic() + grace_seconds
-        for thread in left:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if not any(thread.is_alive() for thread in left):
+    except BaseException as e:
+        if _threads_end_within(grace_seconds):
             raise
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
+        if isinstance(e, SystemExit):
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        else:  # As Python would report it, without waiting for the threads.
+            traceback.print_exception(e)
+            code = 1
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(e.code if isinstance(e.code, int) else 0 if e.code is None else 1)
+        os._exit(code)
+
+
+def _threads_end_within(seconds: float) -> bool:
+    """Whether every thread that Python's exit would wait for ends within `seconds`.
+
+    Waits with `threading.Thread.join` itself: a subclass's own `join` (orbax's) may raise
+    instead of returning at the timeout."""
+    deadline = time.monotonic() + seconds
+    left = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.main_thread() and not thread.daemon
+    ]
+    for thread in left:
+        threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+    return not any(thread.is_alive() for thread in left)
 
 
 def interrupted_while_starting() -> int:

@@ -116,6 +116,9 @@ def train_defaults() -> ml_collections.ConfigDict:
     config.log_every_steps = 50  # Step log (steps.jsonl), progress and non-finite checks.
     # Steps per compiled call: above 1, they run under one compiled loop, saving a dispatch per
     # step where the step is tiny (small images on a GPU); on a CPU it is slower (see README).
+    # The same steps, compiled differently: the metrics match a run of another value to float
+    # rounding, not bit for bit, and a resume may change it (a run so resumed is reproduced by
+    # the same launches, not by one uninterrupted run).
     config.steps_per_call = 1
     config.label_smoothing = 0.0  # 0: the lesson's plain cross-entropy.
     # Decay of an exponential moving average of the weights (and BatchNorm statistics) that

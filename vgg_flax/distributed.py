@@ -54,6 +54,8 @@ def initialize_if_launched() -> None:
     if not (explicit or scheduled):
         return
     try:
+        if not explicit:
+            check_started_by_srun()
         timeout = peer_timeout()
     except ValueError as e:  # Before joining: the other processes then fail the same way.
         raise SystemExit(f'error: {e}') from None
@@ -69,6 +71,24 @@ def initialize_if_launched() -> None:
     else:
         jax.distributed.initialize()
     PeerWatch(timeout).start()
+
+
+def check_started_by_srun() -> None:
+    """Raises ValueError for a Slurm allocation of several tasks entered without `srun` (a batch
+    script's or salloc's shell): SLURM_NTASKS counts the job's processes, but only this one was
+    started, and it would wait for the others or train alone. srun marks the processes it starts
+    with SLURM_STEP_NUM_TASKS."""
+    tasks = os.environ.get('SLURM_NTASKS')
+    if (
+        tasks
+        and 'OMPI_COMM_WORLD_SIZE' not in os.environ
+        and 'SLURM_STEP_NUM_TASKS' not in os.environ
+    ):
+        raise ValueError(
+            f'SLURM_NTASKS={tasks} says this job has {tasks} processes, but this one was not '
+            'started by srun, which starts them all; run it as `srun python -m vgg_flax.main '
+            '...`, or as `srun --ntasks=1 ...` to train in one process.'
+        )
 
 
 def peer_timeout() -> float:

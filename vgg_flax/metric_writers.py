@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -41,7 +40,10 @@ def _read_jsonl(path: str, skip_damaged: bool = False) -> list[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get('step'), int):
+                    raise ValueError('not a JSON object with a "step"')
+                records.append(record)
             except ValueError as e:
                 if not skip_damaged:
                     raise run_dir.RunDirError(
@@ -216,14 +218,15 @@ class RunLog:
         if not active:
             return
         self._history = list(history)
-        self._steps = [record for record in read_steps(workdir) if record['step'] <= step]
-        _write_jsonl(os.path.join(workdir, STEPS_FILE), self._steps)
-        self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
-        if step:
-            self._tensorboard.drop_after(step)
         self._plotter = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._plot: concurrent.futures.Future | None = None
-        self._refresh()
+        with run_dir.stops_the_run_if_a_write_fails():
+            self._steps = [record for record in read_steps(workdir) if record['step'] <= step]
+            _write_jsonl(os.path.join(workdir, STEPS_FILE), self._steps)
+            self._tensorboard = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            if step:
+                self._tensorboard.drop_after(step)
+            self._refresh()
 
     def write_step(self, record: dict[str, Any], print_line: bool = False) -> None:
         """Appends a step record: 'step', fractional 'epoch' and `STEP_SCALARS`; prints it as
@@ -231,7 +234,7 @@ class RunLog:
         if not self._active:
             return
         self._steps.append(record)
-        with stops_the_run_if_a_write_fails():
+        with run_dir.stops_the_run_if_a_write_fails():
             with open(os.path.join(self._workdir, STEPS_FILE), 'a') as f:
                 f.write(json.dumps(record) + '\n')
             self._tensorboard.write_scalars(
@@ -245,7 +248,7 @@ class RunLog:
         if not self._active:
             return
         latest = history[-1]
-        with stops_the_run_if_a_write_fails():
+        with run_dir.stops_the_run_if_a_write_fails():
             self._tensorboard.write_scalars(latest['step'], scalars(latest, self.SCALARS))
             tqdm.write(format_epoch(latest, self._num_epochs), file=sys.stdout)
             self._history = list(history)
@@ -288,7 +291,7 @@ class RunLog:
         if not self._active:
             return
         try:
-            with stops_the_run_if_a_write_fails():
+            with run_dir.stops_the_run_if_a_write_fails():
                 self._wait_for_plot()
         finally:
             self._plotter.shutdown()
@@ -302,20 +305,6 @@ class RunLog:
         if isinstance(exc_info[1], checkpointing.SaveError):
             self.rewind(exc_info[1].kept_step or 0)
         self.close()
-
-
-@contextlib.contextmanager
-def stops_the_run_if_a_write_fails() -> Iterator[None]:
-    """Turns a failed write of the log (a read-only workdir, a full disk, a file-size limit)
-    into a RunDirError of one line: the run stops, its checkpoints as they were."""
-    try:
-        yield
-    except OSError as e:
-        raise run_dir.RunDirError(
-            f'writing {e.filename or "the run log"} failed ({e.strerror or e}); the run stopped, '
-            'its last checkpoint intact: fix the cause (a read-only or full disk, a file-size '
-            'limit) and run the same command to resume.'
-        ) from None
 
 
 def scalars(record: dict[str, Any], keys: Sequence[str], prefix: str = '') -> dict[str, float]:

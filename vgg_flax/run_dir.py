@@ -6,10 +6,13 @@ and the checks that refuse a directory a run cannot use.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import socket
+import stat
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -41,6 +44,15 @@ def read_json(path: str, fix: str) -> Any:
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError.
         raise RunDirError(f'{path} is damaged ({e}); {fix}') from None
+
+
+def read_json_object(path: str, fix: str) -> dict[str, Any]:
+    """`read_json` of a file that holds a JSON object; any other value (a file edited by hand)
+    is a RunDirError naming it and `fix` too."""
+    value = read_json(path, fix)
+    if not isinstance(value, dict):
+        raise RunDirError(f'{path} holds a JSON {type(value).__name__}, not an object; {fix}')
+    return value
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -87,45 +99,105 @@ def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
         raise RunDirError('--workdir is empty; pass the directory this run should write to.')
     try:
         os.makedirs(workdir, exist_ok=True)
-        lock = open(os.path.join(workdir, LOCK_FILE), 'a+')  # noqa: SIM115 (held below)
     except FileExistsError:
+        if os.path.islink(workdir):
+            raise RunDirError(
+                f'--workdir={workdir} is a symbolic link to {os.readlink(workdir)}, which does '
+                'not exist; create that directory (or mount its disk), or pass another --workdir.'
+            ) from None
         raise RunDirError(
             f'--workdir={workdir} is a file, not a directory; pass a directory path.'
         ) from None
     except OSError as e:
-        raise RunDirError(
-            f'cannot write to --workdir={workdir} ({e.strerror}); pass a '
-            'directory you can write to.'
-        ) from None
-    with lock:
+        raise _unwritable(workdir, e) from None
+    with _open_lock(workdir, os.O_RDWR | os.O_CREAT) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or 'a process that has not written its name yet'
             raise RunDirError(
-                f'{workdir} is in use by another run ({holder}); wait for it to end '
+                f'{workdir} is in use by another run ({_holder(lock)}); wait for it to end '
                 'or stop it, or pass another --workdir.'
             ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f'host {socket.gethostname()}, pid {os.getpid()}\n')
-        lock.flush()
+        if not _HOLDER.fullmatch(os.pread(lock, 4096, 0)):  # Read once no run writes it.
+            raise RunDirError(
+                f'{_lock_path(workdir)} is a file other than the lock of a run; {_MOVE_IT}'
+            )
+        holder = f'host {socket.gethostname()}, pid {os.getpid()}\n'.encode()
+        try:
+            os.ftruncate(lock, 0)
+            if os.pwrite(lock, holder, 0) < len(holder):  # Cut short (a full disk): left empty.
+                os.ftruncate(lock, 0)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:  # A full disk, or a file-size limit.
+            raise _unwritable(workdir, e) from None
         yield
+
+
+def _unwritable(workdir: str, error: OSError) -> RunDirError:
+    return RunDirError(
+        f'cannot write to --workdir={workdir} ({error.strerror or error}); pass a directory you '
+        'can write to.'
+    )
+
+
+# What a run writes in its lock (the file is empty until it has): the lock of another program,
+# or another file in its place, is never overwritten.
+_HOLDER = re.compile(rb'(host .*, pid \d+\n)?')
+_MOVE_IT = 'move it elsewhere: a run keeps its lock there.'
+
+
+def _lock_path(workdir: str) -> str:
+    return os.path.join(workdir, LOCK_FILE)
+
+
+@contextlib.contextmanager
+def _open_lock(workdir: str, flags: int) -> Iterator[int]:
+    """The file descriptor of `workdir/.lock`, opened with `flags` without following a link; a
+    RunDirError names anything else there (a link, a directory, a file with other names)."""
+    path = _lock_path(workdir)
+    try:  # Not blocking: a FIFO there opens at once, to be refused below.
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR):
+            raise _unwritable(workdir, e) from None
+        fd = -1
+        what = 'a symbolic link' if e.errno == errno.ELOOP else 'a directory'
+    try:
+        if fd >= 0:
+            status = os.fstat(fd)
+            what = (
+                'not a plain file'
+                if not stat.S_ISREG(status.st_mode)
+                else 'a hard link (a file with another name too)'
+                if status.st_nlink != 1
+                else ''
+            )
+        if what:
+            raise RunDirError(f'{path} is {what}; {_MOVE_IT}')
+        yield fd
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _holder(lock: int) -> str:
+    return (
+        os.pread(lock, 4096, 0).decode(errors='replace').strip()
+        or 'a process that has not written its name yet'
+    )
 
 
 def held_by(workdir: str) -> str | None:
     """Who holds `workdir` (a run still in progress), or None if no run does."""
     try:
-        lock = open(os.path.join(workdir, LOCK_FILE))  # noqa: SIM115 (held below)
-    except OSError:
-        return None
-    with lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return lock.read().strip() or 'a process that has not written its name yet'
-        fcntl.flock(lock, fcntl.LOCK_UN)
+        with _open_lock(workdir, os.O_RDONLY) as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _holder(lock)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+    except RunDirError:  # No lock there (or no run's lock).
         return None
 
 
@@ -159,7 +231,13 @@ def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
     path = os.path.join(workdir, DATA_FILE)
     if not os.path.isfile(path):
         return
-    recorded = read_json(path, "delete it to accept the data config.data gives now as the run's.")
+    fix = "delete it to accept the data config.data gives now as the run's."
+    recorded = read_json_object(path, fix)
+    if _fields(recorded) != _fields(fingerprints):  # Edited by hand: not a record of this data.
+        raise RunDirError(
+            f'{path} does not hold the fingerprints of the splits '
+            f'{", ".join(sorted(fingerprints))} as a run records them; {fix}'
+        )
     if recorded != fingerprints:
         differ = '; '.join(
             f'{split}: {recorded.get(split)} in the run, {now} now'
@@ -171,6 +249,14 @@ def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
             f'({differ}). Point config.data at the files the run used, or pass '
             'another --workdir.'
         )
+
+
+def _fields(fingerprints: dict[str, Any]) -> dict[str, list[str] | None]:
+    """The splits of a record of the data, and the fields of each."""
+    return {
+        split: sorted(value) if isinstance(value, dict) else None
+        for split, value in fingerprints.items()
+    }
 
 
 def last_num_devices(workdir: str) -> int | None:
@@ -186,10 +272,10 @@ def write_run_files(
 ) -> None:
     """Writes the run's config, its data's fingerprints and the environment this launch runs
     in."""
-    os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_utils.to_plain(config))
-    write_json_atomic(os.path.join(workdir, DATA_FILE), data_fingerprints)
-    write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
+    with stops_the_run_if_a_write_fails():
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_utils.to_plain(config))
+        write_json_atomic(os.path.join(workdir, DATA_FILE), data_fingerprints)
+        write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
 
 
 RESULTS_FIX = 'the run writes it when it finishes: delete it, and the same command writes it again.'
@@ -200,8 +286,8 @@ def finished_results(workdir: str, num_epochs: int) -> dict[str, Any] | None:
     path = os.path.join(workdir, RESULTS_FILE)
     if not os.path.isfile(path):
         return None
-    results = read_json(path, RESULTS_FIX)
-    return results if isinstance(results, dict) and results.get('epochs') == num_epochs else None
+    results = read_json_object(path, RESULTS_FIX)
+    return results if results.get('epochs') == num_epochs else None
 
 
 @contextlib.contextmanager
@@ -225,3 +311,20 @@ def write_json_atomic(path: str, value: Any) -> None:
     with atomic_write(path) as f:
         json.dump(value, f, indent=2, sort_keys=True)
         f.write('\n')
+
+
+@contextlib.contextmanager
+def stops_the_run_if_a_write_fails() -> Iterator[None]:
+    """Turns a failed write of the run's files (a read-only or full disk, a file-size limit, a
+    directory deleted under the run) into a RunDirError of one line: the run stops, its
+    checkpoints as they were."""
+    try:
+        yield
+    except OSError as e:
+        raise RunDirError(
+            # A replace names the file it replaces second.
+            f'writing {e.filename2 or e.filename or "the run log"} failed ({e.strerror or e}); '
+            'the run stopped, '
+            'its last checkpoint intact: fix the cause (a read-only or full disk, a file-size '
+            'limit) and run the same command to resume.'
+        ) from None

@@ -3,7 +3,8 @@
 It sets up (every check that can refuse the run, then the data, the state and the compiled
 steps of `steps`), then trains epoch by epoch: `train_epoch` dispatches the compiled step, logs
 and polls for a stop; `evaluate_sets` evaluates the epoch; one record is written per epoch and a
-checkpoint when one is due. SIGINT or SIGTERM saves a checkpoint and stops (`StopSignals`).
+checkpoint when one is due. SIGINT, SIGTERM or SIGHUP saves a checkpoint and stops
+(`StopSignals`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from vgg_flax import (
     checkpointing,
+    config_utils,
     device_data,
     distributed,
     metric_writers,
@@ -46,7 +48,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after it saved a checkpoint."""
+    """SIGINT, SIGTERM or SIGHUP stopped the run after it saved a checkpoint."""
 
     def __init__(self, signum: int, step: int):
         super().__init__(
@@ -57,38 +59,52 @@ class TrainingInterrupted(Exception):
 
 
 class StopSignals:
-    """Turns SIGINT and SIGTERM into a stop that the loop polls, so it can save and exit.
+    """Turns SIGINT, SIGTERM and SIGHUP into a stop that the loop polls, so it can save and exit.
 
-    In one process, handlers of its own set a flag; a second signal of the same kind ends the
+    In one process, handlers of its own set a flag; a second SIGINT or SIGTERM ends the
     process at once, as kill does (Ctrl-C twice), even inside a long compiled call, which Python's
     own KeyboardInterrupt would wait for; the run then resumes from its last checkpoint, which a
-    kill leaves intact. In a multi-host job a scheduler's SIGTERM reaches
+    kill leaves intact. SIGHUP (a closed terminal or SSH session) stops as SIGTERM does; a hangup
+    may send it twice, so another one is ignored, and what the run prints after it goes to
+    /dev/null instead of the terminal that is gone (a write there would fail and stop the run
+    before its save). In a multi-host job a scheduler's SIGTERM reaches
     the processes at different steps, so JAX's preemption service (which catches SIGTERM there
-    from `jax.distributed.initialize` on) picks the poll at which all of them stop together.
+    from `jax.distributed.initialize` on) picks the poll at which all of them stop together; a
+    SIGHUP is passed on to it as a SIGTERM.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
         self._multi_process = jax.process_count() > 1
+        self._terminals: list[int] = []  # stdout and stderr where they are a terminal.
 
     def __enter__(self) -> StopSignals:
-        if not self._multi_process and threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if self._multi_process:
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _as_sigterm)
+            return self
+        self._terminals = [fd for fd in (1, 2) if os.isatty(fd)]
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
         self.signum = signum
-        signal.signal(signum, signal.SIG_DFL)
         name = signal.Signals(signum).name
-        print(
-            f'{name}: saving a checkpoint after the current step, then stopping ({name} again '
-            'stops at once, without saving).',
-            file=sys.stderr,
-            flush=True,
-        )
+        hangup = signum == signal.SIGHUP
+        signal.signal(signum, signal.SIG_IGN if hangup else signal.SIG_DFL)
+        with contextlib.suppress(OSError):  # The terminal may be gone already.
+            print(
+                f'{name}: saving a checkpoint after the current step, then stopping'
+                + ('.' if hangup else f' ({name} again stops at once, without saving).'),
+                file=sys.stderr,
+                flush=True,
+            )
+        if hangup:
+            _detach(self._terminals)
 
     def __exit__(self, *exc_info: Any) -> None:
         for signum, handler in self._previous.items():
@@ -113,6 +129,21 @@ class StopSignals:
         ):
             self.signum = signal.SIGTERM
         return self.signum is not None
+
+
+def _as_sigterm(signum: int, frame: Any) -> None:
+    del signum, frame
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _detach(terminals: list[int]) -> None:
+    """Points the file descriptors `terminals` at /dev/null."""
+    if not terminals:
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in terminals:
+        os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def is_due(count: int, every: int, advanced: int = 1, last: int | None = None) -> bool:
@@ -327,7 +358,14 @@ def set_up(
         config, init_key, per_epoch, train_data.images.shape[-1], mesh
     )
     checkpointer = stack.enter_context(
-        checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints)
+        checkpointing.Checkpointer(
+            workdir,
+            keep=config.train.keep_checkpoints,
+            run_files={
+                run_dir.CONFIG_FILE: config_utils.to_plain(config),
+                run_dir.DATA_FILE: fingerprints,
+            },
+        )
     )
     state, history = restore(checkpointer, state, workdir, per_epoch, num_epochs, resuming)
     step = int(state.step)
@@ -364,6 +402,24 @@ def set_up(
     return loop, state, history, trained
 
 
+@contextlib.contextmanager
+def out_of_memory_stops_the_run() -> Iterator[None]:
+    """Turns XLA's failure to allocate (a step that needs more than the process may use: the
+    devices' memory, `ulimit -v`, a container's limit) into a ValueError of one line naming the
+    fix, which `validation.check_fits_memory`'s lower bound could not foresee."""
+    try:
+        yield
+    except jax.errors.JaxRuntimeError as e:
+        lines = str(e).strip().splitlines()
+        if not lines or not ('Out of memory' in lines[0] or 'RESOURCE_EXHAUSTED' in lines[0]):
+            raise
+        raise ValueError(
+            f'a step ran out of memory ({lines[0]}); lower config.data.image_size or '
+            'config.train.batch_size (in another --workdir), or let the process use more memory '
+            '(ulimit -v, the limit of its container or job) and run the same command to resume.'
+        ) from None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Record:
     """Trains and evaluates `config` in `workdir`, resuming from its last checkpoint.
 
@@ -375,7 +431,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
     device_data.check_fits_devices(config, mesh)
     num_epochs = config.train.num_epochs
     with contextlib.ExitStack() as stack:
+        stack.enter_context(out_of_memory_stops_the_run())
         stack.enter_context(run_dir.hold_workdir(workdir, active=distributed.is_chief()))
+        if distributed.is_chief():
+            checkpointing.restore_run_files(workdir)
         resuming = run_dir.check_workdir(workdir, config)
         if finished := run_dir.finished_results(workdir, num_epochs):
             print(f'{workdir} has finished its {num_epochs} epochs already; nothing to do.')
@@ -410,6 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
             loop.checkpointer.save(step, state, history + ([trained] if trained else []))
             raise TrainingInterrupted(loop.signals.signum or signal.SIGTERM, step)
 
+        loop.checkpointer.wait()  # A run is finished once its last checkpoint is on disk.
         results = records.summarize_run(
             history,
             num_params=train_steps.count_params(state.params) // config.num_seeds,
@@ -418,5 +478,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
             examples_per_step=loop.examples_per_step,
         )
         if loop.chief:
-            run_dir.write_json_atomic(os.path.join(workdir, run_dir.RESULTS_FILE), results)
+            with run_dir.stops_the_run_if_a_write_fails():
+                run_dir.write_json_atomic(os.path.join(workdir, run_dir.RESULTS_FILE), results)
     return results
