@@ -10,7 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from vgg_flax import augment, config_utils, metric_writers, train, train_steps, validation
+from vgg_flax import (
+    augment,
+    config_utils,
+    metric_writers,
+    train,
+    train_state,
+    train_steps,
+    validation,
+)
 
 from conftest import synthetic_split, tiny_config
 
@@ -132,7 +140,7 @@ def test_augmentation_and_label_smoothing_train_deterministically(idx_dir, tmp_p
 
 def test_test_time_augmentation_averages_the_logits_of_the_image_and_its_mirror():
     config = tiny_config()
-    state = train_steps.create_train_state(config, jax.random.key(0))
+    state = train_state.create_train_state(config, jax.random.key(0))
     images, indices = jax.numpy.asarray(batch()), jax.numpy.arange(8)
     plain = train_steps.predict_step(state, images, indices, image_size=32)
     mirrored = train_steps.predict_step(state, images[:, :, ::-1], indices, image_size=32)

@@ -23,7 +23,7 @@ from vgg_flax import (
     models,
     run_dir,
     train,
-    train_steps,
+    train_state,
 )
 
 from conftest import ROOT, tiny_config
@@ -321,7 +321,7 @@ def test_too_little_disk_for_a_checkpoint_stops_the_run_before_writing(
 def test_load_variables_reads_a_run_without_its_config(finished_run):
     run, _ = finished_run
     config = run_dir.read_config(str(run))
-    like = train_steps.create_train_state(config, jax.random.key(0))
+    like = train_state.create_train_state(config, jax.random.key(0))
     state, _ = checkpointing.Checkpointer(str(run), keep=3).restore(20, like)
     variables = checkpointing.load_variables(str(run), step=20)
     assert set(variables) == {'params', 'batch_stats'}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vgg_flax import config_utils, train_steps
+from vgg_flax import config_utils, train_state
 
 
 def test_json_round_trip_gives_an_equal_config():
@@ -55,8 +55,8 @@ def test_growing_num_epochs_is_refused_only_where_the_schedule_spans_the_run(
         else []
     )
     # Where it is allowed, the schedule's first epochs are those of the shorter run.
-    short = train_steps.create_learning_rate_fn(config_utils.from_plain(saved).train, 10)
-    long = train_steps.create_learning_rate_fn(config.train, 10)
+    short = train_state.create_learning_rate_fn(config_utils.from_plain(saved).train, 10)
+    long = train_state.create_learning_rate_fn(config.train, 10)
     assert refused or all(short(step) == long(step) for step in range(50))
 
 

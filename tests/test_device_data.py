@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vgg_flax import device_data, distributed, train_steps
+from vgg_flax import device_data, distributed, population
 
 from conftest import tiny_config
 
@@ -17,7 +17,7 @@ def test_each_member_draws_its_own_epochs_and_never_the_held_out_examples():
     config.num_seeds, config.data.validation_examples = 2, 40
     config.train.batch_size = 32
     mesh = distributed.create_mesh()
-    _, _, shuffle_keys = train_steps.run_keys(config)
+    _, _, shuffle_keys = population.run_keys(config)
     epoch_batches = device_data.epoch_batches_fn(config, mesh, shuffle_keys, num_loaded=200)
     first, second = np.asarray(epoch_batches(1)), np.asarray(epoch_batches(2))
     assert first.shape == (2, 160 // 32, 32)  # Members, steps, batch: of the 160 kept.

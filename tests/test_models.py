@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_flax import config_utils, models, train_steps
+from vgg_flax import config_utils, models, train_state
 
 RATIOS = (1, 2, 4, 8, 16)
 SIZES = (32, 64, 96, 224)
@@ -124,7 +124,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params():
 def small_vgg():
     """A narrow VGG-11 for 32 px images and its initial variables."""
     model = models.create_model(model_config(width_ratio=16, dense_features=(64,)))
-    return model, train_steps.run_unoptimised(
+    return model, train_state.run_unoptimised(
         model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1))
     )
 

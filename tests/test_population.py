@@ -21,29 +21,53 @@ from vgg_flax import (
     evaluate,
     input_pipeline,
     metric_writers,
+    population,
     train,
+    train_state,
     train_steps,
 )
 
 from conftest import ROOT, logged_past, tiny_config, write_fashion_idx_dir
 
 
+def test_member_i_has_the_keys_of_seed_plus_i():
+    config = tiny_config()
+    config.seed, config.num_seeds = 5, 3
+    stacked = population.run_keys(config)
+    config.num_seeds = 1
+    for member in range(3):
+        config.seed = 5 + member
+        for keys, single in zip(stacked, population.run_keys(config), strict=True):
+            np.testing.assert_array_equal(
+                jax.random.key_data(keys[member]), jax.random.key_data(single)
+            )
+
+
+def test_per_member_maps_over_the_members_and_leaves_a_single_model_as_it_is():
+    def fn(x, y):
+        return x * y
+
+    assert population.per_member(fn, 1) is fn
+    mapped = population.per_member(fn, 3, in_axes=(0, None))
+    np.testing.assert_array_equal(mapped(jnp.arange(3.0), 2.0), [0.0, 2.0, 4.0])
+
+
 def first_losses(config, num_steps=3):
     """The train loss of each of the first steps (per member, for a population)."""
     mesh = distributed.create_mesh()
-    init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
+    init_key, dropout_key, shuffle_key = population.run_keys(config)
     data, _ = device_data.load_data(config, mesh, dropout_key)
     data = data.replace(
         batches=device_data.batch_maker(config, mesh)(
             shuffle_key, 1, data.images.shape[0], config.train.batch_size
         )
     )
-    state = train_steps.create_train_state(config, init_key, data.batches.shape[-2], mesh=mesh)
+    state = train_state.create_train_state(config, init_key, data.batches.shape[-2], mesh=mesh)
     step = train_steps.lower_train_step(state, data, train_steps.step_options(config)).compile()
     losses = []
     for _ in range(num_steps):
-        state = step(state.replace(sums=train_steps.zero_sums_like(state)), data)
-        losses.append(train_steps.mean_metrics(state.sums)[0])
+        state = step(state.replace(sums=train_state.zero_sums_like(state)), data)
+        losses.append(train_state.mean_metrics(state.sums)[0])
     return np.array(losses)
 
 
@@ -51,13 +75,13 @@ def first_losses(config, num_steps=3):
 def test_each_member_steps_as_a_single_run_with_its_seed(idx_dir):
     config = tiny_config(str(idx_dir))
     config.seed, config.num_seeds = 5, 3
-    population = first_losses(config)
-    assert population.shape == (3, 3)
+    members = first_losses(config)
+    assert members.shape == (3, 3)
     config.num_seeds = 1
     for member in range(3):
         config.seed = 5 + member
-        np.testing.assert_allclose(population[:, member], first_losses(config), rtol=1e-5)
-    assert len({round(float(loss), 4) for loss in population[0]}) == 3  # Three models.
+        np.testing.assert_allclose(members[:, member], first_losses(config), rtol=1e-5)
+    assert len({round(float(loss), 4) for loss in members[0]}) == 3  # Three models.
 
 
 @pytest.mark.slow
@@ -190,13 +214,13 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax
 from conftest import tiny_config
-from vgg_flax import device_data, distributed, train, train_steps
+from vgg_flax import device_data, distributed, population, train, train_state, train_steps
 config = tiny_config({idx_dir!r})
 config.num_seeds, config.members_over_devices, config.train.num_epochs = 4, {spread}, 1
 mesh = distributed.create_mesh()
-init_key, dropout_key, _ = train_steps.run_keys(config)
+init_key, dropout_key, _ = population.run_keys(config)
 data, _ = device_data.load_data(config, mesh, dropout_key)
-state = train_steps.create_train_state(config, init_key, data.batches.shape[-2],
+state = train_state.create_train_state(config, init_key, data.batches.shape[-2],
                                        data.images.shape[-1], mesh)  # As the run's.
 options = train_steps.step_options(config)
 compiled = train_steps.lower_train_step(state, data, options).compile().as_text()

@@ -24,6 +24,7 @@ from vgg_flax import (
     metric_writers,
     run_dir,
     train,
+    train_state,
     train_steps,
     validation,
 )
@@ -506,7 +507,7 @@ def test_bfloat16_training_learns_and_keeps_float32_state(idx_dir, tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert results['test_accuracy'] > 0.5
     state, _ = checkpointing.Checkpointer(str(tmp_path / 'run'), keep=3).restore(
-        20, train_steps.create_train_state(config, jax.random.key(0))
+        20, train_state.create_train_state(config, jax.random.key(0))
     )
     dtypes = {
         leaf.dtype
@@ -582,7 +583,7 @@ def test_a_diverged_run_stops_and_never_saves_non_finite_values(
         assert checkpointer.all_steps() == kept
         for step in kept:
             state, history = checkpointer.restore(
-                step, train_steps.create_train_state(config, jax.random.key(0))
+                step, train_state.create_train_state(config, jax.random.key(0))
             )
             assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
             assert all(np.isfinite(record['test_loss']) for record in history)

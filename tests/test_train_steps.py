@@ -1,5 +1,4 @@
-"""The train step learns and runs alike under a compiled loop; the moving average, the schedules
-and the optimiser's weight decay."""
+"""The train step learns and runs alike under a compiled loop; the moving average."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_flax import input_pipeline, train_steps
+from vgg_flax import device_data, input_pipeline, train_state, train_steps
 
 from conftest import tiny_config
 
@@ -17,8 +16,8 @@ from conftest import tiny_config
 def test_steps_lower_the_loss(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
-    state = train_steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
-    data = train_steps.TrainData(
+    state = train_state.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+    data = device_data.TrainData(
         *jax.device_put((split.images, split.labels)),
         input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32)[:1],
         jax.random.key(2),
@@ -27,8 +26,8 @@ def test_steps_lower_the_loss(idx_dir):
     options = train_steps.StepOptions(image_size=32)
     losses = []
     for _ in range(15):  # The same batch again and again: its loss must fall.
-        state = step(state.replace(sums=train_steps.zero_sums()), data, options)
-        losses.append(train_steps.mean_metrics(state.sums)[0])
+        state = step(state.replace(sums=train_state.zero_sums()), data, options)
+        losses.append(train_state.mean_metrics(state.sums)[0])
     assert int(state.step) == 15
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -37,14 +36,14 @@ def test_steps_lower_the_loss(idx_dir):
 def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     config = tiny_config(str(idx_dir))
     split = input_pipeline.load_split(config.data, 'train')
-    data = train_steps.TrainData(
+    data = device_data.TrainData(
         *jax.device_put((split.images, split.labels)),
         input_pipeline.epoch_batches(jax.random.key(1), 0, len(split), 32),
         jax.random.key(2),
     )
     results = []
     for num_steps, calls in ((1, 3), (3, 1)):
-        state = train_steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+        state = train_state.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
         fn = train_steps.lower_train_step(
             state, data, train_steps.StepOptions(image_size=32), num_steps
         ).compile()
@@ -69,32 +68,3 @@ def test_the_moving_average_ramps_its_decay_up_from_the_first_update():
         np.testing.assert_allclose(
             train_steps.update_ema(ema, value, 0.9, jnp.asarray(updates))['w'], 1 - rate, rtol=1e-6
         )
-
-
-def test_learning_rate_schedules():
-    config = tiny_config()
-    config.train.num_epochs = 10
-    config.train.warmup_epochs = 2
-    config.train.lr_schedule = 'cosine'
-    lr = train_steps.create_learning_rate_fn(config.train, 100)
-    assert float(lr(0)) == 0.0
-    assert float(lr(200)) == pytest.approx(0.05)
-    assert float(lr(1000)) == pytest.approx(0.0, abs=1e-6)
-    config.train.warmup_epochs = 0
-    config.train.lr_schedule = 'step'
-    config.train.lr_decay_epochs = (3, 6)
-    lr = train_steps.create_learning_rate_fn(config.train, 100)
-    assert [float(lr(s)) for s in (299, 300, 600)] == pytest.approx([0.05, 0.005, 0.0005])
-
-
-def test_weight_decay_skips_biases():
-    config = tiny_config()
-    config.train.weight_decay = 0.5
-    tx = train_steps.create_optimizer(
-        config.train, train_steps.create_learning_rate_fn(config.train, 1)
-    )
-    params = {'kernel': np.ones((2, 2), np.float32), 'bias': np.ones((2,), np.float32)}
-    zero = jax.tree.map(np.zeros_like, params)
-    updates, _ = tx.update(zero, tx.init(params), params)
-    assert float(updates['bias'].sum()) == 0.0
-    assert float(updates['kernel'][0, 0]) == pytest.approx(-0.05 * 0.5)

@@ -37,8 +37,10 @@ from vgg_flax import (
     input_pipeline,
     metric_writers,
     models,
+    population,
     profiling,
     train,
+    train_state,
     train_steps,
     validation,
 )
@@ -129,11 +131,11 @@ def time_calls(
 
 def step_inputs(
     config: ml_collections.ConfigDict, train_split: input_pipeline.Split, mesh: jax.sharding.Mesh
-) -> tuple[train_steps.TrainState, train_steps.TrainData]:
+) -> tuple[train_state.TrainState, device_data.TrainData]:
     """A fresh state and the split on the devices with one epoch's batches, as a run has them."""
     device_data.check_fits_devices(config, mesh)
-    init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
-    state = train_steps.create_train_state(config, init_key, mesh=mesh)
+    init_key, dropout_key, shuffle_key = population.run_keys(config)
+    state = train_state.create_train_state(config, init_key, mesh=mesh)
     replicated = distributed.replicated(mesh)
     batches = device_data.batch_maker(config, mesh)(
         shuffle_key, 0, len(train_split), config.train.batch_size
@@ -141,7 +143,7 @@ def step_inputs(
     images, labels = (
         distributed.put(a, replicated) for a in (train_split.images, train_split.labels)
     )
-    return state, train_steps.TrainData(images, labels, batches, dropout_key)
+    return state, device_data.TrainData(images, labels, batches, dropout_key)
 
 
 def benchmark_step(
@@ -340,14 +342,14 @@ def format_result(result: dict[str, Any]) -> str:
     c, step, loop = result['config'], result['step'], result['loop']
     compiled_loop = step['compiled_loop']
     rate = step['images_per_sec']
-    population = (
+    members = (
         f'a population of {c["num_seeds"]} (images/sec of all members), '
         if c['num_seeds'] > 1
         else ''
     )
     lines = [
         f'{c["arch"]} ratio {c["width_ratio"]}, {c["image_size"]} px, batch {c["batch_size"]}, '
-        f'{population}'
+        f'{members}'
         f'{c["dtype"]}{", BN" if c["use_bn"] else ""}, first conv {c["first_conv"]}, '
         f'{c["data"]} data, on '
         f'{step["num_devices"]} x {result["environment"]["device_kind"]}',

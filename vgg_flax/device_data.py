@@ -1,4 +1,5 @@
-"""The splits on the devices, and the batches the compiled steps read from them.
+"""The splits on the devices, and the batches the compiled steps read from them: `TrainData`
+and `EvalData`, the steps' inputs.
 
 Each process reads only its share of a split; one all-gather then puts the whole split on every
 device, and an epoch's shuffle is drawn there too, so the steps never wait on the host.
@@ -9,12 +10,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import jax
 import ml_collections
 import numpy as np
 
 from vgg_flax import distributed, input_pipeline
-from vgg_flax.train_steps import EvalData, TrainData, per_member
+from vgg_flax.population import per_member
+
+
+@flax.struct.dataclass
+class TrainData:
+    """What the train step reads, on the devices: the split, the epoch's batches, a key."""
+
+    images: jax.Array  # uint8 (N, 28, 28, C)
+    labels: jax.Array  # int32 (N,)
+    # int32 (steps, batch_size), or (members, steps, batch_size) for a population: the epoch's
+    # shuffle, each batch split over the devices.
+    batches: jax.Array
+    dropout_key: jax.Array  # One key, or one per member.
+
+
+@flax.struct.dataclass
+class EvalData:
+    """What the eval step reads: the split, and every example once in padded, masked batches."""
+
+    images: jax.Array
+    labels: jax.Array
+    batches: jax.Array  # int32 (steps, batch_size)
+    masks: jax.Array  # float32 (steps, batch_size): 0 for the padding of the last batch
 
 
 def load_on_devices(

@@ -26,7 +26,9 @@ from vgg_flax import (
     cli,
     environment,
     input_pipeline,
+    population,
     run_dir,
+    train_state,
     train_steps,
     validation,
 )
@@ -56,18 +58,18 @@ _NUM_IMAGES = flags.DEFINE_integer(
 
 def restore_state(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None, num_channels: int = 1
-) -> tuple[train_steps.TrainState, int]:
+) -> tuple[train_state.TrainState, int]:
     """The train state saved at `step` (default: the latest readable) of the run in `workdir`,
     which may still be training; nothing there is moved (`checkpointing.read_checkpoint`)."""
-    like = train_steps.create_train_state(
-        config, train_steps.run_keys(config)[0], num_channels=num_channels
+    like = train_state.create_train_state(
+        config, population.run_keys(config)[0], num_channels=num_channels
     )
     step, state = checkpointing.read_checkpoint(workdir, config.train.keep_checkpoints, like, step)
     return state, step
 
 
 def predict(
-    state: train_steps.TrainState,
+    state: train_state.TrainState,
     split: input_pipeline.Split,
     image_size: int,
     batch_size: int,
@@ -83,9 +85,9 @@ def predict(
 
     @jax.jit
     def predict_fn(
-        state: train_steps.TrainState, images: jax.Array, indices: jax.Array
+        state: train_state.TrainState, images: jax.Array, indices: jax.Array
     ) -> jax.Array:
-        logits = train_steps.per_member(
+        logits = population.per_member(
             predict_one, state.num_members, in_axes=(state.member_axes(), None, None)
         )(state, images, indices)
         if not state.is_population:

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import optax
 
-from vgg_flax.train_steps import Sums, mean_metrics
+from vgg_flax.train_state import Sums, mean_metrics
 
 
 def train_record(

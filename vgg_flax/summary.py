@@ -18,7 +18,16 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_flax import cli, environment, input_pipeline, models, train_steps, validation
+from vgg_flax import (
+    cli,
+    device_data,
+    environment,
+    input_pipeline,
+    models,
+    train_state,
+    train_steps,
+    validation,
+)
 
 # Fashion-MNIST's training split: its size sets what the on-device dataset costs.
 TRAIN_EXAMPLES = input_pipeline.NUM_EXAMPLES['train']
@@ -60,7 +69,7 @@ def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
     layers = [Layer('input', x.shape[1:], 0, int(np.prod(x.shape[1:])) * itemsize)]
     for name, captured in state['intermediates'].items():
         (output,) = captured['__call__']
-        params = train_steps.count_params(variables['params'][name])
+        params = train_state.count_params(variables['params'][name])
         layers.append(
             Layer(
                 name,
@@ -78,7 +87,7 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     model = models.create_model(config.model)
     size = config.data.image_size
     state = jax.eval_shape(
-        lambda: train_steps.init_train_state(config, jax.random.key(0), num_channels=CHANNELS)
+        lambda: train_state.init_train_state(config, jax.random.key(0), num_channels=CHANNELS)
     )
     one_image = jax.ShapeDtypeStruct((1, size, size, CHANNELS), jnp.float32)
     forward = jax.jit(functools.partial(model.apply, train=False)).lower(
@@ -91,7 +100,7 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     batches = jax.ShapeDtypeStruct((TRAIN_EXAMPLES // batch_size, batch_size), jnp.int32)
     step = train_steps.lower_train_step(
         state,
-        train_steps.TrainData(images, labels, batches, jax.random.key(0)),  # type: ignore
+        device_data.TrainData(images, labels, batches, jax.random.key(0)),  # type: ignore
         train_steps.step_options(config),
     ).compile()
     memory = step.memory_analysis()
@@ -105,7 +114,7 @@ def summarize(config: ml_collections.ConfigDict) -> Summary:
     )
     return Summary(
         layers=layer_table(config),
-        num_params=train_steps.count_params(state.params),
+        num_params=train_state.count_params(state.params),
         forward_flops_per_example=train_steps.flops_of(forward),
         train_step_bytes=int(step_bytes),
         batch_size=batch_size,

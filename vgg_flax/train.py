@@ -1,9 +1,10 @@
 """The training loop: `train_and_evaluate` trains a config in a workdir, and resumes it.
 
-It sets up (every check that can refuse the run, then the data, the state and the compiled
-steps of `steps`), then trains epoch by epoch: `train_epoch` dispatches the compiled step, logs
-and polls for a stop; `evaluate_sets` evaluates the epoch; one record is written per epoch and a
-checkpoint when one is due. SIGINT, SIGTERM or SIGHUP saves a checkpoint and stops
+It sets up (every check that can refuse the run, then the data, the state restored from the
+run's checkpoint and the compiled steps of `train_steps`), then trains epoch by epoch:
+`train_epoch` dispatches the compiled step, logs and polls for a stop; `evaluate_sets` evaluates
+the epoch; `record_epoch` writes its record, and a checkpoint follows when one is due
+(`due_every`). SIGINT, SIGTERM or SIGHUP saves a checkpoint and stops
 (`StopSignals`).
 """
 
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -33,12 +34,15 @@ from vgg_flax import (
     device_data,
     distributed,
     metric_writers,
+    population,
     records,
     run_dir,
+    train_state,
     train_steps,
     validation,
 )
-from vgg_flax.train_steps import EvalData, TrainData, TrainState
+from vgg_flax.device_data import EvalData, TrainData
+from vgg_flax.train_state import TrainState
 
 Record = dict[str, Any]
 
@@ -146,13 +150,13 @@ def _detach(terminals: list[int]) -> None:
     os.close(devnull)
 
 
-def is_due(count: int, every: int, advanced: int = 1, last: int | None = None) -> bool:
-    """Whether an action done every `every` counts (steps, epochs) falls due now.
+def due_every(period: int, *, at: int, advanced_by: int = 1, last: int | None = None) -> bool:
+    """Whether an action done every `period` counts (steps, epochs) is due at count `at`.
 
-    `count` has just advanced by `advanced` (a call of `train.steps_per_call` steps jumps past
-    the multiples in between), or reached `last`, where an action is always due.
+    The count has just advanced by `advanced_by` (a call of `train.steps_per_call` steps passes
+    the multiples in between); at the `last` count an action is always due.
     """
-    return count // every > (count - advanced) // every or count == last
+    return at // period > (at - advanced_by) // period or at == last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,11 +177,15 @@ class Loop:
     chief: bool
 
     @property
+    def num_steps(self) -> int:  # Of the whole run.
+        return self.config.train.num_epochs * self.steps_per_epoch
+
+    @property
     def examples_per_step(self) -> int:  # Of all members together.
         return self.config.train.batch_size * self.config.num_seeds
 
     def train_record(
-        self, sums: train_steps.Sums, step: int, since: tuple[int, float], now: float
+        self, sums: train_state.Sums, step: int, since: tuple[int, float], now: float
     ) -> Record:
         """`records.train_record` of this run: the metrics at `step`, the rate since `since`."""
         return records.train_record(
@@ -200,7 +208,7 @@ def check_finite(state: TrainState, loop: Loop, test_loss: float = 0.0) -> None:
     """Raises NonFiniteLossError, naming the checkpoint kept, if training diverged: a step's
     loss, the parameters or the test loss are not finite."""
     nonfinite_steps = int(np.sum(jax.device_get(state.nonfinite_steps)))
-    loss, _ = train_steps.mean_metrics(state.sums)
+    loss, _ = train_state.mean_metrics(state.sums)
     finite_params = bool(all_finite(state.params))
     if not nonfinite_steps and finite_params and np.all(np.isfinite(loss + test_loss)):
         return
@@ -238,12 +246,27 @@ def wait_for_previous_call(previous: jax.Array | None, state: TrainState) -> jax
     return jnp.copy(state.step)
 
 
+def log_step(
+    loop: Loop, state: TrainState, step: int, since: tuple[int, float], mid_epoch: bool
+) -> tuple[int, float]:
+    """Logs the epoch's running metrics at `step` (`state`'s), with the rate since `since`, once
+    they are known to be finite; returns the (step, time) logged. Without a progress bar, a
+    `mid_epoch` record is also a line of the log."""
+    now = time.perf_counter()
+    record = loop.train_record(state.sums, step, since, now)
+    check_finite(state, loop)
+    loop.bar.set_postfix(loss=f'{record["train_loss"]:.4f}', acc=f'{record["train_accuracy"]:.3f}')
+    loop.log.write_step(record, print_line=loop.bar.disable and mid_epoch)
+    return step, now
+
+
 def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, Record | None]:
     """Trains `state` to the end of `epoch` (from wherever in it a resumed state is): the state,
     with the epoch's sums reset, and the epoch's train record, or None if a stop came first."""
     data = dataclasses.replace(loop.train_data, batches=loop.epoch_batches(epoch))
     per_epoch, per_call = loop.steps_per_epoch, loop.config.train.steps_per_call
-    step, end = int(state.step), epoch * per_epoch
+    log_every = loop.config.train.log_every_steps
+    step, epoch_start, end = int(state.step), (epoch - 1) * per_epoch, epoch * per_epoch
     epoch_begin = logged = (step, time.perf_counter())
     running = None  # What the next call waits on.
     while step < end:
@@ -252,15 +275,8 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, 
         running = wait_for_previous_call(running, state)
         step += num_steps
         loop.bar.update(num_steps)
-        if is_due(step - end + per_epoch, loop.config.train.log_every_steps, num_steps, per_epoch):
-            now = time.perf_counter()
-            record = loop.train_record(state.sums, step, logged, now)
-            check_finite(state, loop)
-            loop.bar.set_postfix(
-                loss=f'{record["train_loss"]:.4f}', acc=f'{record["train_accuracy"]:.3f}'
-            )
-            loop.log.write_step(record, print_line=loop.bar.disable and step < end)
-            logged = (step, now)
+        if due_every(log_every, at=step - epoch_start, advanced_by=num_steps, last=per_epoch):
+            logged = log_step(loop, state, step, since=logged, mid_epoch=step < end)
         # Every call is polled (every step, in a multi-host job); a stop at an epoch's last call
         # acts as its evaluation starts. A failed save stops the run here.
         stopped = loop.signals.should_stop(step, num_steps)
@@ -269,7 +285,7 @@ def train_epoch(loop: Loop, state: TrainState, epoch: int) -> tuple[TrainState, 
             return state, None
     record = loop.train_record(state.sums, step, epoch_begin, logged[1])
     record.update(epoch=epoch, train_seconds=logged[1] - epoch_begin[1])
-    return state.replace(sums=train_steps.zero_sums_like(state)), record
+    return state.replace(sums=train_state.zero_sums_like(state)), record
 
 
 def evaluate_sets(loop: Loop, state: TrainState) -> Record | None:
@@ -279,7 +295,7 @@ def evaluate_sets(loop: Loop, state: TrainState) -> Record | None:
     start = time.perf_counter()
     metrics = {}
     for name, data in loop.eval_sets.items():
-        sums = train_steps.zero_sums_like(state)
+        sums = train_state.zero_sums_like(state)
         for batch in tqdm(
             range(data.batches.shape[0]),
             desc=f'eval {name}',
@@ -289,7 +305,7 @@ def evaluate_sets(loop: Loop, state: TrainState) -> Record | None:
             if loop.signals.should_stop(int(state.step)):
                 return None
             sums = loop.compiled.eval[name](state, sums, data, batch)
-        metrics[f'{name}_loss'], metrics[f'{name}_accuracy'] = train_steps.mean_metrics(sums)
+        metrics[f'{name}_loss'], metrics[f'{name}_accuracy'] = train_state.mean_metrics(sums)
     return records.to_record({**metrics, 'eval_seconds': time.perf_counter() - start})
 
 
@@ -320,10 +336,10 @@ def restore(
     steps_per_epoch: int,
     num_epochs: int,
     resuming: bool,
-) -> tuple[TrainState, list[Record]]:
-    """The run's latest state and history (`like` and none for a new run), saying where it
-    resumes; a checkpoint beyond `num_epochs` is refused: the run would report a longer one as
-    this."""
+) -> tuple[TrainState, list[Record], Record | None]:
+    """The run's latest state, its history and the train record of an epoch that a stop left
+    unevaluated (`like`, none and None for a new run), saying where it resumes; a checkpoint
+    beyond `num_epochs` is refused: the run would report a longer one as this."""
     state, history = checkpointer.restore_latest(like)
     step = int(state.step)
     if step > num_epochs * steps_per_epoch:
@@ -335,7 +351,9 @@ def restore(
         )
     if distributed.is_chief() and (step or resuming):
         announce_resume(workdir, step, steps_per_epoch)
-    return state, history
+    # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
+    trained = history.pop() if history and 'test_accuracy' not in history[-1] else None
+    return state, history, trained
 
 
 def set_up(
@@ -345,16 +363,16 @@ def set_up(
     resuming: bool,
     stack: contextlib.ExitStack,
 ) -> tuple[Loop, TrainState, list[Record], Record | None]:
-    """The loop, the state (restored where the run has a checkpoint), its history and the train
-    record of an epoch that a stop left unevaluated; every check that can refuse the run comes
-    before the files that make the workdir this run's are written."""
+    """The loop, and what `restore` gives: the state, its history and the train record of an
+    epoch not yet evaluated. Every check that can refuse the run (the data, the checkpoint, the
+    compilation) comes before the files that make the workdir this run's are written."""
     chief, num_epochs = distributed.is_chief(), config.train.num_epochs
-    init_key, dropout_key, shuffle_key = train_steps.run_keys(config)
+    init_key, dropout_key, shuffle_key = population.run_keys(config)
     train_data, eval_sets = device_data.load_data(config, mesh, dropout_key)
     fingerprints = device_data.data_fingerprints(train_data, eval_sets)
     run_dir.check_data(workdir, fingerprints)
     per_epoch = train_data.batches.shape[-2]
-    state = train_steps.create_train_state(
+    state = train_state.create_train_state(
         config, init_key, per_epoch, train_data.images.shape[-1], mesh
     )
     checkpointer = stack.enter_context(
@@ -367,15 +385,13 @@ def set_up(
             },
         )
     )
-    state, history = restore(checkpointer, state, workdir, per_epoch, num_epochs, resuming)
+    state, history, trained = restore(checkpointer, state, workdir, per_epoch, num_epochs, resuming)
     step = int(state.step)
     compiled = train_steps.compile_steps(
         state, train_data, eval_sets, train_steps.step_options(config), config.train.steps_per_call
     )
     if chief:
         run_dir.write_run_files(workdir, config, fingerprints)
-    # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
-    trained = history.pop() if history and 'test_accuracy' not in history[-1] else None
     loop = Loop(
         config,
         compiled,
@@ -383,7 +399,7 @@ def set_up(
         eval_sets,
         device_data.epoch_batches_fn(config, mesh, shuffle_key, train_data.images.shape[0]),
         per_epoch,
-        train_steps.create_learning_rate_fn(config.train, per_epoch),
+        train_state.create_learning_rate_fn(config.train, per_epoch),
         checkpointer,
         log=stack.enter_context(
             metric_writers.RunLog(workdir, num_epochs, history, step, active=chief)
@@ -420,6 +436,49 @@ def out_of_memory_stops_the_run() -> Iterator[None]:
         ) from None
 
 
+def record_epoch(
+    loop: Loop, state: TrainState, history: list[Record], trained: Record, evaluation: Record
+) -> None:
+    """Appends the epoch's record, its training's and its evaluation's, to `history` and writes
+    it, once the test loss is known to be finite."""
+    check_finite(state, loop, evaluation['test_loss'])
+    history.append(
+        {
+            **records.merge_records(trained, evaluation),
+            'epoch_seconds': trained['train_seconds'] + evaluation['eval_seconds'],
+        }
+    )
+    loop.log.write_epoch(history)
+
+
+def save_and_stop(
+    loop: Loop, state: TrainState, history: list[Record], trained: Record | None
+) -> NoReturn:
+    """Saves a checkpoint (with the train record of an epoch not yet evaluated, to evaluate on
+    resuming) and raises TrainingInterrupted."""
+    step = int(state.step)
+    check_finite(state, loop)
+    loop.checkpointer.save(step, state, history + ([trained] if trained else []))
+    raise TrainingInterrupted(loop.signals.signum or signal.SIGTERM, step)
+
+
+def finish(loop: Loop, state: TrainState, history: list[Record], workdir: str) -> Record:
+    """The results of the finished run (`records.summarize_run`), written to
+    `workdir/results.json` once its last checkpoint is on disk: a run is finished only then."""
+    loop.checkpointer.wait()
+    results = records.summarize_run(
+        history,
+        num_params=train_state.count_params(state.params) // loop.config.num_seeds,
+        train_flops_per_step=loop.compiled.train_flops_per_step,
+        compile_seconds=loop.compiled.seconds,
+        examples_per_step=loop.examples_per_step,
+    )
+    if loop.chief:
+        with run_dir.stops_the_run_if_a_write_fails():
+            run_dir.write_json_atomic(os.path.join(workdir, run_dir.RESULTS_FILE), results)
+    return results
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Record:
     """Trains and evaluates `config` in `workdir`, resuming from its last checkpoint.
 
@@ -441,6 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
             return finished
         loop, state, history, trained = set_up(config, workdir, mesh, resuming, stack)
 
+        # A resumed run whose last epoch a stop left unevaluated (`trained`) evaluates it first.
         first_epoch = int(state.step) // loop.steps_per_epoch + (trained is None)
         for epoch in range(first_epoch, num_epochs + 1):
             if trained is None:
@@ -450,34 +510,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
             evaluation = evaluate_sets(loop, state)
             if evaluation is None:  # A stop came as the epoch was evaluated.
                 break
-            check_finite(state, loop, evaluation['test_loss'])
-            history.append(
-                {
-                    **records.merge_records(trained, evaluation),
-                    'epoch_seconds': trained['train_seconds'] + evaluation['eval_seconds'],
-                }
-            )
+            record_epoch(loop, state, history, trained, evaluation)
             trained = None
-            loop.log.write_epoch(history)
-            if is_due(epoch, config.train.checkpoint_every_epochs, last=num_epochs):
+            if due_every(config.train.checkpoint_every_epochs, at=epoch, last=num_epochs):
                 loop.checkpointer.save(int(state.step), state, history)
             if loop.signals.should_stop(int(state.step)):
                 break
-        step = int(state.step)
-        if loop.signals.stopped and (step < num_epochs * loop.steps_per_epoch or trained):
-            check_finite(state, loop)
-            loop.checkpointer.save(step, state, history + ([trained] if trained else []))
-            raise TrainingInterrupted(loop.signals.signum or signal.SIGTERM, step)
 
-        loop.checkpointer.wait()  # A run is finished once its last checkpoint is on disk.
-        results = records.summarize_run(
-            history,
-            num_params=train_steps.count_params(state.params) // config.num_seeds,
-            train_flops_per_step=loop.compiled.train_flops_per_step,
-            compile_seconds=loop.compiled.seconds,
-            examples_per_step=loop.examples_per_step,
-        )
-        if loop.chief:
-            with run_dir.stops_the_run_if_a_write_fails():
-                run_dir.write_json_atomic(os.path.join(workdir, run_dir.RESULTS_FILE), results)
-    return results
+        # A stop cut the run short unless it came once the last epoch was evaluated.
+        if loop.signals.stopped and (int(state.step) < loop.num_steps or trained):
+            save_and_stop(loop, state, history, trained)
+        return finish(loop, state, history, workdir)
