@@ -1,10 +1,13 @@
 """PyTorch peer of vgg_flax's train step, for speed comparisons on the same device.
 
 The same network as a vgg_flax config (blocks of 3x3 convolutions with ReLU, optional BatchNorm,
-2x2 max-pooling; a dense head with ReLU and dropout; Xavier init) and the same step (SGD, cross-
-entropy), on inputs already at the image size on the device (as a DataLoader with its resizing
-done would hand them over: less work than vgg_flax's step, which gathers, resizes and scales its
-uint8 batch itself). Each variant is timed after warm-up, median of repeats:
+2x2 max-pooling; a dense head with ReLU and dropout; Xavier init) and the same step: SGD with
+optional (Nesterov) momentum and weight decay on kernels only, cross-entropy with optional label
+smoothing, optional random translation and horizontal flips of each image, and an optional moving
+average of the weights and BatchNorm statistics updated after every step. Its inputs are already
+at the image size on the device (as a DataLoader with its resizing done would hand them over:
+less work than vgg_flax's step, which gathers, resizes and scales its uint8 batch itself). Each
+variant is timed after warm-up, median of repeats:
 
   eager, eager_channels_last, compile, compile_channels_last  (torch.compile, default mode)
 
@@ -12,7 +15,8 @@ on CUDA with bfloat16 autocast where asked. Not part of the package; run it wher
 
   python benchmarks/torch_reference.py --device=cuda --dtype=bfloat16 --batch_size=128 \
       [--image_size=224 --ratio=4 --conv_arch=1x64,1x128,2x256,2x512,2x512 --dense=4096,4096]
-      [--bn --dropout=0.0 --variants=eager,compile --output=torch.json]
+      [--bn --dropout=0.0 --momentum=0.9 --nesterov --weight_decay=5e-4 --label_smoothing=0.1]
+      [--ema_decay=0.999 --translate=2 --flip --variants=eager,compile --output=torch.json]
   python benchmarks/torch_reference.py --like=benchmark.json  # vgg_flax.benchmark's net and step
 
 It prints a line per variant and the best, and writes them all as JSON with --output.
@@ -77,6 +81,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def augment(x: torch.Tensor, translate: int, flip: bool) -> torch.Tensor:
+    """Each image shifted by up to `translate` pixels (the border black) and mirrored with
+    probability 1/2, drawn per image as vgg_flax's step does."""
+    batch, _, height, width = x.shape
+    if translate:
+        padded = nn.functional.pad(x, (translate,) * 4)
+        offsets = torch.randint(0, 2 * translate + 1, (2, batch, 1), device=x.device)
+        rows = (offsets[0] + torch.arange(height, device=x.device))[:, None, :, None]
+        cols = (offsets[1] + torch.arange(width, device=x.device))[:, None, None, :]
+        images = torch.arange(batch, device=x.device)[:, None, None, None]
+        channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[images, channels, rows, cols].contiguous(memory_format=_layout(x))
+    if flip:
+        mirrored = torch.rand(batch, 1, 1, 1, device=x.device) < 0.5
+        x = torch.where(mirrored, x.flip(-1), x)
+    return x
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def time_variant(args: argparse.Namespace, variant: str, device: torch.device) -> list[float]:
     """Images/sec of each repeat of `args.steps` steps of one variant, after warm-up."""
     torch.manual_seed(0)
@@ -95,8 +122,19 @@ def time_variant(args: argparse.Namespace, variant: str, device: torch.device) -
     model: Callable[[torch.Tensor], torch.Tensor] = (
         torch.compile(net) if variant.startswith('compile') else net
     )
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-    loss_fn = nn.CrossEntropyLoss()
+    kernels = [p for p in net.parameters() if p.ndim > 1]
+    others = [p for p in net.parameters() if p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [{'params': kernels, 'weight_decay': args.weight_decay}, {'params': others}],
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    averaged = [
+        t.detach().clone() for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()
+    ]
+    tracked = [t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if args.dtype == 'bfloat16'
@@ -106,9 +144,12 @@ def time_variant(args: argparse.Namespace, variant: str, device: torch.device) -
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(augment(x, args.translate, args.flip)), y)
         loss.backward()
         optimizer.step()
+        if args.ema_decay:
+            with torch.no_grad():
+                torch._foreach_lerp_(averaged, tracked, 1 - args.ema_decay)
 
     for _ in range(args.warmup):  # torch.compile compiles in the first calls.
         step()
@@ -133,6 +174,16 @@ def like(args: argparse.Namespace) -> None:
     args.ratio, args.image_size = config['width_ratio'], config['image_size']
     args.batch_size = config['batch_size'] * config['num_seeds']
     args.dtype = 'bfloat16' if config['dtype'] == 'bfloat16' else 'float32'
+    step = config['train_step']
+    args.lr, args.momentum, args.nesterov = (
+        step['learning_rate'],
+        step['momentum'],
+        step['nesterov'],
+    )
+    args.weight_decay, args.label_smoothing = step['weight_decay'], step['label_smoothing']
+    args.ema_decay, args.translate, args.flip = step['ema_decay'], step['translate'], step['flip']
+    if step['erase_prob']:
+        raise SystemExit(f'{args.like}: random erasing has no peer here; benchmark without it.')
 
 
 def main() -> None:
@@ -146,6 +197,14 @@ def main() -> None:
     parser.add_argument('--dense', default='4096,4096', help="the head's hidden units ('' none)")
     parser.add_argument('--bn', action='store_true', help='BatchNorm after every convolution')
     parser.add_argument('--dropout', type=float, default=0.5)
+    parser.add_argument('--lr', type=float, default=0.05)
+    parser.add_argument('--momentum', type=float, default=0.0)
+    parser.add_argument('--nesterov', action='store_true')
+    parser.add_argument('--weight_decay', type=float, default=0.0, help='on kernels only')
+    parser.add_argument('--label_smoothing', type=float, default=0.0)
+    parser.add_argument('--ema_decay', type=float, default=0.0)
+    parser.add_argument('--translate', type=int, default=0, help='pixels, per image at random')
+    parser.add_argument('--flip', action='store_true', help='mirror half the images')
     parser.add_argument('--steps', type=int, default=5)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--warmup', type=int, default=3)

@@ -164,3 +164,67 @@ def test_every_gpu_session_stage_runs_on_a_cpu(idx_dir, tmp_path):
     else:
         for name in ('bfloat16', 'native_28px'):
             assert f'peer {name}: PyTorch' in summary, name
+
+
+def _torch_reference():
+    pytest.importorskip(
+        'torch', reason='PyTorch is not installed: pip install -r benchmarks/requirements.txt'
+    )
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import torch_reference
+    finally:
+        sys.path.pop(0)
+    return torch_reference
+
+
+def test_torch_peer_augments_as_the_step_does():
+    """Each image of the peer's batch is its own image shifted by at most `translate` pixels
+    (the border black), or that mirrored: the peer does the step's work, not less."""
+    torch_reference = _torch_reference()
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 6, 6) + 1
+    assert torch.equal(torch_reference.augment(x, 0, False), x)
+    out = torch_reference.augment(x, 2, True)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for image, original in zip(out, padded, strict=True):
+        crops = [original[:, i : i + 6, j : j + 6] for i in range(5) for j in range(5)]
+        assert any(torch.equal(image, c) or torch.equal(image, c.flip(-1)) for c in crops)
+
+
+@pytest.mark.slow
+def test_cpu_peer_runs_both_steps_and_reports_the_ratio(tmp_path):
+    _torch_reference()
+    output = tmp_path / 'peer.json'
+    done = subprocess.run(
+        [sys.executable, 'benchmarks/cpu_peer.py', '--configs=quick', '--rounds=1', '--steps=1',
+         '--repeats=1', '--warmup=1', '--variants=eager,eager_channels_last', f'--output={output}'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.search(r'quick \(batch config\): ours [\d,.]+ .* ratio [\d.]+x', done.stdout)
+    summary = json.loads(output.read_text())['summary']['quick']
+    assert set(summary['medians']) == {'ours', 'eager', 'eager_channels_last'}
+    assert summary['ours_over_best'] > 0
+    wrong = subprocess.run(
+        [sys.executable, 'benchmarks/cpu_peer.py', '--configs=quik'],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert wrong.returncode == 2 and 'no experiments/quik.py' in wrong.stderr
+
+
+@pytest.mark.slow
+def test_cpu_ops_times_every_convolution_of_a_config():
+    _torch_reference()
+    done = subprocess.run(
+        [sys.executable, 'benchmarks/cpu_ops.py', '--config=experiments/quick.py',
+         '--batch_size=2'],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.match(r'\s*\d+px', line)]
+    assert len(rows) == 8  # VGG-11's eight convolutions.
+    assert 'all convolutions, forward and backward: XLA' in done.stdout

@@ -285,6 +285,18 @@ def run(
             'first_conv': models.resolve_first_conv(config.model.first_conv, jax.default_backend()),
             'steps_per_call': config.train.steps_per_call,
             'num_seeds': config.num_seeds,
+            # What a peer's step must also do to be the same step.
+            'train_step': {
+                'learning_rate': config.train.learning_rate,
+                'momentum': config.train.momentum,
+                'nesterov': config.train.nesterov,
+                'weight_decay': config.train.weight_decay,
+                'label_smoothing': config.train.label_smoothing,
+                'ema_decay': config.train.ema_decay,
+                'translate': config.augment.translate,
+                'flip': config.augment.flip,
+                'erase_prob': config.augment.erase_prob,
+            },
         },
         'step': step,
         'loop': loop,
