@@ -15,7 +15,7 @@
 #   relaunch        the same config again in a new workdir: compile time with a warm cache, and
 #                   whether its first epoch repeats the first launch's bit for bit;
 #   population      quick.py's and native_28px.py's step for one seed and for a population of 8
-#                   (`config.num_seeds`, one vmapped step): images/s of all members against one
+#                   (`config.population_size`, one vmapped step): images/s of all members against one
 #                   member's (target >= 4x);
 #   best_224        best_32px.py's recipe at 224 px in bfloat16, three seeds while time is left:
 #                   accuracy (mean, std) and time per seed (target: mean >= 0.96);
@@ -252,7 +252,7 @@ fi
 if due population; then
   for config in quick native_28px; do
     benchmark "${config}_seed" "experiments/$config.py" --loop_steps=0
-    benchmark "${config}_population_8" "experiments/$config.py" --config.num_seeds=8 --loop_steps=0
+    benchmark "${config}_population_8" "experiments/$config.py" --config.population_size=8 --loop_steps=0
     population_gain "$config"
   done
 fi

@@ -172,7 +172,7 @@ def like(args: argparse.Namespace) -> None:
     args.dense = ','.join(map(str, config['dense_features']))
     args.dropout, args.bn = config['dropout_rate'], config['use_bn']
     args.ratio, args.image_size = config['width_ratio'], config['image_size']
-    args.batch_size = config['batch_size'] * config['num_seeds']
+    args.batch_size = config['batch_size'] * config['population_size']
     args.dtype = 'bfloat16' if config['dtype'] == 'bfloat16' else 'float32'
     step = config['train_step']
     args.lr, args.momentum, args.nesterov = (

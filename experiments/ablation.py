@@ -12,7 +12,7 @@ is best_32px.py's recipe at ratio 8 and 10 epochs: the points take their values 
 
 import ml_collections
 
-from vgg_flax import config_utils, hyper
+from vgg_flax import config_schema, config_utils, hyper
 
 # Each part of the recipe, by the fields it sets to best_32px.py's values.
 PARTS = (
@@ -36,15 +36,15 @@ PARTS = (
 
 
 def best_recipe() -> dict:
-    return config_utils.flatten(
-        config_utils.to_plain(config_utils.experiment_config(__file__, 'best_32px'))
+    return config_schema.flatten(
+        config_schema.to_plain(config_utils.experiment_config(__file__, 'best_32px'))
     )
 
 
 def get_config() -> ml_collections.ConfigDict:
     """The lesson's recipe at the best recipe's image size and head, at the ablation's budget."""
     best = best_recipe()
-    config = config_utils.default_config()
+    config = config_schema.default_config()
     config.model.width_ratio = 8
     config.model.dense_features = best['model.dense_features']
     config.data.image_size = best['data.image_size']

@@ -14,11 +14,11 @@ experiments/ablation.py adds them one at a time):
 
 import ml_collections
 
-from vgg_flax import config_utils
+from vgg_flax import config_schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = config_utils.default_config()
+    config = config_schema.default_config()
     config.model.use_bn = True
     config.model.dense_features = (512, 512)
     config.model.dropout_rate = 0.0

@@ -7,8 +7,8 @@ tests/test_experiments.py pins it. Offline, read the IDX files instead:
 
 import ml_collections
 
-from vgg_flax import config_utils
+from vgg_flax import config_schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return config_utils.default_config()
+    return config_schema.default_config()

@@ -11,11 +11,11 @@ What differs from the lesson (d2l_vgg11.py), and why:
 
 import ml_collections
 
-from vgg_flax import config_utils
+from vgg_flax import config_schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = config_utils.default_config()
+    config = config_schema.default_config()
     config.model.width_ratio = 8
     config.model.dense_features = (512, 512)
     config.model.use_bn = True

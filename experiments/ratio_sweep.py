@@ -9,11 +9,11 @@ the confidence intervals is not a finding) against parameters, FLOPs, step memor
 
 import ml_collections
 
-from vgg_flax import config_utils, hyper
+from vgg_flax import config_schema, hyper
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return config_utils.default_config()
+    return config_schema.default_config()
 
 
 def get_sweep() -> list[hyper.Point]:

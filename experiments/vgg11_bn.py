@@ -6,11 +6,11 @@ compare with d2l_vgg11.py.
 
 import ml_collections
 
-from vgg_flax import config_utils
+from vgg_flax import config_schema
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = config_utils.default_config()
+    config = config_schema.default_config()
     config.model.use_bn = True
     config.train.learning_rate = 0.1
     return config

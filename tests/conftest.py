@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from absl import app, flags
 
-from vgg_flax import cli, config_utils, environment, metric_writers
+from vgg_flax import cli, config_schema, config_utils, environment, metric_writers
 from vgg_flax.input_pipeline import IDX_FILES, write_idx
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -62,7 +62,7 @@ def tiny_config(idx_dir: str = '') -> ml_collections.ConfigDict:
     BatchNorm lets so narrow a net learn within a few steps (and puts batch statistics in every
     checkpoint the tests resume from).
     """
-    config = config_utils.default_config()
+    config = config_schema.default_config()
     config.model.conv_arch = TINY_CONV_ARCH
     config.model.width_ratio = 16
     config.model.use_bn = True

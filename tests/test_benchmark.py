@@ -87,10 +87,10 @@ def test_benchmark_cli_writes_json_and_compiles_afresh(tmp_path):
 
 
 SMOKE_SWEEP = """
-from vgg_flax import config_utils, hyper
+from vgg_flax import config_schema, hyper
 
 def get_config():
-    return config_utils.default_config()
+    return config_schema.default_config()
 
 def get_sweep():
     return hyper.axis('model.width_ratio', [8, 16])

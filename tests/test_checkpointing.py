@@ -17,7 +17,7 @@ import pytest
 
 from vgg_flax import (
     checkpointing,
-    evaluate,
+    errors,
     main,
     metric_writers,
     models,
@@ -97,7 +97,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_readable(
     config = run_dir.read_config(str(workdir))
 
     # Evaluating reads the newest readable checkpoint and leaves the damaged one in place.
-    state, step = evaluate.restore_state(config, str(workdir))
+    state, step = checkpointing.restore_state(config, str(workdir))
     assert step == int(state.step) == 20
     assert checkpointing.Checkpointer(str(workdir), keep=3).all_steps() == [10, 20, 30]
     err = capfd.readouterr().err
@@ -125,7 +125,7 @@ def test_no_readable_checkpoint_is_one_line_and_moves_nothing(finished_run, tmp_
     for step in ('10', '20', '30'):
         truncate_largest_array_file(workdir / checkpointing.CHECKPOINT_DIR / step)
     config = run_dir.read_config(str(workdir))
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
     message = str(error.value)
     assert message.startswith(f'no checkpoint in {workdir / "checkpoints"} is readable (step 30: ')
@@ -165,7 +165,7 @@ def test_evaluate_reads_the_new_checkpoint_of_a_run_that_replaced_it_while_it_wa
     monkeypatch.setattr(checkpointing.Checkpointer, 'restore', run_saves_while_read)
     config = run_dir.read_config(str(workdir))
     config.train.keep_checkpoints = 1
-    state, step = evaluate.restore_state(config, str(workdir))
+    state, step = checkpointing.restore_state(config, str(workdir))
     assert step == int(state.step) == 30
     assert 'damaged' not in capfd.readouterr().err
     assert not (workdir / checkpointing.DAMAGED_DIR).exists()
@@ -183,8 +183,8 @@ def test_a_step_asked_for_that_the_run_deletes_while_it_is_read_is_one_line(
         return restore(self, step, like)
 
     monkeypatch.setattr(checkpointing.Checkpointer, 'restore', run_deletes_while_read)
-    with pytest.raises(run_dir.RunDirError, match=r'no checkpoint at step 20; it has 10, 30\.$'):
-        evaluate.restore_state(run_dir.read_config(str(workdir)), str(workdir), step=20)
+    with pytest.raises(errors.RunDirError, match=r'no checkpoint at step 20; it has 10, 30\.$'):
+        checkpointing.restore_state(run_dir.read_config(str(workdir)), str(workdir), step=20)
 
 
 def test_checkpoints_that_change_during_every_read_are_given_up_in_one_line(
@@ -199,8 +199,8 @@ def test_checkpoints_that_change_during_every_read_are_given_up_in_one_line(
         raise FileNotFoundError(f'Checkpoint at {step} not found.')
 
     monkeypatch.setattr(checkpointing.Checkpointer, 'restore', deleted)
-    with pytest.raises(run_dir.RunDirError) as error:
-        evaluate.restore_state(run_dir.read_config(str(workdir)), str(workdir))
+    with pytest.raises(errors.RunDirError) as error:
+        checkpointing.restore_state(run_dir.read_config(str(workdir)), str(workdir))
     assert str(error.value) == (
         f'the checkpoints in {workdir / "checkpoints"} changed during each of 5 reads: the run '
         'there, still training, saves a new one and deletes the oldest (it keeps 3) before one '
@@ -216,8 +216,8 @@ def test_evaluating_a_damaged_step_asked_for_is_one_line_and_moves_nothing(
     workdir = copy_without_results(finished_run[0], tmp_path)
     truncate_largest_array_file(workdir / checkpointing.CHECKPOINT_DIR / '20')
     config = run_dir.read_config(str(workdir))
-    with pytest.raises(run_dir.RunDirError) as error:
-        evaluate.restore_state(config, str(workdir), step=20)
+    with pytest.raises(errors.RunDirError) as error:
+        checkpointing.restore_state(config, str(workdir), step=20)
     message = str(error.value)
     assert message.startswith(
         f'the checkpoint of step 20 in {workdir / "checkpoints"} is damaged ('
@@ -238,8 +238,8 @@ def test_evaluating_a_run_with_no_readable_checkpoint_is_one_line_and_moves_noth
     workdir = copy_without_results(finished_run[0], tmp_path)
     for step in ('10', '20', '30'):
         truncate_largest_array_file(workdir / checkpointing.CHECKPOINT_DIR / step)
-    with pytest.raises(run_dir.RunDirError) as error:
-        evaluate.restore_state(run_dir.read_config(str(workdir)), str(workdir))
+    with pytest.raises(errors.RunDirError) as error:
+        checkpointing.restore_state(run_dir.read_config(str(workdir)), str(workdir))
     message = str(error.value)
     assert message.startswith(f'no checkpoint in {workdir / "checkpoints"} is readable (step 30: ')
     assert message.endswith(
@@ -336,5 +336,5 @@ def test_load_variables_reads_a_run_without_its_config(finished_run):
     images = np.zeros((2, 32, 32, 1), np.float32)
     logits = model.apply(latest, images, train=False)
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
-    with pytest.raises(run_dir.RunDirError, match='no checkpoint at step 7; it has 10, 20, 30'):
+    with pytest.raises(errors.RunDirError, match='no checkpoint at step 7; it has 10, 20, 30'):
         checkpointing.load_variables(str(run), step=7)

@@ -7,7 +7,7 @@ import types
 import ml_collections
 import pytest
 
-from vgg_flax import cli, config_utils, main
+from vgg_flax import cli, config_schema, main
 
 from conftest import ROOT
 
@@ -25,6 +25,11 @@ QUICK = ROOT / 'experiments' / 'quick.py'
         (
             lambda tmp: [f'--config={QUICK}', '--config.modle.width_ratio=2'],
             'did you mean --config.model.width_ratio?',
+        ),
+        (
+            lambda tmp: [f'--config={QUICK}', '--config.num_seeds=4'],
+            '--config.num_seeds: the config has no such field; '
+            'did you mean --config.population_size?',
         ),
         (
             lambda tmp: [f'--config={tmp / "missing.py"}'],
@@ -57,6 +62,7 @@ QUICK = ROOT / 'experiments' / 'quick.py'
     ids=[
         'misspelt_field',
         'misspelt_group',
+        'former_name',
         'missing_file',
         'syntax_error',
         'raising_file',
@@ -71,14 +77,14 @@ def test_flag_mistakes_give_one_line(make_args, message, tmp_path, run_cli):
     (tmp_path / 'broken.py').write_text('def get_config(:\n')
     (tmp_path / 'raises.py').write_text('def get_config():\n    return 1 / 0\n')
     (tmp_path / 'misspelt.py').write_text(
-        'from vgg_flax import config_utils\n\n\ndef get_config():\n'
-        '    config = config_utils.default_config()\n'
+        'from vgg_flax import config_schema\n\n\ndef get_config():\n'
+        '    config = config_schema.default_config()\n'
         '    config.train.lerning_rate = 0.001\n'
         '    return config\n'
     )
     (tmp_path / 'returns_dict.py').write_text(
-        'from vgg_flax import config_utils\n\n\ndef get_config():\n'
-        '    return config_utils.default_config().to_dict()\n'
+        'from vgg_flax import config_schema\n\n\ndef get_config():\n'
+        '    return config_schema.default_config().to_dict()\n'
     )
     workdir = tmp_path / 'run'
     done = run_cli(main, *make_args(tmp_path), f'--workdir={workdir}')
@@ -101,7 +107,7 @@ def parsed_config(run_cli, *args: str, path=QUICK) -> ml_collections.ConfigDict:
 
 TUPLE_FIELDS = [
     field
-    for field, value in config_utils.flatten(config_utils.default_config().to_dict()).items()
+    for field, value in config_schema.flatten(config_schema.default_config().to_dict()).items()
     if isinstance(value, tuple)
 ]
 NESTED, FLAT = ((1, 64), (2, 128)), (3, 5)
@@ -116,7 +122,7 @@ def test_a_tuple_field_given_twice_takes_the_last_value(field, values, run_cli):
     for every other field, and the two are not joined into one tuple."""
     first, last = (str(value).replace(' ', '') for value in values)
     config = parsed_config(run_cli, f'--config.{field}={first}', f'--config.{field}={last}')
-    assert config_utils.flatten(config.to_dict())[field] == values[1]
+    assert config_schema.flatten(config.to_dict())[field] == values[1]
 
 
 def test_tuple_fields_cover_the_nested_and_empty_defaults():
@@ -134,8 +140,8 @@ def test_overrides_apply_to_a_file_whose_types_the_defaults_gave(tmp_path, run_c
     (an int field refuses 0.5, a list field every override)."""
     path = tmp_path / 'plain.py'
     path.write_text(
-        'import ml_collections\n\nfrom vgg_flax import config_utils\n\n\ndef get_config():\n'
-        '    plain = config_utils.default_config().to_dict()\n'
+        'import ml_collections\n\nfrom vgg_flax import config_schema\n\n\ndef get_config():\n'
+        '    plain = config_schema.default_config().to_dict()\n'
         '    plain["train"]["learning_rate"] = 1\n'
         '    plain["model"]["dense_features"] = [64, 64]\n'
         '    return ml_collections.ConfigDict(plain)\n'

@@ -1,68 +1,15 @@
-"""Configs survive JSON, and resume checks name exactly the fields that changed."""
+"""Experiment files: each loads into a config of the schema, or fails in one line naming the file
+and the field."""
 
 from __future__ import annotations
 
 import pytest
 
-from vgg_flax import config_utils, train_state
-
-
-def test_json_round_trip_gives_an_equal_config():
-    config = config_utils.default_config()
-    config.train.lr_decay_epochs = (2, 4)
-    restored = config_utils.from_plain(config_utils.to_plain(config))
-    assert restored.to_dict() == config.to_dict()
-    assert restored.model.dense_features == (4096, 4096)
-
-
-def test_resume_conflicts_ignore_only_harmless_fields():
-    saved = config_utils.to_plain(config_utils.default_config())
-    changed = config_utils.default_config()
-    changed.train.num_epochs = 10
-    changed.data.idx_dir = '/elsewhere'
-    assert config_utils.resume_conflicts(saved, config_utils.to_plain(changed)) == []
-    changed.model.width_ratio = 8
-    changed.seed = 3
-    conflicts = config_utils.resume_conflicts(saved, config_utils.to_plain(changed))
-    assert conflicts == ['model.width_ratio: 4 in the run, 8 now', 'seed: 0 in the run, 3 now']
-
-
-@pytest.mark.parametrize(
-    'schedule,warmup,refused',
-    [
-        ('constant', 0, False),
-        ('constant', 2, False),
-        ('step', 1, False),
-        ('cosine', 0, True),
-        ('cosine', 1, True),
-    ],
-)
-def test_growing_num_epochs_is_refused_only_where_the_schedule_spans_the_run(
-    schedule, warmup, refused
-):
-    config = config_utils.default_config()
-    config.train.lr_schedule, config.train.warmup_epochs = schedule, warmup
-    config.train.lr_decay_epochs = (3,)
-    saved = config_utils.to_plain(config)
-    config.train.num_epochs = 10
-    conflicts = config_utils.resume_conflicts(saved, config_utils.to_plain(config))
-    assert conflicts == (
-        [
-            "train.num_epochs: 5 in the run, 10 now (the cosine schedule spans the run's epochs, "
-            'so every step still to come would change)'
-        ]
-        if refused
-        else []
-    )
-    # Where it is allowed, the schedule's first epochs are those of the shorter run.
-    short = train_state.create_learning_rate_fn(config_utils.from_plain(saved).train, 10)
-    long = train_state.create_learning_rate_fn(config.train, 10)
-    assert refused or all(short(step) == long(step) for step in range(50))
-
+from vgg_flax import config_schema, config_utils, errors
 
 # The body of a config file after `import ml_collections` and `from vgg_flax import
 # config_utils`; each sets something the defaults do not have, or fails to load.
-DEFAULTS = 'def get_config():\n    config = config_utils.default_config()\n'
+DEFAULTS = 'def get_config():\n    config = config_schema.default_config()\n'
 
 
 @pytest.mark.parametrize(
@@ -80,9 +27,14 @@ DEFAULTS = 'def get_config():\n    config = config_utils.default_config()\n'
             'did you mean config.augment.flip?',
         ),
         (
+            DEFAULTS + '    config.num_seeds = 4\n    return config\n',
+            'sets config.num_seeds, which is not a config field; '
+            'did you mean config.population_size?',
+        ),
+        (
             DEFAULTS + '    config.extra = ml_collections.ConfigDict()\n    return config\n',
             'sets config.extra, which is not a config field; '
-            'config_utils.default_config() has every field.',
+            'config_schema.default_config() has every field.',
         ),
         (
             DEFAULTS + '    config.train.num_epochs = True\n    return config\n',
@@ -98,28 +50,28 @@ DEFAULTS = 'def get_config():\n    config = config_utils.default_config()\n'
             "sets config.model.use_bn='yes'; it must be True or False, as its default False is.",
         ),
         (
-            'def get_config():\n    plain = config_utils.default_config().to_dict()\n'
+            'def get_config():\n    plain = config_schema.default_config().to_dict()\n'
             '    plain["model"]["dense_features"] = 64\n'
             '    return ml_collections.ConfigDict(plain)\n',
             'sets config.model.dense_features=64; it must be a tuple, as its default '
             '(4096, 4096) is.',
         ),
         (
-            'def get_config():\n    plain = config_utils.default_config().to_dict()\n'
+            'def get_config():\n    plain = config_schema.default_config().to_dict()\n'
             '    del plain["eval"]\n    return ml_collections.ConfigDict(plain)\n',
-            'has no config.eval.tta; start from config_utils.default_config()',
+            'has no config.eval.tta; start from config_schema.default_config()',
         ),
         (
-            'def get_config():\n    return config_utils.default_config().to_dict()\n',
+            'def get_config():\n    return config_schema.default_config().to_dict()\n',
             'get_config() returned a dict, not a ConfigDict',
         ),
         (
-            'def get_config():\n    config_utils.default_config()\n',
+            'def get_config():\n    config_schema.default_config()\n',
             'get_config() returned None, not a ConfigDict',
         ),
         ('CONFIG = None\n', 'has no get_config()'),
         (
-            'def get_config(name):\n    return config_utils.default_config()\n',
+            'def get_config(name):\n    return config_schema.default_config()\n',
             "does not load: get_config() missing 1 required positional argument: 'name'",
         ),
         (
@@ -131,6 +83,7 @@ DEFAULTS = 'def get_config():\n    config = config_utils.default_config()\n'
     ids=[
         'misspelt_field',
         'misspelt_section',
+        'former_name',
         'new_empty_section',
         'bool_for_int',
         'none_for_float',
@@ -147,31 +100,31 @@ DEFAULTS = 'def get_config():\n    config = config_utils.default_config()\n'
 )
 def test_load_config_names_the_file_and_the_field(body, message, tmp_path):
     path = tmp_path / 'mistake.py'
-    path.write_text('import ml_collections\n\nfrom vgg_flax import config_utils\n\n' + body)
-    with pytest.raises(config_utils.ConfigError) as error:
+    path.write_text('import ml_collections\n\nfrom vgg_flax import config_schema\n\n' + body)
+    with pytest.raises(errors.ConfigError) as error:
         config_utils.load_config(path)
     assert str(path) in str(error.value) and message in str(error.value), error.value
     assert '\n' not in str(error.value)
 
 
 def test_load_config_names_a_directory_and_a_missing_file(tmp_path):
-    with pytest.raises(config_utils.ConfigError, match='is a directory; pass the path'):
+    with pytest.raises(errors.ConfigError, match='is a directory; pass the path'):
         config_utils.load_config(tmp_path)
-    with pytest.raises(config_utils.ConfigError, match='does not exist; pass the path'):
+    with pytest.raises(errors.ConfigError, match='does not exist; pass the path'):
         config_utils.load_config(tmp_path / 'missing.py')
 
 
 def test_a_variant_names_the_experiment_it_starts_from_where_that_one_misspells(tmp_path):
     (tmp_path / 'base.py').write_text(
-        'from vgg_flax import config_utils\n\n\ndef get_config():\n'
-        '    config = config_utils.default_config()\n    config.train.nun_epochs = 3\n'
+        'from vgg_flax import config_schema\n\n\ndef get_config():\n'
+        '    config = config_schema.default_config()\n    config.train.nun_epochs = 3\n'
         '    return config\n'
     )
     (tmp_path / 'variant.py').write_text(
         'from vgg_flax import config_utils\n\n\ndef get_config():\n'
         "    return config_utils.experiment_config(__file__, 'base')\n"
     )
-    with pytest.raises(config_utils.ConfigError) as error:
+    with pytest.raises(errors.ConfigError) as error:
         config_utils.load_config(tmp_path / 'variant.py')
     assert str(error.value).startswith(f'{tmp_path / "base.py"} sets config.train.nun_epochs')
 
@@ -180,8 +133,8 @@ def test_load_config_gives_each_field_its_defaults_type(tmp_path):
     """An int where a number is due, and lists where a tuple is due, are what they mean."""
     path = tmp_path / 'plain.py'
     path.write_text(
-        'import ml_collections\n\nfrom vgg_flax import config_utils\n\n\ndef get_config():\n'
-        '    plain = config_utils.default_config().to_dict()\n'
+        'import ml_collections\n\nfrom vgg_flax import config_schema\n\n\ndef get_config():\n'
+        '    plain = config_schema.default_config().to_dict()\n'
         '    plain["train"]["learning_rate"] = 1\n'
         '    plain["model"]["dense_features"] = [64, 64]\n'
         '    plain["model"]["conv_arch"] = [[1, 64], (1, 128)]\n'
@@ -191,7 +144,7 @@ def test_load_config_gives_each_field_its_defaults_type(tmp_path):
     assert type(config.train.learning_rate) is float and config.train.learning_rate == 1.0
     assert config.model.dense_features == (64, 64)
     assert config.model.conv_arch == ((1, 64), (1, 128))
-    expected = config_utils.default_config()
+    expected = config_schema.default_config()
     expected.train.learning_rate = 1.0
     expected.model.dense_features, expected.model.conv_arch = (64, 64), ((1, 64), (1, 128))
     assert config.to_dict() == expected.to_dict()

@@ -14,7 +14,7 @@ from conftest import tiny_config
 
 def test_each_member_draws_its_own_epochs_and_never_the_held_out_examples():
     config = tiny_config('unread')
-    config.num_seeds, config.data.validation_examples = 2, 40
+    config.population_size, config.data.validation_examples = 2, 40
     config.train.batch_size = 32
     mesh = distributed.create_mesh()
     _, _, shuffle_keys = population.run_keys(config)

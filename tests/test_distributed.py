@@ -24,7 +24,7 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax
 from conftest import tiny_config
-from vgg_flax import distributed, environment, input_pipeline, train
+from vgg_flax import distributed, environment, errors, input_pipeline, train
 distributed.initialize_if_launched()
 environment.enable_compilation_cache()
 shares = []
@@ -40,7 +40,7 @@ config.train.num_epochs = {epochs}
 config.train.batch_size = {batch_size}
 try:
     train.train_and_evaluate(config, {workdir!r})
-except (ValueError, train.TrainingInterrupted) as e:
+except (ValueError, errors.TrainingInterrupted) as e:
     print(type(e).__name__ + ':', e)
 print(json.dumps({{'devices': jax.device_count(), 'shares': shares}}))
 """

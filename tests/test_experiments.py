@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vgg_flax import config_utils, models, sweep, validation
+from vgg_flax import config_schema, models, sweep, validation
 
 from conftest import EXPERIMENTS, load_experiment
 
@@ -62,14 +62,14 @@ def test_the_ablations_last_point_is_the_best_recipe_at_its_budget():
     last = sweep.point_config(experiment('ablation'), sweep.load_sweep(str(ablation))[-1])
     differ = {
         key
-        for key, value in config_utils.flatten(config_utils.to_plain(last)).items()
-        if value != config_utils.flatten(config_utils.to_plain(experiment('best_32px')))[key]
+        for key, value in config_schema.flatten(config_schema.to_plain(last)).items()
+        if value != config_schema.flatten(config_schema.to_plain(experiment('best_32px')))[key]
     }
     assert differ == {'model.width_ratio', 'train.num_epochs'}
     first = sweep.point_config(experiment('ablation'), sweep.load_sweep(str(ablation))[0])
     lesson = experiment('d2l_vgg11')
-    assert config_utils.to_plain(first.train) == {
-        **config_utils.to_plain(lesson.train),
+    assert config_schema.to_plain(first.train) == {
+        **config_schema.to_plain(lesson.train),
         'num_epochs': 10,
         'log_every_steps': 200,
     }
@@ -79,7 +79,7 @@ def test_the_ablations_last_point_is_the_best_recipe_at_its_budget():
 def test_native_28px_is_the_best_recipe_on_three_blocks_at_28_px():
     """native_28px.py changes best_32px.py's network and image size only (and its epochs)."""
     native, best = (
-        config_utils.flatten(config_utils.to_plain(experiment(stem)))
+        config_schema.flatten(config_schema.to_plain(experiment(stem)))
         for stem in ('native_28px', 'best_32px')
     )
     assert {key for key in native if native[key] != best[key]} == {

@@ -20,7 +20,8 @@ import pytest
 
 from vgg_flax import (
     checkpointing,
-    config_utils,
+    config_schema,
+    errors,
     evaluate,
     input_pipeline,
     main,
@@ -173,7 +174,7 @@ def test_a_damaged_or_hand_edited_config_json_is_one_line_naming_it(
         lambda: train.train_and_evaluate(config, str(workdir)),
         lambda: evaluate.evaluate_run(str(workdir)),
     ):
-        with pytest.raises(run_dir.RunDirError) as error:
+        with pytest.raises(errors.RunDirError) as error:
             attempt()
         assert message in str(error.value) and str(path) in str(error.value)
         assert 'restore it from a copy' in str(error.value) and '\n' not in str(error.value)
@@ -186,7 +187,7 @@ def test_a_damaged_results_json_is_one_line_and_deleting_it_rewrites_it(finished
     results = json.loads(path.read_text())
     path.write_text('{"epochs": 1, "test_acc')
     with pytest.raises(
-        run_dir.RunDirError,
+        errors.RunDirError,
         match=r'results.json is damaged .*delete it, and the same command writes it again',
     ):
         train.train_and_evaluate(config, str(workdir))
@@ -222,7 +223,7 @@ def test_resuming_on_other_data_is_refused_in_one_line(idx_dir, tmp_path, change
     elif change == 'fewer examples':
         write_fashion_idx_dir(other, num_train=288)
     config.data.idx_dir, config.train.num_epochs = str(other), 2
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
     message = str(error.value)
     assert 'was trained on other data than config.data gives now (train: ' in message
@@ -259,11 +260,11 @@ def test_the_same_data_at_another_path_resumes(idx_dir, tmp_path):
         ('train.learning_rate', -0.1, 'config.train.learning_rate=-0.1 must be a finite number'),
         ('train.learning_rate', float('nan'), 'config.train.learning_rate=nan must be a finite'),
         ('train.keep_checkpoints', 0, 'config.train.keep_checkpoints=0 must be a positive integer'),
-        ('num_seeds', 0, 'config.num_seeds=0 must be a positive integer'),
+        ('population_size', 0, 'config.population_size=0 must be a positive integer'),
         ('train.num_epochs', 0, 'config.train.num_epochs=0 must be a positive integer'),
         ('train.num_epochs', -3, 'config.train.num_epochs=-3 must be a positive integer'),
-        ('model.dropout_rate', 1.0, 'config.model.dropout_rate=1.0 must lie in [0, 1)'),
-        ('model.dropout_rate', -0.5, 'config.model.dropout_rate=-0.5 must lie in [0, 1)'),
+        ('model.dropout_rate', 1.0, 'config.model.dropout_rate=1.0 must be in [0, 1)'),
+        ('model.dropout_rate', -0.5, 'config.model.dropout_rate=-0.5 must be in [0, 1)'),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_field_before_any_data_is_read(field, value, message):
@@ -459,12 +460,12 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused_in_one_line(finished
     workdir = copy_of(run, tmp_path)
     config = ml_collections.ConfigDict(config.to_dict())
     config.train.lr_schedule, config.train.num_epochs = 'constant', 1
-    run_dir.write_json_atomic(str(workdir / run_dir.CONFIG_FILE), config_utils.to_plain(config))
+    run_dir.write_json_atomic(str(workdir / run_dir.CONFIG_FILE), config_schema.to_plain(config))
     (workdir / run_dir.RESULTS_FILE).unlink()  # As if stopped after its last save.
     config.train.num_epochs = 2  # The run has trained 1; asking for 2 trains on.
     assert train.train_and_evaluate(config, str(workdir))['epochs'] == 2
     config.train.num_epochs = 1
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
     assert str(error.value).startswith(
         f'{workdir} has trained 2 epochs already, more than '
@@ -538,7 +539,7 @@ def test_a_run_that_lost_its_config_json_is_checked_against_its_checkpoints(
         (workdir / name).unlink()
     other = ml_collections.ConfigDict(config.to_dict())
     other.train.learning_rate = 0.1
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(other, str(workdir))
     assert 'train.learning_rate: 0.05 in the run, 0.1 now' in str(error.value)
     assert capsys.readouterr().err.splitlines() == [
@@ -549,7 +550,7 @@ def test_a_run_that_lost_its_config_json_is_checked_against_its_checkpoints(
         assert (workdir / name).read_text() == (run / name).read_text()
     # Results that cannot be written (a directory in their place) stop the run in one line.
     (workdir / run_dir.RESULTS_FILE).mkdir()
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
     assert str(error.value).startswith(
         f'writing {workdir / run_dir.RESULTS_FILE} failed (Is a directory); the run stopped, '
@@ -559,7 +560,7 @@ def test_a_run_that_lost_its_config_json_is_checked_against_its_checkpoints(
     # Checkpoints without a record of the run's files cannot say what they trained.
     (workdir / run_dir.CONFIG_FILE).unlink()
     shutil.rmtree(workdir / checkpointing.CHECKPOINT_DIR / '10' / checkpointing.RUN_ITEM)
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(other, str(workdir))
     assert str(error.value) == (
         f'{workdir / run_dir.CONFIG_FILE} is missing and the checkpoints in '
@@ -574,7 +575,7 @@ def test_a_checkpoint_whose_history_is_not_a_list_of_records_is_damaged(finished
     workdir = copy_of(run, tmp_path)
     (workdir / run_dir.RESULTS_FILE).unlink()
     (workdir / checkpointing.CHECKPOINT_DIR / '10' / 'history' / 'metadata').write_text('{}')
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(config, str(workdir))
     assert str(error.value).startswith(
         f'no checkpoint in {workdir / checkpointing.CHECKPOINT_DIR} is readable (step 10: its '

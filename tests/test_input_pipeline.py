@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_flax import config_utils, input_pipeline
+from vgg_flax import config_schema, errors, input_pipeline
 
 from conftest import synthetic_split, write_fashion_idx_dir
 
 
 def data_config(**overrides):
-    config = config_utils.default_config().data
+    config = config_schema.default_config().data
     config.update({'source': 'idx', **overrides})
     return config
 
@@ -79,7 +79,7 @@ def test_tfds_shares_are_cut_like_the_idx_shares(monkeypatch, tfds_servers_answe
     )
     for limit, count in ((0, 3), (1001, 4)):
         for index in range(count):
-            with pytest.raises(input_pipeline.DataError):
+            with pytest.raises(errors.DataError):
                 input_pipeline.load_split(
                     data_config(source='tfds', max_train_examples=limit),
                     'train',
@@ -171,7 +171,7 @@ def test_corrupt_idx_files_stop_with_the_file_and_the_problem(idx_dir, case, mes
         labels = labels.copy()
         labels[7] = 12
         input_pipeline.write_idx(str(labels_gz), labels)
-    with pytest.raises(input_pipeline.DataError) as error:
+    with pytest.raises(errors.DataError) as error:
         input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), 'train')
     assert message in str(error.value)
     if case not in ('missing', 'count_mismatch', 'label_range'):
@@ -262,7 +262,7 @@ def test_a_damaged_or_absurd_idx_file_is_one_line_naming_it(idx_dir, name, damag
     path = idx_dir / name
     damage(path)
     split = 'test' if name == TEST_IMAGES else 'train'
-    with pytest.raises(input_pipeline.DataError) as error:
+    with pytest.raises(errors.DataError) as error:
         input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), split)
     assert message in str(error.value) and '\n' not in str(error.value)
     assert str(idx_dir) in str(error.value) and path.name.removesuffix('.gz') in str(error.value)
@@ -279,14 +279,14 @@ def test_an_idx_file_is_read_by_its_content_whatever_its_name_says(idx_dir):
 
 def test_an_idx_dir_that_is_a_file_is_one_line(tmp_path):
     (tmp_path / 'idx').write_text('')
-    with pytest.raises(input_pipeline.DataError, match='idx is a file; it must be the directory'):
+    with pytest.raises(errors.DataError, match='idx is a file; it must be the directory'):
         input_pipeline.load_split(data_config(idx_dir=str(tmp_path / 'idx')), 'train')
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason='root reads a file without read permission')
 def test_an_unreadable_idx_file_is_one_line(idx_dir):
     (idx_dir / LABELS).chmod(0)
-    with pytest.raises(input_pipeline.DataError, match=r'cannot be opened \(Permission denied\)'):
+    with pytest.raises(errors.DataError, match=r'cannot be opened \(Permission denied\)'):
         input_pipeline.load_split(data_config(idx_dir=str(idx_dir)), 'train')
 
 
@@ -306,7 +306,7 @@ def test_tfds_failure_names_the_offline_alternative(monkeypatch, tfds_servers_an
         raise ConnectionError('Failed to resolve fashion-mnist.s3-website.eu-central-1...')
 
     monkeypatch.setattr(tfds, 'load', no_network)
-    with pytest.raises(input_pipeline.DataError) as error:
+    with pytest.raises(errors.DataError) as error:
         input_pipeline.load_split(data_config(source='tfds'), 'train')
     assert 'TFDS could not load fashion_mnist/train' in str(error.value)
     assert '--config.data.source=idx --config.data.idx_dir=DIR' in str(error.value)
@@ -330,7 +330,7 @@ def test_tfds_fails_fast_when_its_download_server_does_not_answer(tmp_path, monk
 
     monkeypatch.setattr(socket, 'create_connection', refuse)
     monkeypatch.setattr(tfds, 'load', lambda *args, **kwargs: pytest.fail('TFDS was asked'))
-    with pytest.raises(input_pipeline.DataError) as error:
+    with pytest.raises(errors.DataError) as error:
         input_pipeline.load_split(data_config(source='tfds', tfds_data_dir=str(tmp_path)), 'test')
     host = 'fashion-mnist.s3-website.eu-central-1.amazonaws.com'
     assert tried == [(host, 80)]
@@ -358,40 +358,20 @@ def test_tfds_reachability_is_left_to_tfds_with_a_proxy_or_cached_downloads(
         raise ConnectionError('TFDS itself failed')
 
     monkeypatch.setattr(tfds, 'load', load)
-    with pytest.raises(input_pipeline.DataError, match='TFDS itself failed'):
+    with pytest.raises(errors.DataError, match='TFDS itself failed'):
         input_pipeline.load_split(data_config(source='tfds', tfds_data_dir=str(tmp_path)), 'test')
 
 
 @pytest.mark.slow
 def test_idx_source_does_not_import_tensorflow(idx_dir):
     code = (
-        'import sys\nfrom vgg_flax import config_utils, input_pipeline, train\n'
-        'c = config_utils.default_config().data\n'
+        'import sys\nfrom vgg_flax import config_schema, input_pipeline, train\n'
+        'c = config_schema.default_config().data\n'
         f'c.source, c.idx_dir = "idx", {str(idx_dir)!r}\n'
         'input_pipeline.load_split(c, "train")\n'
         'assert "tensorflow" not in sys.modules, "tensorflow was imported"\n'
     )
     subprocess.run([sys.executable, '-c', code], check=True, timeout=120)
-
-
-@pytest.mark.parametrize(
-    'overrides,message',
-    [
-        ({'source': 'hub'}, "config.data.source='hub' is not supported; use one of 'tfds', 'idx'"),
-        ({'idx_dir': ''}, 'config.data.source=idx needs config.data.idx_dir'),
-        (
-            {'idx_dir': 'x', 'image_size': 16},
-            'config.data.image_size=16 is too small: vgg11 halves the image 5 times',
-        ),
-        ({'idx_dir': 'x', 'max_test_examples': -1}, 'config.data.max_test_examples=-1'),
-    ],
-)
-def test_invalid_data_config(overrides, message):
-    with pytest.raises(ValueError) as error:
-        input_pipeline.validate_data_config(
-            data_config(**overrides), config_utils.default_config().model
-        )
-    assert message in str(error.value)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from vgg_flax import checkpointing, config_utils, evaluate, main, run_dir
+from vgg_flax import checkpointing, config_schema, evaluate, main, run_dir
 
 from conftest import PNG_MAGIC, ROOT, sigterm_once_training, write_fashion_idx_dir
 
@@ -142,7 +142,7 @@ def test_main_rejects_a_bad_value_before_reading_data(tmp_path, run_cli):
 
 
 def test_config_json_round_trips(tmp_path):
-    config = config_utils.default_config()
+    config = config_schema.default_config()
     run_dir.write_run_files(str(tmp_path), config, {})
     assert run_dir.read_config(str(tmp_path)).to_dict() == config.to_dict()
 

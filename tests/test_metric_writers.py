@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from vgg_flax import metric_writers, run_dir
+from vgg_flax import errors, metric_writers
 
 from conftest import PNG_MAGIC
 
@@ -140,5 +140,5 @@ def test_a_log_line_of_valid_json_but_no_record_is_damaged(tmp_path, capsys):
         capsys.readouterr().err
     )
     (tmp_path / metric_writers.METRICS_FILE).write_text('"epoch 1"\n')
-    with pytest.raises(run_dir.RunDirError, match=r'metrics.jsonl line 1 is damaged \(not a JSON'):
+    with pytest.raises(errors.RunDirError, match=r'metrics.jsonl line 1 is damaged \(not a JSON'):
         metric_writers.read_history(str(tmp_path))

@@ -1,4 +1,5 @@
-"""A population (`config.num_seeds` > 1): N seeds as one vmapped step, each member a single run."""
+"""A population (`config.population_size` > 1): N models as one vmapped step, each member a
+single run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from vgg_flax import (
+    checkpointing,
     device_data,
     distributed,
     evaluate,
@@ -32,9 +34,9 @@ from conftest import ROOT, logged_past, tiny_config, write_fashion_idx_dir
 
 def test_member_i_has_the_keys_of_seed_plus_i():
     config = tiny_config()
-    config.seed, config.num_seeds = 5, 3
+    config.seed, config.population_size = 5, 3
     stacked = population.run_keys(config)
-    config.num_seeds = 1
+    config.population_size = 1
     for member in range(3):
         config.seed = 5 + member
         for keys, single in zip(stacked, population.run_keys(config), strict=True):
@@ -74,10 +76,10 @@ def first_losses(config, num_steps=3):
 @pytest.mark.slow
 def test_each_member_steps_as_a_single_run_with_its_seed(idx_dir):
     config = tiny_config(str(idx_dir))
-    config.seed, config.num_seeds = 5, 3
+    config.seed, config.population_size = 5, 3
     members = first_losses(config)
     assert members.shape == (3, 3)
-    config.num_seeds = 1
+    config.population_size = 1
     for member in range(3):
         config.seed = 5 + member
         np.testing.assert_allclose(members[:, member], first_losses(config), rtol=1e-5)
@@ -87,9 +89,9 @@ def test_each_member_steps_as_a_single_run_with_its_seed(idx_dir):
 @pytest.mark.slow
 def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
-    config.num_seeds = 2
+    config.population_size = 2
     results = train.train_and_evaluate(config, str(tmp_path / 'population'))
-    config.num_seeds = 1
+    config.population_size = 1
     singles = []
     for seed in (0, 1):
         config.seed = seed
@@ -127,8 +129,8 @@ def test_a_population_run_reports_each_member_and_their_mean(idx_dir, tmp_path):
 
     evaluation = evaluate.evaluate_run(str(tmp_path / 'population'))  # Members and ensemble.
     assert evaluation['members_test_accuracy'] == [m['test_accuracy'] for m in results['members']]
-    config.seed, config.num_seeds = 0, 2
-    state, _ = evaluate.restore_state(config, str(tmp_path / 'population'))
+    config.seed, config.population_size = 0, 2
+    state, _ = checkpointing.restore_state(config, str(tmp_path / 'population'))
     split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     images, indices = jnp.asarray(split.images), jnp.arange(len(split))
     logits = [
@@ -152,7 +154,7 @@ def test_a_population_killed_mid_epoch_resumes_exactly(tmp_path):
     overrides = [
         f'--config.{key}={value}'
         for key, value in (  # tiny_config's fields.
-            ('num_seeds', 4),
+            ('population_size', 4),
             ('model.width_ratio', 16),
             ('model.use_bn', True),
             ('model.dense_features', '(64,64)'),
@@ -216,7 +218,7 @@ import jax
 from conftest import tiny_config
 from vgg_flax import device_data, distributed, population, train, train_state, train_steps
 config = tiny_config({idx_dir!r})
-config.num_seeds, config.members_over_devices, config.train.num_epochs = 4, {spread}, 1
+config.population_size, config.members_over_devices, config.train.num_epochs = 4, {spread}, 1
 mesh = distributed.create_mesh()
 init_key, dropout_key, _ = population.run_keys(config)
 data, _ = device_data.load_data(config, mesh, dropout_key)

@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from vgg_flax import run_dir
+from vgg_flax import config_schema, errors, run_dir
 
 
 def test_an_atomic_write_cut_short_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -23,7 +23,7 @@ def test_an_atomic_write_cut_short_leaves_the_old_file_and_no_temporary(tmp_path
 def test_a_damaged_json_file_is_one_line_naming_it_and_the_fix(tmp_path):
     path = tmp_path / 'config.json'
     path.write_bytes(b'{"model": ')
-    with pytest.raises(run_dir.RunDirError, match=r'config\.json is damaged .*; do this\.$'):
+    with pytest.raises(errors.RunDirError, match=r'config\.json is damaged .*; do this\.$'):
         run_dir.read_json(str(path), 'do this.')
 
 
@@ -49,7 +49,7 @@ def test_a_lock_that_is_not_a_runs_own_is_refused_and_left_as_it_is(tmp_path, ki
         lock.mkdir()
     else:
         os.mkfifo(lock)
-    with pytest.raises(run_dir.RunDirError) as error, run_dir.hold_workdir(str(workdir)):
+    with pytest.raises(errors.RunDirError) as error, run_dir.hold_workdir(str(workdir)):
         pass
     assert str(error.value).startswith(f'{lock} is ') and '\n' not in str(error.value)
     assert str(error.value).endswith('; move it elsewhere: a run keeps its lock there.')
@@ -60,7 +60,7 @@ def test_a_lock_that_is_not_a_runs_own_is_refused_and_left_as_it_is(tmp_path, ki
 def test_a_workdir_that_links_to_nothing_says_so(tmp_path):
     workdir = tmp_path / 'run'
     workdir.symlink_to(tmp_path / 'scratch' / 'run')
-    with pytest.raises(run_dir.RunDirError) as error, run_dir.hold_workdir(str(workdir)):
+    with pytest.raises(errors.RunDirError) as error, run_dir.hold_workdir(str(workdir)):
         pass
     assert str(error.value) == (
         f'--workdir={workdir} is a symbolic link to {tmp_path / "scratch" / "run"}, which does '
@@ -73,7 +73,7 @@ def test_a_lock_that_cannot_be_written_is_one_line(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
     try:
-        with pytest.raises(run_dir.RunDirError) as error, run_dir.hold_workdir(str(tmp_path)):
+        with pytest.raises(errors.RunDirError) as error, run_dir.hold_workdir(str(tmp_path)):
             pass
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -107,7 +107,19 @@ def test_a_run_file_of_valid_json_but_the_wrong_shape_is_one_line_naming_it(
 ):
     (tmp_path / name).write_text(text)
     fingerprints = {split: {'checksum': 'x', 'examples': 1} for split in ('train', 'test')}
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         run_dir.check_data(str(tmp_path), fingerprints)
         run_dir.finished_results(str(tmp_path), 1)
     assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_a_config_json_with_a_former_field_name_reads_as_the_run_it_was(tmp_path):
+    """A run written when `population_size` was `num_seeds` resumes under the current name."""
+    config = config_schema.default_config()
+    config.population_size = 3
+    plain = config_schema.to_plain(config)
+    plain['num_seeds'] = plain.pop('population_size')
+    run_dir.write_json_atomic(str(tmp_path / run_dir.CONFIG_FILE), plain)
+    read = run_dir.read_config(str(tmp_path))
+    assert read.to_dict() == config.to_dict()
+    assert run_dir.check_workdir(str(tmp_path), config)  # A resume, nothing refused.

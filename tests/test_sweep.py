@@ -16,7 +16,7 @@ import time
 import ml_collections
 import pytest
 
-from vgg_flax import config_utils, hyper, run_dir, sweep, sweep_dir, sweep_report
+from vgg_flax import config_schema, errors, hyper, run_dir, sweep, sweep_dir, sweep_report
 
 from conftest import (
     PNG_MAGIC,
@@ -30,11 +30,11 @@ from conftest import (
 )
 
 SWEEP_FILE = """
-from vgg_flax import config_utils, hyper
+from vgg_flax import config_schema, hyper
 
 
 def get_config():
-    config = config_utils.default_config()
+    config = config_schema.default_config()
     config.model.use_bn = True
     config.model.dense_features = (64, 64)
     config.data.source = 'idx'
@@ -163,7 +163,7 @@ def test_a_single_experiment_is_one_point_repeated_over_seeds(tmp_path, run_swee
 
 
 def test_point_config_and_names():
-    base = config_utils.default_config()
+    base = config_schema.default_config()
     config = sweep.point_config(base, {'model.width_ratio': 8, 'model.dense_features': (64,)})
     assert config.model.width_ratio == 8 and base.model.width_ratio == 4
     assert hyper.point_name({'model.width_ratio': 8, 'model.dense_features': (64, 32)}) == (
@@ -174,12 +174,12 @@ def test_point_config_and_names():
 
 
 def test_a_points_value_must_be_of_its_fields_type():
-    base = config_utils.default_config()
+    base = config_schema.default_config()
     config = sweep.point_config(base, {'train.learning_rate': 1, 'model.conv_arch': [[1, 64]]})
     assert type(config.train.learning_rate) is float and config.model.conv_arch == ((1, 64),)
     for value in ('0.1', None):
         with pytest.raises(
-            config_utils.ConfigError,
+            errors.ConfigError,
             match=re.escape(
                 f'the sweep point train.learning_rate={value} sets '
                 f'config.train.learning_rate={value!r}; it must be a number'
@@ -190,8 +190,8 @@ def test_a_points_value_must_be_of_its_fields_type():
 
 def test_a_sweep_of_a_bad_point_or_a_raising_get_sweep_fails_in_one_line(tmp_path, run_cli):
     """Before any point trains, and before the workdir is made."""
-    config = 'from vgg_flax import config_utils, hyper\n\n\ndef get_config():\n'
-    config += '    return config_utils.default_config()\n\n\ndef get_sweep():\n'
+    config = 'from vgg_flax import config_schema, hyper\n\n\ndef get_config():\n'
+    config += '    return config_schema.default_config()\n\n\ndef get_sweep():\n'
     for name, get_sweep, message in (
         (
             'bad_type',
@@ -386,13 +386,13 @@ def fake_finished(runs, epochs=None):
     without training them."""
     for run in runs:
         os.makedirs(run.workdir, exist_ok=True)
-        config = config_utils.to_plain(run.config)
+        config = config_schema.to_plain(run.config)
         if epochs:
             config['train']['num_epochs'] = epochs
         run_dir.write_json_atomic(os.path.join(run.workdir, run_dir.CONFIG_FILE), config)
         results = {'epochs': epochs or run.config.train.num_epochs, 'test_accuracy': 0.5}
         if run.member is not None:
-            results['members'] = [dict(results) for _ in range(run.config.num_seeds)]
+            results['members'] = [dict(results) for _ in range(run.config.population_size)]
         run_dir.write_json_atomic(os.path.join(run.workdir, run_dir.RESULTS_FILE), results)
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from vgg_flax import hyper, run_dir, sweep, sweep_dir
+from vgg_flax import errors, hyper, sweep, sweep_dir
 
 from conftest import tiny_config
 
@@ -113,7 +113,7 @@ def test_a_record_round_trips_and_a_damaged_one_is_named_with_its_fix(tmp_path):
         json.dumps({**plain, 'base': {'model': {'width_ratio': 'x'}}}),
     ):
         path.write_text(damaged)
-        with pytest.raises(run_dir.RunDirError, match=r'sweep.json (is damaged|does not).*; del'):
+        with pytest.raises(errors.RunDirError, match=r'sweep.json (is damaged|does not).*; del'):
             sweep_dir.read(str(tmp_path))
     assert sweep_dir.read(str(tmp_path / 'new')) is None
 

@@ -19,14 +19,16 @@ import pytest
 
 from vgg_flax import (
     checkpointing,
+    config_schema,
+    errors,
     evaluate,
     input_pipeline,
     metric_writers,
     run_dir,
+    sweep,
     train,
     train_state,
     train_steps,
-    validation,
 )
 
 from conftest import ROOT, tiny_config
@@ -94,26 +96,11 @@ def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_
     config.data.max_train_examples = 0
     train_split = input_pipeline.load_split(config.data, 'train')
     validation = input_pipeline.Split(train_split.images[256:], train_split.labels[256:])
-    state, _ = evaluate.restore_state(
+    state, _ = checkpointing.restore_state(
         run_dir.read_config(str(tmp_path / 'held_out')), str(tmp_path / 'held_out'), None, 1
     )
     predictions = evaluate.predict(state, validation, 32, 40)
     assert np.mean(predictions == validation.labels) == pytest.approx(held_out['val_accuracy'])
-
-
-@pytest.mark.parametrize(
-    'held_out, limit, message',
-    [
-        (-1, 0, 'config.data.validation_examples=-1 must be 0 (none) or a positive integer'),
-        (256, 256, 'config.data.validation_examples=256 leaves no training examples of the 256'),
-        (60_000, 0, 'leaves no training examples of the 60,000'),
-    ],
-)
-def test_a_validation_set_that_leaves_no_training_examples_is_refused(held_out, limit, message):
-    config = tiny_config('unread')
-    config.data.validation_examples, config.data.max_train_examples = held_out, limit
-    with pytest.raises(ValueError, match=re.escape(message)):
-        validation.validate_config(config)
 
 
 def test_a_validation_set_as_large_as_the_files_training_split_is_refused(idx_dir, tmp_path):
@@ -167,7 +154,7 @@ def test_a_moving_average_run_evaluates_it_saves_it_and_resumes_exactly(idx_dir,
     ]
     assert histories[0] == histories[1]
 
-    state, _ = evaluate.restore_state(config, str(tmp_path / 'straight'))
+    state, _ = checkpointing.restore_state(config, str(tmp_path / 'straight'))
     assert set(state.ema) == {'params', 'batch_stats'}
     variables = checkpointing.load_variables(str(tmp_path / 'straight'))
     for saved, average in (
@@ -207,7 +194,7 @@ def test_without_a_moving_average_the_checkpoint_layout_is_unchanged(idx_dir, tm
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
     train.train_and_evaluate(config, str(tmp_path / 'run'))
-    state, _ = evaluate.restore_state(config, str(tmp_path / 'run'))
+    state, _ = checkpointing.restore_state(config, str(tmp_path / 'run'))
     assert state.ema is None
     saved = (
         ocp.PyTreeCheckpointHandler()
@@ -252,7 +239,7 @@ def test_sigterm_mid_epoch_saves_and_resuming_matches(idx_dir, tmp_path, monkeyp
     workdir = str(tmp_path / 'stopped')
     with monkeypatch.context() as patch:
         signal_during_call(patch, 4)
-        with pytest.raises(train.TrainingInterrupted) as stopped:
+        with pytest.raises(errors.TrainingInterrupted) as stopped:
             train.train_and_evaluate(config, workdir)
     assert stopped.value.signum == signal.SIGTERM
     saved = checkpointing.Checkpointer(workdir, keep=3).latest_step()
@@ -313,7 +300,7 @@ def test_steps_per_call_trains_alike_and_stops_and_resumes_between_calls(
     workdir = str(tmp_path / 'stopped')
     with monkeypatch.context() as patch:
         signal_during_call(patch, 2)
-        with pytest.raises(train.TrainingInterrupted):
+        with pytest.raises(errors.TrainingInterrupted):
             train.train_and_evaluate(config, workdir)
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 8  # After that call.
     train.train_and_evaluate(config, workdir)  # Steps 9 and 10 one by one, then epoch 2.
@@ -386,7 +373,7 @@ def test_sigterm_during_evaluation_saves_and_the_resumed_run_evaluates_that_epoc
 
     monkeypatch.setattr(train, 'tqdm', signal_when_evaluation_starts)
     workdir = str(tmp_path / 'stopped')
-    with pytest.raises(train.TrainingInterrupted):
+    with pytest.raises(errors.TrainingInterrupted):
         train.train_and_evaluate(config, workdir)
     assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 10  # End of epoch 1.
     assert metric_writers.read_history(workdir) == []  # Epoch 1 has no test metrics yet.
@@ -401,7 +388,7 @@ def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
     config.model.width_ratio = 8
     config.data.image_size = 64
-    with pytest.raises(run_dir.RunDirError) as error:
+    with pytest.raises(errors.RunDirError) as error:
         train.train_and_evaluate(config, str(tmp_path / 'run'))
     message = str(error.value)
     assert 'data.image_size: 32 in the run, 64 now' in message
@@ -429,6 +416,29 @@ def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, 
 
 
 @pytest.mark.slow
+def test_a_run_from_before_a_renamed_config_field_evaluates_and_resumes(idx_dir, tmp_path):
+    """`population_size` was `num_seeds`: a run whose config.json says so is the run it was, to
+    evaluate, to a sweep and to resume, which writes config.json under the current name."""
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 1
+    workdir = str(tmp_path / 'run')
+    train.train_and_evaluate(config, workdir)
+    path = os.path.join(workdir, run_dir.CONFIG_FILE)
+    with open(path) as f:
+        saved = json.load(f)
+    saved['num_seeds'] = saved.pop('population_size')
+    with open(path, 'w') as f:
+        json.dump(saved, f)
+    assert evaluate.evaluate_run(workdir)['step'] == 10
+    point = sweep.PointRun(0, {}, config, workdir)
+    assert point.problem() is None and point.status() == 'done'
+    config.train.num_epochs = 2
+    assert train.train_and_evaluate(config, workdir)['epochs'] == 2
+    with open(path) as f:
+        assert json.load(f) == config_schema.to_plain(config)
+
+
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 3
@@ -436,7 +446,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_p
     config.train.lr_decay_epochs = (1,)
     config.train.lr_decay_factor = 1e20  # Epoch 2 steps with lr 5e18: the loss overflows.
     workdir = str(tmp_path / 'run')
-    with pytest.raises(train.NonFiniteLossError) as error:
+    with pytest.raises(errors.NonFiniteLossError) as error:
         train.train_and_evaluate(config, workdir)
     assert 'in epoch 2' in str(error.value)
     assert 'the last good checkpoint (step 10) is kept' in str(error.value)
@@ -538,7 +548,7 @@ def test_a_held_workdir_refuses_a_second_run_and_the_hold_dies_with_its_process(
     try:
         assert holder.stdout.readline() == 'held\n'
         with pytest.raises(
-            run_dir.RunDirError,
+            errors.RunDirError,
             match=re.escape(
                 f'is in use by another run (host {socket.gethostname()}, pid {holder.pid})'
             ),
@@ -562,7 +572,7 @@ def test_a_held_workdir_refuses_a_second_run_and_the_hold_dies_with_its_process(
 def test_an_unusable_workdir_is_a_clear_error(idx_dir, tmp_path, monkeypatch, workdir, message):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'a_file').write_text('not a directory')
-    with pytest.raises(run_dir.RunDirError, match=re.escape(message)):
+    with pytest.raises(errors.RunDirError, match=re.escape(message)):
         train.train_and_evaluate(tiny_config(str(idx_dir)), workdir)
 
 
@@ -576,7 +586,7 @@ def test_a_diverged_run_stops_and_never_saves_non_finite_values(
     config.train.num_epochs = 4
     config.train.learning_rate = learning_rate  # Diverges in epoch 1, or in epoch 2.
     workdir = str(tmp_path / 'run')
-    with pytest.raises(train.NonFiniteLossError, match=r'became (non-finite|nan|inf)'):
+    with pytest.raises(errors.NonFiniteLossError, match=r'became (non-finite|nan|inf)'):
         train.train_and_evaluate(config, workdir)
     assert not os.path.exists(os.path.join(workdir, run_dir.RESULTS_FILE))
     with checkpointing.Checkpointer(workdir, keep=3) as checkpointer:

@@ -23,7 +23,7 @@ def test_steps_lower_the_loss(idx_dir):
         jax.random.key(2),
     )
     step = jax.jit(train_steps.train_step, static_argnums=2)
-    options = train_steps.StepOptions(image_size=32)
+    options = train_steps.step_options(config)
     losses = []
     for _ in range(15):  # The same batch again and again: its loss must fall.
         state = step(state.replace(sums=train_state.zero_sums()), data, options)
@@ -45,7 +45,7 @@ def test_steps_under_one_compiled_loop_equal_the_steps_one_by_one(idx_dir):
     for num_steps, calls in ((1, 3), (3, 1)):
         state = train_state.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
         fn = train_steps.lower_train_step(
-            state, data, train_steps.StepOptions(image_size=32), num_steps
+            state, data, train_steps.step_options(config), num_steps
         ).compile()
         for _ in range(calls):
             state = fn(state, data)

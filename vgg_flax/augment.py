@@ -19,55 +19,35 @@ import ml_collections
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """`config.augment` as a hashable value, static in the compiled step."""
+    """`config.augment` as a hashable value, static in the compiled step (`config_schema` has
+    each field's default and meaning)."""
 
-    translate: int = 0  # Pad by this many pixels (of the 28x28 source) and crop at random.
-    flip: bool = False  # Mirror left-right with probability 1/2.
-    erase_prob: float = 0.0  # Random erasing (Zhong et al. 2017): probability per image,
-    erase_area: tuple[float, float] = (0.02, 0.4)  # erased fraction of the image,
-    erase_aspect: tuple[float, float] = (0.3, 3.3)  # height/width (drawn log-uniformly).
+    translate: int  # Pixels of the 28x28 source to pad by and crop at random.
+    flip: bool
+    erase_prob: float
+    erase_area: tuple[float, float]
+    erase_aspect: tuple[float, float]
 
     @property
     def active(self) -> bool:
         return bool(self.translate or self.flip or self.erase_prob)
 
 
-def default_augment_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dataclasses.asdict(Augment()))
+def from_config(augment_config: ml_collections.ConfigDict) -> Augment:
+    """`config.augment` (checked by `config_schema.validate`) as an `Augment`."""
+    values = augment_config.to_dict()
+    return Augment(
+        values['translate'],
+        values['flip'],
+        float(values['erase_prob']),
+        _pair(values['erase_area']),
+        _pair(values['erase_aspect']),
+    )
 
 
 def _pair(values: Any) -> tuple[float, float]:
     low, high = values
     return float(low), float(high)
-
-
-def from_config(augment_config: ml_collections.ConfigDict) -> Augment:
-    """`config.augment`, checked: ValueError names a bad field and what it must be."""
-    values = augment_config.to_dict()
-    translate, erase_prob = values['translate'], values['erase_prob']
-    if isinstance(translate, bool) or not isinstance(translate, int) or not 0 <= translate < 14:
-        raise ValueError(
-            f'config.augment.translate={translate!r} must be an integer from 0 to '
-            '13 (pixels of the 28x28 image).'
-        )
-    if not isinstance(values['flip'], bool):
-        raise ValueError(f'config.augment.flip={values["flip"]!r} must be True or False.')
-    if not isinstance(erase_prob, (int, float)) or not 0 <= erase_prob <= 1:
-        raise ValueError(f'config.augment.erase_prob={erase_prob!r} must be in [0, 1].')
-    for field, low, high in (('erase_area', 0, 1), ('erase_aspect', 0, math.inf)):
-        pair = tuple(values[field])
-        if len(pair) != 2 or not low < pair[0] <= pair[1] <= high:
-            raise ValueError(
-                f'config.augment.{field}={pair!r} must be (min, max) with '
-                f'{low} < min <= max <= {high}.'
-            )
-    return Augment(
-        translate,
-        values['flip'],
-        float(erase_prob),
-        _pair(values['erase_area']),
-        _pair(values['erase_aspect']),
-    )
 
 
 def augment(images: jax.Array, key: jax.Array, spec: Augment) -> jax.Array:

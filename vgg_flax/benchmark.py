@@ -34,6 +34,7 @@ from vgg_flax import (
     device_data,
     distributed,
     environment,
+    errors,
     input_pipeline,
     metric_writers,
     models,
@@ -164,7 +165,7 @@ def benchmark_step(
     mesh = distributed.create_mesh()
     state, data = step_inputs(config, train_split, mesh)
     options = train_steps.step_options(config)
-    examples_per_step = config.train.batch_size * config.num_seeds  # Of every member.
+    examples_per_step = config.train.batch_size * config.population_size  # Of every member.
 
     def measure(num_steps: int) -> tuple[jax.stages.Lowered, Any, dict[str, Any]]:
         """The step lowered and compiled to run `num_steps` to a call, and its compile time and
@@ -284,7 +285,7 @@ def run(
             'data': data,
             'first_conv': models.resolve_first_conv(config.model.first_conv, jax.default_backend()),
             'steps_per_call': config.train.steps_per_call,
-            'num_seeds': config.num_seeds,
+            'population_size': config.population_size,
             # What a peer's step must also do to be the same step.
             'train_step': {
                 'learning_rate': config.train.learning_rate,
@@ -315,7 +316,7 @@ def cost_lines(result: dict[str, Any]) -> list[str]:
     c, step, loop = result['config'], result['step'], result['loop']
     compiled_loop = step['compiled_loop']
     memory = result['peak_memory_bytes']
-    examples_per_step = c['batch_size'] * c['num_seeds']
+    examples_per_step = c['batch_size'] * c['population_size']
     return [
         f'compile            {step["compile_seconds"]:>10.1f} s (train step)'
         + (
@@ -355,8 +356,8 @@ def format_result(result: dict[str, Any]) -> str:
     compiled_loop = step['compiled_loop']
     rate = step['images_per_sec']
     members = (
-        f'a population of {c["num_seeds"]} (images/sec of all members), '
-        if c['num_seeds'] > 1
+        f'a population of {c["population_size"]} (images/sec of all members), '
+        if c['population_size'] > 1
         else ''
     )
     lines = [
@@ -401,7 +402,7 @@ def main(argv: list[str]) -> int:
             _LOOP_STEPS.value,
             _PROFILE_DIR.value,
         )
-    except (ValueError, input_pipeline.DataError) as e:
+    except (ValueError, errors.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(format_result(result))

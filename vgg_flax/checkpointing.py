@@ -5,7 +5,9 @@ A checkpoint holds the train state, the running sums of the epoch in progress an
 history, so a resumed run continues exactly where the saved one stopped, mid-epoch included; and
 the run's config and data fingerprints, so a run whose config.json or data.json is lost is still
 checked against what it was trained with.
-`load_variables` reads a run's model variables without a config, e.g. in a notebook.
+A trained model is read back by `restore_state`, whatever reads it (`evaluate`, `load_variables`
+in a notebook); a run resumes through `Checkpointer.restore_latest`. Both restore through
+`Checkpointer.restore`.
 """
 
 from __future__ import annotations
@@ -25,40 +27,17 @@ from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import jax
-import numpy as np
+import ml_collections
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vgg_flax import run_dir
-from vgg_flax.run_dir import RunDirError
+from vgg_flax import errors, population, run_dir, train_state
 
 CHECKPOINT_DIR = 'checkpoints'
 DAMAGED_DIR = 'checkpoints.damaged'  # Where a run moves the damaged checkpoints it skipped.
 READ_ATTEMPTS = 5  # Reads of a run whose checkpoints keep changing meanwhile, before giving up.
 RUN_ITEM = 'run'  # The item of a checkpoint that keeps the run's files: `RUN_FILES` by name.
 RUN_FILES = (run_dir.CONFIG_FILE, run_dir.DATA_FILE)
-
-
-class SaveError(RuntimeError):
-    """A checkpoint could not be written (a full disk, say); `kept_step` is the last one saved."""
-
-    def __init__(
-        self,
-        step: int,
-        kept_step: int | None,
-        reason: str,
-        fix: str = 'free some disk space (or fix the cause)',
-    ):
-        self.kept_step = kept_step
-        super().__init__(
-            f'saving the checkpoint of step {step} failed ({reason}); the run stopped. '
-            + (
-                f'The last saved checkpoint is step {kept_step}'
-                if kept_step is not None
-                else 'No checkpoint is saved yet'
-            )
-            + f': {fix} and run the same command to resume.'
-        )
 
 
 def _reason(error: BaseException, handled: BaseException | None = None) -> str:
@@ -107,7 +86,7 @@ class Checkpointer:
         self._damaged_directory = os.path.abspath(os.path.join(workdir, DAMAGED_DIR))
         self._run_files = run_files
         if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
-            raise RunDirError(
+            raise errors.RunDirError(
                 f'{self.directory} is not a directory (a file or a broken link stands where the '
                 'run keeps its checkpoints); move it elsewhere and run the same command.'
             )
@@ -141,7 +120,7 @@ class Checkpointer:
         except OSError as e:
             raise self._error(step, e) from None
         if free < needed:  # Said here in one line; a write cut short says it in hundreds.
-            raise SaveError(
+            raise errors.SaveError(
                 step,
                 self.latest_step(),
                 f'it needs about {needed / 2**20:,.0f} MiB '
@@ -158,12 +137,12 @@ class Checkpointer:
 
     def _error(
         self, step: int, error: BaseException, handled: BaseException | None = None
-    ) -> SaveError:
+    ) -> errors.SaveError:
         """The SaveError of `step`'s save, which raised `error`, or which failed because the
         directory was deleted or moved while the run trained (orbax may create another)."""
         if _identity(self.directory) == self._identity:
-            return SaveError(step, self.latest_step(), _reason(error, handled))
-        return SaveError(
+            return errors.SaveError(step, self.latest_step(), _reason(error, handled))
+        return errors.SaveError(
             step,
             self.latest_step(),
             f'{self.directory} was deleted, moved or replaced while the run trained',
@@ -221,7 +200,7 @@ class Checkpointer:
         step, restored, damaged = self._first_readable(like, self.all_steps())
         damaged = files + damaged
         if restored is None and damaged:
-            raise RunDirError(
+            raise errors.RunDirError(
                 f'no checkpoint in {self.directory} is readable ({_listed(damaged)}). Move '
                 f'{self.directory} elsewhere to train from scratch, or pass another --workdir.'
             )
@@ -280,7 +259,7 @@ class Checkpointer:
     def __exit__(self, *exc_info: Any) -> None:
         """Waits for the save in flight (unless its failure is what ends the run), then closes."""
         try:
-            if not isinstance(exc_info[1], SaveError):
+            if not isinstance(exc_info[1], errors.SaveError):
                 self.wait()
         finally:
             self.close()
@@ -320,7 +299,7 @@ def restore_run_files(workdir: str) -> None:
                 )
         return
     if run_dir.CONFIG_FILE in lost:
-        raise RunDirError(
+        raise errors.RunDirError(
             f'{os.path.join(workdir, run_dir.CONFIG_FILE)} is missing and the checkpoints in '
             f'{directory} do not say which config they were trained with, so the run cannot be '
             'checked against this one; restore config.json from a copy, or pass another '
@@ -352,23 +331,31 @@ def _listdir(directory: str) -> list[str]:
 def check_step(workdir: str, step: int | None, steps: list[int]) -> None:
     """Raises RunDirError unless `steps` has a checkpoint, and `step` among them if one is asked."""
     if not steps:
-        raise RunDirError(f'{workdir} has no checkpoint yet; train first.')
+        raise errors.RunDirError(f'{workdir} has no checkpoint yet; train first.')
     if step is not None and step not in steps:
-        raise RunDirError(
+        raise errors.RunDirError(
             f'{workdir} has no checkpoint at step {step}; it has '
             f'{", ".join(map(str, sorted(steps)))}.'
         )
 
 
-def read_checkpoint(workdir: str, keep: int, like: Any, step: int | None = None) -> tuple[int, Any]:
-    """The step and state of the checkpoint at `step` (default: the newest readable one) of the
-    run in `workdir`, on the arrays of `like`, for a reader (`evaluate`): it moves nothing.
+def restore_state(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None, num_channels: int = 1
+) -> tuple[train_state.TrainState, int]:
+    """The train state of `config` saved at `step` (default: the newest readable checkpoint) of
+    the run in `workdir`, and its step: how every reader of a trained model gets it. It moves
+    nothing.
 
     The run may still be training, saving checkpoints and deleting those beyond its newest
-    `keep` while they are read. A read that fails while the steps on disk change is made again
-    on the new steps; a step that fails with them unchanged is damaged, and left in place:
-    skipped with a warning, or, if it is the `step` asked for, a RunDirError.
+    `config.train.keep_checkpoints` while they are read. A read that fails while the steps on
+    disk change is made again on the new steps; a step that fails with them unchanged is
+    damaged, and left in place: skipped with a warning, or, if it is the `step` asked for, a
+    RunDirError.
     """
+    like = train_state.create_train_state(
+        config, population.run_keys(config)[0], num_channels=num_channels
+    )
+    keep = config.train.keep_checkpoints
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     for _ in range(READ_ATTEMPTS):
         steps = saved_steps(workdir)
@@ -386,20 +373,20 @@ def read_checkpoint(workdir: str, keep: int, like: Any, step: int | None = None)
         if (restored is None or damaged) and saved_steps(workdir) != steps:
             continue  # The run saved or deleted checkpoints meanwhile: read the new ones.
         if restored is None and step is None:
-            raise RunDirError(
+            raise errors.RunDirError(
                 f'no checkpoint in {directory} is readable ({_listed(damaged)}); evaluating '
                 'moves nothing there: evaluate again once the run has saved a readable '
                 'checkpoint, or pass another --workdir.'
             )
         if restored is None:
-            raise RunDirError(
+            raise errors.RunDirError(
                 f'the checkpoint of step {step} in {directory} is damaged ({damaged[0][1]}); '
                 'evaluating moves nothing there: pass another --step (the run has '
                 f'{", ".join(map(str, steps))}), or none for the newest readable one.'
             )
         checkpointer._warn_skipped(damaged, used, '')
-        return cast(int, used), restored[0]
-    raise RunDirError(
+        return restored[0], cast(int, used)
+    raise errors.RunDirError(
         f'the checkpoints in {directory} changed during each of {READ_ATTEMPTS} reads: the run '
         f'there, still training, saves a new one and deletes the oldest (it keeps {keep}) '
         'before one is read. Evaluate once the run has ended, or resume it with a larger '
@@ -412,27 +399,16 @@ def _listed(damaged: list[tuple[int, str]]) -> str:
 
 
 def load_variables(workdir: str, step: int | None = None) -> dict[str, Any]:
-    """The model variables of the checkpoint at `step` (default: the latest) of a run: those
-    its evaluation used, the moving average of the weights where the run kept one.
+    """The model variables of the checkpoint at `step` (default: the newest readable one) of
+    the run in `workdir`, e.g. in a notebook: those its evaluation used, the moving average of
+    the weights where the run kept one.
 
-    {'params': ..., 'batch_stats': ...} as NumPy arrays, read with plain orbax, needing neither
-    the config nor the train state: `models.VGG(...).apply(variables, images, train=False)`.
-    A population's arrays have the member axis in front (`jax.vmap` the apply over it).
+    {'params': ..., 'batch_stats': ...} as NumPy arrays, read by `restore_state` with the run's
+    own config: `models.create_model(config.model).apply(variables, images, train=False)`. A
+    population's arrays have the member axis in front (`jax.vmap` the apply over it).
     """
-    steps = saved_steps(workdir)
-    check_step(workdir, step, steps)
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    path = pathlib.Path(directory, str(max(steps) if step is None else step), 'arrays')
-    as_numpy = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-        ocp.PyTreeCheckpointHandler().metadata(path).tree,
-    )
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))[
-            'state'
-        ]
-    variables = state.get('ema') or state
-    return {'params': variables['params'], 'batch_stats': variables.get('batch_stats') or {}}
+    state, _ = restore_state(run_dir.read_config(workdir), workdir, step)
+    return jax.device_get(state.eval_variables())
 
 
 @contextlib.contextmanager

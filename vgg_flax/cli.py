@@ -6,7 +6,7 @@ tests do) without a flag being defined twice. A tool marks which flags it requir
 and runs as `app.run(main, flags_parser=cli.parse_flags)` (a tool that trains: `cli.run(main)`).
 
 The --config file is loaded as every experiment file is (`config_utils.load_config`), so its
-fields are held to the defaults' before any override applies; an override of a tuple field is one
+fields are held to the schema's before any override applies; an override of a tuple field is one
 value, so that a field given twice takes the last, as every other field does.
 """
 
@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 from ml_collections.config_flags import tuple_parser
 
-from vgg_flax import config_utils
+from vgg_flax import config_schema, config_utils, errors
 
 
 class _ConfigFileParser(flags.ArgumentParser):
@@ -48,7 +48,7 @@ class _TupleParser(flags.ArgumentParser):
 
     def parse(self, argument: Any) -> tuple[Any, ...]:
         try:
-            return config_utils.as_tuples(tuple_parser.TupleParser().parse(argument))
+            return config_schema.as_tuples(tuple_parser.TupleParser().parse(argument))
         except ValueError:
             raise ValueError(
                 f'{argument!r} is not a tuple; write it as Python does, quoted for the shell, '
@@ -131,39 +131,29 @@ def interrupted_while_starting() -> int:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """Parses the command line as absl does; a mistake in --config ends the process (status 1)
-    with one line naming it: a config file that does not load or sets a field the defaults lack
-    or of another type (`config_utils.load_config`), or an override of a field the config does
-    not have (with the field it most likely meant)."""
+    with one line naming it: a config file that does not load or sets a field the schema lacks
+    or of another type (`config_utils.load_config`), or an override of a field the schema does
+    not have (with the field it most likely meant, or its current name)."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:  # absl's own message, as its default parser gives it.
         sys.exit(
             f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.'
         )
-    except config_utils.ConfigError as e:
+    except errors.ConfigError as e:
         sys.exit(f'error: {e}')
     except (AttributeError, KeyError):  # ml_collections found no such field to override.
         sys.exit(f'error: {_unknown_override(argv)}')
 
 
-def _config_path(argv: list[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg.startswith('--config='):
-            return arg.split('=', 1)[1]
-        if arg == '--config' and i + 1 < len(argv):
-            return argv[i + 1]
-    return '?'
-
-
 def _unknown_override(argv: list[str]) -> str:
-    """Which --config.FIELD override names no field of the config file."""
-    config = config_utils.load_config(_config_path(argv))
+    """Which --config.FIELD override names no config field."""
     overrides = [
         arg.split('=', 1)[0].removeprefix('--config.')
         for arg in argv
         if arg.startswith('--config.')
     ]
-    field, close = config_utils.unknown_field(config, overrides) or (','.join(overrides), None)
+    field, close = config_schema.unknown_field(overrides) or (','.join(overrides), None)
     return f'--config.{field}: the config has no such field' + (
         f'; did you mean --config.{close}?' if close else '.'
     )

@@ -72,12 +72,14 @@ def batch_maker(
     for a population, the batches of each member's shuffle key (`batches_sharding` places
     them)."""
     batches = per_member(
-        input_pipeline.epoch_batches, config.num_seeds, in_axes=(0, None, None, None)
+        input_pipeline.epoch_batches, config.population_size, in_axes=(0, None, None, None)
     )
     return jax.jit(
         batches,
         static_argnums=(2, 3),
-        out_shardings=batches_sharding(mesh, config.num_seeds > 1, config.members_over_devices),
+        out_shardings=batches_sharding(
+            mesh, config.population_size > 1, config.members_over_devices
+        ),
     )
 
 
@@ -124,7 +126,7 @@ def load_data(
             f'config.train.batch_size={batch_size}; lower the batch size or raise '
             'config.data.max_train_examples.'
         )
-    members = (config.num_seeds,) if config.num_seeds > 1 else ()
+    members = (config.population_size,) if config.population_size > 1 else ()
     batches = distributed.put(
         np.zeros((*members, num_steps, batch_size), np.int32),
         batches_sharding(mesh, bool(members), config.members_over_devices),
@@ -170,7 +172,7 @@ def check_fits_devices(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
     """Raises ValueError unless what is split over the devices splits evenly: the batches, or
     with `config.members_over_devices` the population's members."""
     split = (
-        {'num_seeds': config.num_seeds}
+        {'population_size': config.population_size}
         if config.members_over_devices
         else {f'train.{field}': config.train[field] for field in ('batch_size', 'eval_batch_size')}
     )

@@ -4,7 +4,7 @@
 
 Prints the numbers, and writes `evaluation.json` and `predictions.png` (test images with their
 true and predicted class names, as the lesson's `predict` shows them) into the workdir. For a
-population (`config.num_seeds` > 1) the numbers are those of its ensemble (the mean of the
+population (`config.population_size` > 1) the numbers are those of its ensemble (the mean of the
 members' logits), and each member's accuracy is listed beside.
 """
 
@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import app, flags
 
 from vgg_flax import (
     checkpointing,
     cli,
+    config_schema,
     environment,
+    errors,
     input_pipeline,
     population,
     run_dir,
@@ -42,7 +43,10 @@ MAX_IMAGES = 1000  # Test images predictions.png can show: a minute of matplotli
 
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
 _DATA_SOURCE = flags.DEFINE_enum(
-    'data_source', None, list(input_pipeline.SOURCES), 'Override config.data.source of the run.'
+    'data_source',
+    None,
+    list(config_schema.FIELDS['data.source'].choices),
+    'Override config.data.source of the run.',
 )
 _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of the run.')
 _TFDS_DATA_DIR = flags.DEFINE_string(
@@ -54,18 +58,6 @@ _NUM_IMAGES = flags.DEFINE_integer(
     f'Test images shown in predictions.png, 1 to {MAX_IMAGES}: the first ones the model gets '
     'wrong (up to two thirds of them), then the first it gets right.',
 )
-
-
-def restore_state(
-    config: ml_collections.ConfigDict, workdir: str, step: int | None = None, num_channels: int = 1
-) -> tuple[train_state.TrainState, int]:
-    """The train state saved at `step` (default: the latest readable) of the run in `workdir`,
-    which may still be training; nothing there is moved (`checkpointing.read_checkpoint`)."""
-    like = train_state.create_train_state(
-        config, population.run_keys(config)[0], num_channels=num_channels
-    )
-    step, state = checkpointing.read_checkpoint(workdir, config.train.keep_checkpoints, like, step)
-    return state, step
 
 
 def predict(
@@ -223,7 +215,7 @@ def evaluate_run(
     checkpointing.check_step(workdir, step, checkpointing.saved_steps(workdir))
     test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
     warn_if_other_data(workdir, test_split)
-    state, step = restore_state(config, workdir, step, test_split.images.shape[-1])
+    state, step = checkpointing.restore_state(config, workdir, step, test_split.images.shape[-1])
     if holder := run_dir.held_by(workdir):
         print(
             f'{workdir} is still training ({holder}): evaluating its latest checkpoint so far, '
@@ -267,7 +259,7 @@ def evaluate_run(
             f'{os.path.basename(os.path.abspath(workdir))}, step {step}',
         )
     except OSError as e:  # A read-only or full disk, say.
-        raise run_dir.RunDirError(
+        raise errors.RunDirError(
             f'writing {e.filename2 or e.filename} failed ({e.strerror or e}); the numbers above '
             f'are not saved: make {workdir} writable (or free disk space) and evaluate again.'
         ) from e
@@ -283,7 +275,7 @@ def main(argv: list[str]) -> int:
     }
     try:
         evaluate_run(cli.WORKDIR.value, _STEP.value, overrides, _NUM_IMAGES.value)
-    except (ValueError, input_pipeline.DataError, run_dir.RunDirError) as e:
+    except (ValueError, errors.DataError, errors.RunDirError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     return 0

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vgg_flax import config_utils, models
+from vgg_flax import errors
 
 CLASS_NAMES = (
     'T-shirt/top',
@@ -38,7 +38,6 @@ CLASS_NAMES = (
     'Bag',
     'Ankle boot',
 )
-SOURCES = ('tfds', 'idx')
 NUM_EXAMPLES = {'train': 60_000, 'test': 10_000}  # Fashion-MNIST's split sizes.
 IMAGE_SHAPE = (28, 28, 1)  # Height, width, channels of every Fashion-MNIST image.
 # Base names of the IDX files, as the Fashion-MNIST release (and MNIST) names them.
@@ -58,10 +57,6 @@ OFFLINE_HINT = (
 )
 
 
-class DataError(Exception):
-    """Missing, corrupt or inconsistent data; the message names the file and the fix."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One split on the host: uint8 images (N, H, W, 1) and int32 labels (N,)."""
@@ -71,44 +66,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def validate_data_config(
-    data_config: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict
-) -> None:
-    """Raises ValueError naming the field and the fix for any bad `config.data` value (the
-    model's number of blocks sets the smallest image size)."""
-    config_utils.check_choice('data.source', data_config.source, SOURCES)
-    if data_config.source == 'idx' and not data_config.idx_dir:
-        raise ValueError(
-            'config.data.source=idx needs config.data.idx_dir: the directory of '
-            'the four Fashion-MNIST IDX files.'
-        )
-    num_blocks = len(models.full_width_blocks(model_config))
-    least = models.min_image_size(num_blocks)
-    if not isinstance(data_config.image_size, int) or data_config.image_size < least:
-        raise ValueError(
-            f'config.data.image_size={data_config.image_size!r} is too small: '
-            f'{models.arch_name(model_config)} halves the image {num_blocks} '
-            f'times, so it must be an integer of at least {least}.'
-        )
-    for field in ('max_train_examples', 'max_test_examples'):
-        value = data_config[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(
-                f'config.data.{field}={value!r} must be 0 (all) or a positive integer.'
-            )
-    held_out, limit = data_config.validation_examples, data_config.max_train_examples
-    if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
-        raise ValueError(
-            f'config.data.validation_examples={held_out!r} must be 0 (none) or a positive integer.'
-        )
-    if held_out and held_out >= (limit or NUM_EXAMPLES['train']):
-        raise ValueError(
-            f'config.data.validation_examples={held_out} leaves no training '
-            f'examples of the {limit or NUM_EXAMPLES["train"]:,} in the split; hold '
-            'out fewer (e.g. 5000).'
-        )
 
 
 def load_split(
@@ -132,7 +89,7 @@ def load_split(
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         where = f' of share {shard[0]} of {shard[1]}' if shard[1] > 1 else ''
-        raise DataError(
+        raise errors.DataError(
             f'the {split} labels from source {data_config.source!r} hold '
             f'{int(bad.sum())} values outside 0..{num_classes - 1} (first: '
             f'{int(labels[bad][0])} at index {int(np.argmax(bad))}{where}) in {origin}: '
@@ -159,7 +116,7 @@ def _load_tfds(
     try:
         import tensorflow_datasets as tfds  # Only for this source: it imports TensorFlow.
     except ImportError as e:
-        raise DataError(
+        raise errors.DataError(
             'config.data.source=tfds needs tensorflow-datasets and tensorflow '
             f'(pip install -e ".[tfds]"): {e}. {OFFLINE_HINT}'
         ) from e
@@ -168,7 +125,7 @@ def _load_tfds(
         builder = tfds.builder('fashion_mnist', data_dir=data_dir or None)
         unreachable = _unreachable_download_host(builder)
         if unreachable:
-            raise DataError(
+            raise errors.DataError(
                 f'fashion_mnist is not prepared in the TFDS data_dir '
                 f'{builder.data_dir_root} and its download server does not answer: '
                 f'{unreachable}. TFDS would retry for minutes before '
@@ -183,10 +140,10 @@ def _load_tfds(
         for batch in tfds.as_numpy(dataset.batch(10_000)):
             images.append(batch['image'])
             labels.append(batch['label'])
-    except DataError:
+    except errors.DataError:
         raise
     except Exception as e:  # TFDS raises many types for a failed download or a bad cache.
-        raise DataError(
+        raise errors.DataError(
             f'TFDS could not load fashion_mnist/{split} (data_dir='
             f'{data_dir or "default"}): {type(e).__name__}: {e}. '
             f'{OFFLINE_HINT}'
@@ -233,14 +190,14 @@ def _load_idx(
     labels_path = _find_idx_file(idx_dir, labels_name)
     images_shape = read_idx_shape(images_path, ndim=3)
     if images_shape[1:] != IMAGE_SHAPE[:2]:
-        raise DataError(
+        raise errors.DataError(
             f'{images_path} holds images of {images_shape[1]}x{images_shape[2]} pixels, '
             f'not the {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]} of Fashion-MNIST; it is not the right '
             'IDX file, download it again.'
         )
     num_labels = read_idx_shape(labels_path, ndim=1)[0]
     if images_shape[0] != num_labels:
-        raise DataError(
+        raise errors.DataError(
             f'{idx_dir}: {images_name} holds {images_shape[0]} images but {labels_name} '
             f'holds {num_labels} labels; the two files must come from the same '
             'release.'
@@ -255,7 +212,7 @@ def _find_idx_file(idx_dir: str, name: str) -> str:
     """The path of IDX file `name` in `idx_dir`, gzipped or raw; whatever stands at that path
     (a directory, say) is left to `_open_idx` to refuse, naming it."""
     if os.path.isfile(idx_dir):
-        raise DataError(
+        raise errors.DataError(
             f'config.data.idx_dir={idx_dir} is a file; it must be the directory that holds '
             'the four Fashion-MNIST IDX files.'
         )
@@ -263,7 +220,7 @@ def _find_idx_file(idx_dir: str, name: str) -> str:
         path = os.path.join(idx_dir, candidate)
         if os.path.lexists(path):
             return path
-    raise DataError(
+    raise errors.DataError(
         f'{os.path.join(idx_dir, name)}(.gz) is missing. config.data.idx_dir must '
         f'hold the four Fashion-MNIST IDX files: '
         f'{", ".join(n + ".gz" for pair in IDX_FILES.values() for n in pair)}.'
@@ -292,7 +249,7 @@ def read_idx(path: str, ndim: int, rows: tuple[int, int] | None = None) -> np.nd
     size = math.prod(shape)
     if held != size:
         state = 'truncated' if held < size else 'longer than its header says'
-        raise DataError(
+        raise errors.DataError(
             f'{path} is {state}: its header gives shape {shape} ({size} bytes of '
             f'data) but it holds {held}; download it again.'
         )
@@ -314,12 +271,12 @@ def _open_idx(path: str) -> BinaryIO:
         if head.startswith(b'\x00\x00'):  # An IDX magic number; `_read_idx_header` checks it.
             return open(path, 'rb')
     except OSError as e:
-        raise DataError(
+        raise errors.DataError(
             f'{path} cannot be opened ({e.strerror or e}); it must be a readable IDX file.'
         ) from e
     if not head:
-        raise DataError(f'{path} is empty; download it again.')
-    raise DataError(
+        raise errors.DataError(f'{path} is empty; download it again.')
+    raise errors.DataError(
         f'{path} cannot be read: it is neither gzip-compressed nor an IDX file (it begins '
         f'{head!r}); download it again.'
     )
@@ -334,7 +291,7 @@ def _chunks(f: BinaryIO, path: str, size: int | None) -> Iterator[bytes]:
         try:
             chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
         except (OSError, EOFError, zlib.error) as e:
-            raise DataError(
+            raise errors.DataError(
                 f'{path} cannot be read ({e}); the file is corrupt or truncated, download it again.'
             ) from e
         if not chunk:
@@ -358,18 +315,20 @@ def _skip(f: BinaryIO, path: str, size: int | None = None) -> int:
 def _read_idx_header(f: BinaryIO, path: str, ndim: int) -> tuple[int, ...]:
     header = _read(f, path, 4 + 4 * ndim)
     if len(header) < 4 + 4 * ndim:
-        raise DataError(f'{path} is truncated: {len(header)} bytes, shorter than an IDX header.')
+        raise errors.DataError(
+            f'{path} is truncated: {len(header)} bytes, shorter than an IDX header.'
+        )
     magic = int.from_bytes(header[:4], 'big')
     expected_magic = (_IDX_UBYTE << 8) | ndim
     if magic != expected_magic:
-        raise DataError(
+        raise errors.DataError(
             f'{path} has magic number 0x{magic:08x}, expected 0x'
             f'{expected_magic:08x} (unsigned bytes, {ndim} dimensions); it is not '
             f'the right IDX file.'
         )
     shape = tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], 'big') for i in range(ndim))
     if 0 in shape:
-        raise DataError(
+        raise errors.DataError(
             f'{path} gives shape {shape} in its header: a size of 0, so it holds no data; '
             'download it again.'
         )

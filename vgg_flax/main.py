@@ -10,7 +10,7 @@ import sys
 
 from absl import flags
 
-from vgg_flax import checkpointing, cli, environment, input_pipeline, run_dir, train
+from vgg_flax import cli, environment, errors, train
 
 
 def main(argv: list[str]) -> int:
@@ -19,14 +19,14 @@ def main(argv: list[str]) -> int:
         results = train.train_and_evaluate(cli.CONFIG.value, cli.WORKDIR.value)
     except (
         ValueError,
-        input_pipeline.DataError,
-        run_dir.RunDirError,
-        checkpointing.SaveError,
-        train.NonFiniteLossError,
+        errors.DataError,
+        errors.RunDirError,
+        errors.SaveError,
+        errors.NonFiniteLossError,
     ) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
-    except train.TrainingInterrupted as e:
+    except errors.TrainingInterrupted as e:
         print(e, file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:  # Ctrl-C before the loop catches signals.

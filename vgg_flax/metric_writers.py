@@ -15,7 +15,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 from tqdm import tqdm
 
-from vgg_flax import checkpointing, run_dir
+from vgg_flax import errors, run_dir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,7 +46,7 @@ def _read_jsonl(path: str, skip_damaged: bool = False) -> list[dict[str, Any]]:
                 records.append(record)
             except ValueError as e:
                 if not skip_damaged:
-                    raise run_dir.RunDirError(
+                    raise errors.RunDirError(
                         f'{path} line {number} is damaged ({e}); the run writes this file from the '
                         'history in its checkpoints, which a resumed run writes again.'
                     ) from None
@@ -302,7 +302,7 @@ class RunLog:
 
     def __exit__(self, *exc_info: Any) -> None:
         """Closes; a run stopped by a failed save first rewinds to the last checkpoint saved."""
-        if isinstance(exc_info[1], checkpointing.SaveError):
+        if isinstance(exc_info[1], errors.SaveError):
             self.rewind(exc_info[1].kept_step or 0)
         self.close()
 

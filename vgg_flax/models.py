@@ -17,8 +17,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vgg_flax import config_utils
-
 # The convolutional part of configurations A, B, D and E of the VGG paper: (num_convs, features).
 ARCHS: dict[str, tuple[tuple[int, int], ...]] = {
     'vgg11': ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512)),
@@ -35,8 +33,6 @@ KERNEL_INITS: dict[str, Callable[..., Any]] = {
     'lecun_uniform': nn.initializers.lecun_uniform(),
     'lecun_normal': nn.initializers.lecun_normal(),
 }
-
-FIRST_CONVS = ('auto', 'lax', 'shifted_sum')
 
 BIAS_INITS: dict[str, Callable[..., Any]] = {
     'zeros': nn.initializers.zeros_init(),
@@ -213,40 +209,6 @@ def min_image_size(num_blocks: int) -> int:
     return 2**num_blocks
 
 
-def validate_model_config(model_config: ml_collections.ConfigDict) -> None:
-    """Raises a ValueError naming the field and the allowed values for any bad setting."""
-    config_utils.check_choice('model.arch', model_config.arch, list(ARCHS))
-    for block in model_config.conv_arch:
-        if not isinstance(block, (tuple, list)) or len(block) != 2:  # A config file's lists.
-            raise ValueError(
-                f'config.model.conv_arch={model_config.conv_arch!r} must be () or '
-                '(num_convs, features) pairs, e.g. ((1, 64), (1, 128)).'
-            )
-        for value in block:
-            config_utils.check_positive_int('model.conv_arch[*][*]', value)
-    config_utils.check_positive_int('model.width_ratio', model_config.width_ratio)
-    blocks = full_width_blocks(model_config)
-    ratios = allowed_width_ratios(blocks)
-    if model_config.width_ratio not in ratios:
-        widths = sorted({features for _, features in blocks})
-        raise ValueError(
-            f'config.model.width_ratio={model_config.width_ratio} does not divide every conv '
-            f'width of {arch_name(model_config)} {widths}; use one of '
-            f'{", ".join(map(str, ratios))}.'
-        )
-    config_utils.check_positive_int('model.num_classes', model_config.num_classes)
-    for features in model_config.dense_features:
-        config_utils.check_positive_int('model.dense_features[*]', features)
-    if not 0.0 <= model_config.dropout_rate < 1.0:
-        raise ValueError(
-            f'config.model.dropout_rate={model_config.dropout_rate!r} must lie in [0, 1).'
-        )
-    config_utils.check_choice('model.dtype', model_config.dtype, list(DTYPES))
-    config_utils.check_choice('model.kernel_init', model_config.kernel_init, list(KERNEL_INITS))
-    config_utils.check_choice('model.bias_init', model_config.bias_init, list(BIAS_INITS))
-    config_utils.check_choice('model.first_conv', model_config.first_conv, list(FIRST_CONVS))
-
-
 def resolve_first_conv(first_conv: str, backend: str) -> str:
     """'auto' is 'shifted_sum' on a GPU, where it is faster than cuDNN, and 'lax' elsewhere,
     where it is not (benchmarks/README.md has both measurements)."""
@@ -256,8 +218,7 @@ def resolve_first_conv(first_conv: str, backend: str) -> str:
 
 
 def create_model(model_config: ml_collections.ConfigDict) -> VGG:
-    """Builds the `VGG` that `config.model` describes, after validating it."""
-    validate_model_config(model_config)
+    """Builds the `VGG` that `config.model` describes (checked by `config_schema.validate`)."""
     return VGG(
         conv_arch=conv_arch_for(full_width_blocks(model_config), model_config.width_ratio),
         num_classes=model_config.num_classes,

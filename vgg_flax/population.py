@@ -1,4 +1,4 @@
-"""Populations: `config.num_seeds` = N > 1 trains N copies of the model as one run.
+"""Populations: `config.population_size` = N > 1 trains N copies of the model as one run.
 
 Member i has seed `config.seed + i` (its own initialisation, dropout and shuffle) and is trained
 by the same step as a single model, mapped over a train state stacked along a leading member
@@ -19,11 +19,14 @@ import ml_collections
 def run_keys(config: ml_collections.ConfigDict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The keys for initialisation, dropout and shuffling from `config.seed`; for a population,
     each stacked over its members' seeds, so member i gets the keys of seed `config.seed + i`."""
-    if config.num_seeds == 1:
+    if config.population_size == 1:
         init, dropout, shuffle = jax.random.split(jax.random.key(config.seed), 3)
         return init, dropout, shuffle
     keys = jnp.stack(
-        [jax.random.split(jax.random.key(config.seed + i), 3) for i in range(config.num_seeds)]
+        [
+            jax.random.split(jax.random.key(config.seed + i), 3)
+            for i in range(config.population_size)
+        ]
     )
     return keys[:, 0], keys[:, 1], keys[:, 2]
 

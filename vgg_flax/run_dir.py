@@ -18,17 +18,13 @@ from typing import IO, Any
 
 import ml_collections
 
-from vgg_flax import config_utils, environment
+from vgg_flax import config_schema, environment, errors
 
 CONFIG_FILE = 'config.json'
 ENVIRONMENT_FILE = 'environment.json'
 DATA_FILE = 'data.json'  # The fingerprint of the data the run trains and evaluates on.
 RESULTS_FILE = 'results.json'
 LOCK_FILE = '.lock'
-
-
-class RunDirError(Exception):
-    """The workdir cannot be used as asked; the message names the problem and the fix."""
 
 
 CONFIG_FIX = (
@@ -43,7 +39,7 @@ def read_json(path: str, fix: str) -> Any:
         with open(path) as f:
             return json.load(f)
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError.
-        raise RunDirError(f'{path} is damaged ({e}); {fix}') from None
+        raise errors.RunDirError(f'{path} is damaged ({e}); {fix}') from None
 
 
 def read_json_object(path: str, fix: str) -> dict[str, Any]:
@@ -51,7 +47,9 @@ def read_json_object(path: str, fix: str) -> dict[str, Any]:
     is a RunDirError naming it and `fix` too."""
     value = read_json(path, fix)
     if not isinstance(value, dict):
-        raise RunDirError(f'{path} holds a JSON {type(value).__name__}, not an object; {fix}')
+        raise errors.RunDirError(
+            f'{path} holds a JSON {type(value).__name__}, not an object; {fix}'
+        )
     return value
 
 
@@ -63,7 +61,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     """
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise RunDirError(
+        raise errors.RunDirError(
             f'{path} is missing: {workdir} holds no run of vgg_flax.main. Pass the '
             'workdir that a training run wrote.'
         )
@@ -72,15 +70,18 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 def config_from_plain(plain: Any, path: str, fix: str) -> ml_collections.ConfigDict:
     """The config that `plain`, read from `path`, holds; fields added to the package since it was
-    written take their defaults. Another value (a file edited by hand into another shape) is a
-    RunDirError naming `path` and `fix`."""
-    config = config_utils.default_config()
+    written take their defaults, and fields it holds under a former name are read under the
+    current one. Another value (a file edited by hand into another shape) is a RunDirError
+    naming `path` and `fix`."""
+    config = config_schema.default_config()
     try:
         if not isinstance(plain, dict):
             raise TypeError(f'a JSON {type(plain).__name__}, not an object')
-        config.update(config_utils.from_plain(plain))
+        config.update(config_schema.from_plain(config_schema.current_names(plain)))
     except (TypeError, ValueError, AttributeError, KeyError) as e:
-        raise RunDirError(f'{path} does not hold a config of this package ({e}); {fix}') from None
+        raise errors.RunDirError(
+            f'{path} does not hold a config of this package ({e}); {fix}'
+        ) from None
     return config
 
 
@@ -96,16 +97,16 @@ def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
         yield
         return
     if not workdir:
-        raise RunDirError('--workdir is empty; pass the directory this run should write to.')
+        raise errors.RunDirError('--workdir is empty; pass the directory this run should write to.')
     try:
         os.makedirs(workdir, exist_ok=True)
     except FileExistsError:
         if os.path.islink(workdir):
-            raise RunDirError(
+            raise errors.RunDirError(
                 f'--workdir={workdir} is a symbolic link to {os.readlink(workdir)}, which does '
                 'not exist; create that directory (or mount its disk), or pass another --workdir.'
             ) from None
-        raise RunDirError(
+        raise errors.RunDirError(
             f'--workdir={workdir} is a file, not a directory; pass a directory path.'
         ) from None
     except OSError as e:
@@ -114,12 +115,12 @@ def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirError(
+            raise errors.RunDirError(
                 f'{workdir} is in use by another run ({_holder(lock)}); wait for it to end '
                 'or stop it, or pass another --workdir.'
             ) from None
         if not _HOLDER.fullmatch(os.pread(lock, 4096, 0)):  # Read once no run writes it.
-            raise RunDirError(
+            raise errors.RunDirError(
                 f'{_lock_path(workdir)} is a file other than the lock of a run; {_MOVE_IT}'
             )
         holder = f'host {socket.gethostname()}, pid {os.getpid()}\n'.encode()
@@ -133,8 +134,8 @@ def hold_workdir(workdir: str, active: bool = True) -> Iterator[None]:
         yield
 
 
-def _unwritable(workdir: str, error: OSError) -> RunDirError:
-    return RunDirError(
+def _unwritable(workdir: str, error: OSError) -> errors.RunDirError:
+    return errors.RunDirError(
         f'cannot write to --workdir={workdir} ({error.strerror or error}); pass a directory you '
         'can write to.'
     )
@@ -173,7 +174,7 @@ def _open_lock(workdir: str, flags: int) -> Iterator[int]:
                 else ''
             )
         if what:
-            raise RunDirError(f'{path} is {what}; {_MOVE_IT}')
+            raise errors.RunDirError(f'{path} is {what}; {_MOVE_IT}')
         yield fd
     finally:
         if fd >= 0:
@@ -197,7 +198,7 @@ def held_by(workdir: str) -> str | None:
                 return _holder(lock)
             fcntl.flock(lock, fcntl.LOCK_UN)
             return None
-    except RunDirError:  # No lock there (or no run's lock).
+    except errors.RunDirError:  # No lock there (or no run's lock).
         return None
 
 
@@ -210,11 +211,11 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> bool:
     if not os.path.isfile(os.path.join(workdir, CONFIG_FILE)):
         return False
     # A field added to the package since the run began counts as its default there.
-    conflicts = config_utils.resume_conflicts(
-        config_utils.to_plain(read_config(workdir)), config_utils.to_plain(config)
+    conflicts = config_schema.resume_conflicts(
+        config_schema.to_plain(read_config(workdir)), config_schema.to_plain(config)
     )
     if conflicts:
-        raise RunDirError(
+        raise errors.RunDirError(
             f'{workdir} holds a run of a different config, which cannot be resumed with '
             'this one:\n  '
             + '\n  '.join(conflicts)
@@ -234,7 +235,7 @@ def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
     fix = "delete it to accept the data config.data gives now as the run's."
     recorded = read_json_object(path, fix)
     if _fields(recorded) != _fields(fingerprints):  # Edited by hand: not a record of this data.
-        raise RunDirError(
+        raise errors.RunDirError(
             f'{path} does not hold the fingerprints of the splits '
             f'{", ".join(sorted(fingerprints))} as a run records them; {fix}'
         )
@@ -244,7 +245,7 @@ def check_data(workdir: str, fingerprints: dict[str, Any]) -> None:
             for split, now in fingerprints.items()
             if recorded.get(split) != now
         )
-        raise RunDirError(
+        raise errors.RunDirError(
             f'{workdir} was trained on other data than config.data gives now '
             f'({differ}). Point config.data at the files the run used, or pass '
             'another --workdir.'
@@ -263,7 +264,7 @@ def last_num_devices(workdir: str) -> int | None:
     """How many devices the run's last launch used (from its environment.json), if known."""
     try:
         return int(read_json(os.path.join(workdir, ENVIRONMENT_FILE), '')['num_devices'])
-    except (OSError, RunDirError, KeyError, TypeError, ValueError):
+    except (OSError, errors.RunDirError, KeyError, TypeError, ValueError):
         return None
 
 
@@ -273,7 +274,7 @@ def write_run_files(
     """Writes the run's config, its data's fingerprints and the environment this launch runs
     in."""
     with stops_the_run_if_a_write_fails():
-        write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_utils.to_plain(config))
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE), config_schema.to_plain(config))
         write_json_atomic(os.path.join(workdir, DATA_FILE), data_fingerprints)
         write_json_atomic(os.path.join(workdir, ENVIRONMENT_FILE), environment.describe())
 
@@ -321,7 +322,7 @@ def stops_the_run_if_a_write_fails() -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise RunDirError(
+        raise errors.RunDirError(
             # A replace names the file it replaces second.
             f'writing {e.filename2 or e.filename or "the run log"} failed ({e.strerror or e}); '
             'the run stopped, '

@@ -11,8 +11,8 @@ Shell overrides apply to the base config, so to every point; a point's own value
 Points that differ only in `seed` (an axis of the sweep, or `--seeds=N`) form a group: the
 report gives each group's mean, standard deviation and 95% confidence interval over its finished
 runs, and counts the runs that are not finished instead of averaging them. With `--population`,
-a group whose seeds are consecutive trains as one population (`config.num_seeds`, one vmapped
-program) in one directory; the report is the same, a row per member.
+a group whose seeds are consecutive trains as one population (`config.population_size` models
+side by side in one vmapped program) in one directory; the report is the same, a row per member.
 
 The workdir records what the sweep trains (`vgg_flax.sweep_dir`): a later command must ask for
 the same sweep, up to what a resume may change (more epochs, a moved data directory), or is
@@ -37,8 +37,10 @@ from ml_collections import config_flags
 from vgg_flax import (
     checkpointing,
     cli,
+    config_schema,
     config_utils,
     environment,
+    errors,
     hyper,
     run_dir,
     sweep_dir,
@@ -54,22 +56,22 @@ _REPORT = flags.DEFINE_bool('report', False, 'Only write the report from finishe
 _SEEDS = flags.DEFINE_integer(
     'seeds',
     1,
-    'Run every point with this many seeds (config.seed, '
-    'config.seed + 1, ...); the report gives their mean and spread.',
+    'Run every point with this many seeds (config.seed, config.seed + 1, ...), each a run '
+    'of its own (see --population); the report gives their mean and spread.',
 )
 _POPULATION = flags.DEFINE_bool(
     'population',
     False,
     'Train the points that differ only in consecutive seeds as one '
-    'population each (config.num_seeds): one program, one directory.',
+    'population each (config.population_size): one program, one directory.',
 )
 
 
 def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
     """`base` with the point's fields set; an unknown field is a ValueError, a value of another
-    type than the field's default a ConfigError (`config_utils.conformed`)."""
+    type than the field's default a ConfigError (`config_schema.conformed`)."""
     fields = {field: value for field, value in point.items() if field != hyper.NAME}
-    if unknown := config_utils.unknown_field(base, fields):
+    if unknown := config_schema.unknown_field(fields):
         field, close = unknown
         raise ValueError(
             f'the sweep sets {field!r}, which is not a config field'
@@ -77,20 +79,18 @@ def point_config(base: ml_collections.ConfigDict, point: Point) -> ml_collection
         )
     config = ml_collections.ConfigDict(base.to_dict(), type_safe=False)
     config.update_from_flattened_dict(fields)
-    return config_utils.conformed(config, f'the sweep point {hyper.point_name(point)}')
+    return config_schema.conformed(config, f'the sweep point {hyper.point_name(point)}')
 
 
-def with_seeds(points: Sequence[Point], first_seed: int, num_seeds: int) -> list[Point]:
-    """Every point with each of `num_seeds` seeds from `first_seed` on."""
-    if num_seeds < 1:
-        raise ValueError(f'--seeds={num_seeds} must be at least 1.')
-    if num_seeds > 1 and any('seed' in point for point in points):
+def with_seeds(points: Sequence[Point], first_seed: int, seeds: int) -> list[Point]:
+    """Every point with each of `seeds` seeds (separate runs) from `first_seed` on."""
+    if seeds < 1:
+        raise ValueError(f'--seeds={seeds} must be at least 1.')
+    if seeds > 1 and any('seed' in point for point in points):
         raise ValueError('the sweep sets seed itself; drop --seeds or its seed axis.')
-    if num_seeds == 1:
+    if seeds == 1:
         return list(points)
-    return hyper.product(
-        list(points), hyper.axis('seed', range(first_seed, first_seed + num_seeds))
-    )
+    return hyper.product(list(points), hyper.axis('seed', range(first_seed, first_seed + seeds)))
 
 
 def load_sweep(config_path: str) -> list[Point]:
@@ -130,7 +130,7 @@ class PointRun:
         `problem` names)."""
         try:
             return self._read_results()
-        except run_dir.RunDirError:
+        except errors.RunDirError:
             return None
 
     def _read_results(self) -> dict[str, Any] | None:
@@ -146,7 +146,7 @@ class PointRun:
             and type(results.get('epochs')) is int
             and all(_is_number(results[key]) for key in sweep_report.RESULT_KEYS if key in results)
         ):
-            raise run_dir.RunDirError(
+            raise errors.RunDirError(
                 f'{path} does not hold the results of this run; {run_dir.RESULTS_FIX}'
             )
         return results
@@ -157,7 +157,7 @@ class PointRun:
         members = population.get('members') if isinstance(population, dict) else None
         if not (
             isinstance(members, list)
-            and len(members) == self.config.num_seeds
+            and len(members) == self.config.population_size
             and isinstance(members[member], dict)
         ):
             return None
@@ -171,21 +171,21 @@ class PointRun:
     def problem(self) -> str | None:
         """Why the point's directory cannot be used for it as asked now; None where it can. A run
         there of another config, or with more epochs than asked, is refused as a resume refuses
-        it (`config_utils.resume_conflicts`): its results are another experiment's."""
+        it (`config_schema.resume_conflicts`): its results are another experiment's."""
         if os.path.lexists(self.workdir) and not os.path.isdir(self.workdir):
             return f"{self.workdir} is not a directory: move it out of the sweep's --workdir."
         try:
             if os.path.isfile(os.path.join(self.workdir, run_dir.CONFIG_FILE)):
-                saved = config_utils.to_plain(run_dir.read_config(self.workdir))
-                if conflicts := config_utils.resume_conflicts(
-                    saved, config_utils.to_plain(self.config)
+                saved = config_schema.to_plain(run_dir.read_config(self.workdir))
+                if conflicts := config_schema.resume_conflicts(
+                    saved, config_schema.to_plain(self.config)
                 ):
                     return (
                         f'{self.workdir} holds a run of another config ({"; ".join(conflicts)}): '
                         'ask for the config it ran, or pass another --workdir.'
                     )
             results = self._read_results()
-        except run_dir.RunDirError as e:
+        except errors.RunDirError as e:
             return str(e)
         if results and results['epochs'] > self.config.train.num_epochs:
             return (
@@ -238,7 +238,7 @@ def plan(
             if len(members) < 2 or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
                 continue
             config = ml_collections.ConfigDict(members[0].config.to_dict())
-            config.num_seeds = len(members)
+            config.population_size = len(members)
             directory = sweep_dir.point_directory(workdir, f'{name},seeds={seeds[0]}-{seeds[-1]}')
             for i, run in enumerate(members):
                 run.config, run.workdir, run.member = config, directory, i
@@ -277,7 +277,7 @@ def run_point(run: PointRun) -> bool:
     error_path = os.path.join(run.workdir, ERROR_FILE)
     try:
         train.train_and_evaluate(run.config, run.workdir)
-    except train.TrainingInterrupted:
+    except errors.TrainingInterrupted:
         raise
     except Exception as e:  # One bad point must not stop the rest.
         print(
@@ -400,7 +400,7 @@ def main(argv: list[str]) -> int:
         definition = asked_definition(workdir, recorded, training)
         runs = plan(definition.base, definition.points, workdir, definition.population)
         refuse_unusable(runs)
-    except (ValueError, OSError, run_dir.RunDirError, config_utils.ConfigError) as e:
+    except (ValueError, OSError, errors.RunDirError, errors.ConfigError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     if _LIST.value:
@@ -428,7 +428,7 @@ def main(argv: list[str]) -> int:
             return 1
         try:
             failed, busy = run_points(runs if _INDEX.value is None else [runs[_INDEX.value]])
-        except train.TrainingInterrupted as e:
+        except errors.TrainingInterrupted as e:
             print(e, file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt:  # Ctrl-C before a point's loop catches signals.

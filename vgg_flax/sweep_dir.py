@@ -17,16 +17,18 @@ from typing import Any
 
 import ml_collections
 
-from vgg_flax import config_utils, hyper, run_dir, sweep_report
+from vgg_flax import config_schema, errors, hyper, run_dir
 
 SWEEP_FILE = 'sweep.json'
+# The report of the sweep's runs (`sweep_report`).
+REPORT_FILES = ('results.csv', 'summary.csv', 'results.md', 'sweep.png')
 RECORD_FIX = (
     "delete it, and the sweep's next training command records its definition again "
     '(the runs of its points are kept, and checked against it).'
 )
 # The names a point's directory never takes: the sweep's own files, in any case (a file system
 # may ignore case).
-RESERVED_NAMES = frozenset(name.casefold() for name in (*sweep_report.REPORT_FILES, SWEEP_FILE))
+RESERVED_NAMES = frozenset(name.casefold() for name in (*REPORT_FILES, SWEEP_FILE))
 MAX_NAME_BYTES = 255  # The file name limit of Linux's and macOS's file systems.
 
 
@@ -94,7 +96,7 @@ class Definition:
         return shlex.join([f'--config={self.config_file}', *self.overrides, *seeds, *population])
 
     def to_plain(self) -> dict[str, Any]:
-        return config_utils.to_plain(
+        return config_schema.to_plain(
             {
                 'config_file': self.config_file,
                 'overrides': self.overrides,
@@ -123,7 +125,7 @@ def read(workdir: str) -> Definition | None:
     try:
         plain = run_dir.read_json(path, RECORD_FIX)
     except OSError as e:
-        raise run_dir.RunDirError(f'cannot read {path} ({e.strerror}); {RECORD_FIX}') from None
+        raise errors.RunDirError(f'cannot read {path} ({e.strerror}); {RECORD_FIX}') from None
     kinds = {
         'config_file': str,
         'overrides': list,
@@ -138,11 +140,11 @@ def read(workdir: str) -> Definition | None:
         and all(isinstance(flag, str) for flag in plain['overrides'])
         and plain['seeds'] >= 1
     ):
-        raise run_dir.RunDirError(f'{path} does not hold a sweep definition; {RECORD_FIX}')
+        raise errors.RunDirError(f'{path} does not hold a sweep definition; {RECORD_FIX}')
     try:
         points = hyper.check_points(plain['points'])
     except ValueError as e:
-        raise run_dir.RunDirError(
+        raise errors.RunDirError(
             f'{path} does not hold a sweep definition ({str(e).rstrip(".")}); {RECORD_FIX}'
         ) from None
     return Definition(
@@ -153,7 +155,9 @@ def read(workdir: str) -> Definition | None:
         base=run_dir.config_from_plain(plain['base'], path, RECORD_FIX),
         # JSON has lists where the experiment file had tuples; from_plain gives them back.
         points=[
-            dict(zip(point, config_utils.from_plain({'v': list(point.values())})['v'], strict=True))
+            dict(
+                zip(point, config_schema.from_plain({'v': list(point.values())})['v'], strict=True)
+            )
             for point in points
         ],
     )
@@ -166,9 +170,9 @@ def write(workdir: str, definition: Definition) -> None:
 
 def differences(recorded: Definition, asked: Definition) -> list[str]:
     """How `asked` differs from the `recorded` definition beyond what a resume may change
-    (`config_utils.resume_conflicts`): each as 'what: recorded in the run, asked now'."""
-    found = config_utils.resume_conflicts(
-        config_utils.to_plain(recorded.base), config_utils.to_plain(asked.base)
+    (`config_schema.resume_conflicts`): each as 'what: recorded in the run, asked now'."""
+    found = config_schema.resume_conflicts(
+        config_schema.to_plain(recorded.base), config_schema.to_plain(asked.base)
     )
     if recorded.seeds != asked.seeds:
         found.append(f'--seeds: {recorded.seeds} in the run, {asked.seeds} now')
@@ -177,7 +181,7 @@ def differences(recorded: Definition, asked: Definition) -> list[str]:
             f'--population: {"on" if recorded.population else "off"} in the run, '
             f'{"on" if asked.population else "off"} now'
         )
-    before, now = (config_utils.to_plain(d.points) for d in (recorded, asked))
+    before, now = (config_schema.to_plain(d.points) for d in (recorded, asked))
     if recorded.seeds == asked.seeds and before != now:
         names = [[hyper.point_name(point) for point in d.points] for d in (recorded, asked)]
         added = [name for name in names[1] if name not in names[0]]

@@ -10,20 +10,17 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
+import ml_collections
 import scipy.stats
 
-from vgg_flax import config_utils, hyper, run_dir, summary
+from vgg_flax import config_schema, hyper, run_dir, summary, sweep_dir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-if TYPE_CHECKING:
-    from vgg_flax.sweep import PointRun
-
 Point = hyper.Point
-REPORT_FILES = ('results.csv', 'summary.csv', 'results.md', 'sweep.png')
 # The keys of a run's results.json that its row reports, each a number where present.
 RESULT_KEYS = (
     'test_accuracy',
@@ -38,18 +35,30 @@ RESULT_KEYS = (
 SPREAD_KEYS = ('test_accuracy', 'best_test_accuracy', 'val_accuracy')
 
 
+class ReportedRun(Protocol):
+    """What the report reads of a point's run (`sweep.PointRun`)."""
+
+    index: int
+    point: Point
+    config: ml_collections.ConfigDict
+
+    def status(self) -> str: ...
+
+    def results(self) -> dict[str, Any] | None: ...
+
+
 @functools.cache
 def point_cost(config_json: str) -> summary.Summary:
     """A point's parameters, FLOPs and step memory, once per process: it compiles a step."""
-    return summary.summarize(config_utils.from_plain(json.loads(config_json)))
+    return summary.summarize(config_schema.from_plain(json.loads(config_json)))
 
 
-def report_fields(runs: Sequence[PointRun]) -> list[str]:
+def report_fields(runs: Sequence[ReportedRun]) -> list[str]:
     """The columns that tell the points apart: every field any point shows, in order."""
     return list(dict.fromkeys(field for run in runs for field in hyper.shown_fields(run.point)))
 
 
-def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
+def report_rows(runs: Sequence[ReportedRun]) -> list[dict[str, Any]]:
     """One row per point: its fields (None where a point keeps the base config's value),
     model cost (from the summary) and run results."""
     rows, fields = [], report_fields(runs)
@@ -62,7 +71,12 @@ def report_rows(runs: Sequence[PointRun]) -> list[dict[str, Any]]:
         }
         try:
             # Seeds cost alike, and a population member costs what a single run does.
-            seedless = {**config_utils.to_plain(run.config), 'seed': 0, 'num_seeds': 1}
+            seedless = {
+                **config_schema.to_plain(run.config),
+                'seed': 0,
+                'population_size': 1,
+                'members_over_devices': False,
+            }
             cost = point_cost(json.dumps(seedless, sort_keys=True))
             row.update(
                 params=cost.num_params,
@@ -210,14 +224,14 @@ def groups_table(groups: Sequence[dict[str, Any]], group_fields: Sequence[str]) 
     )
 
 
-def write_report(runs: Sequence[PointRun], workdir: str) -> list[dict[str, Any]]:
+def write_report(runs: Sequence[ReportedRun], workdir: str) -> list[dict[str, Any]]:
     """Writes results.csv (a row per run), summary.csv (a row per group of seeds), results.md
     (both tables) and sweep.png into the sweep's workdir, each atomically."""
     rows, fields = report_rows(runs), report_fields(runs)
     groups = group_rows(rows, fields)
     os.makedirs(workdir, exist_ok=True)
     csv_path, summary_path, md_path, png_path = (
-        os.path.join(workdir, name) for name in REPORT_FILES
+        os.path.join(workdir, name) for name in sweep_dir.REPORT_FILES
     )
     _write_csv(csv_path, rows)
     _write_csv(summary_path, groups)

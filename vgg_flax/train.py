@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from vgg_flax import (
     checkpointing,
-    config_utils,
+    config_schema,
     device_data,
     distributed,
+    errors,
     metric_writers,
     population,
     records,
@@ -45,21 +46,6 @@ from vgg_flax.device_data import EvalData, TrainData
 from vgg_flax.train_state import TrainState
 
 Record = dict[str, Any]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT, SIGTERM or SIGHUP stopped the run after it saved a checkpoint."""
-
-    def __init__(self, signum: int, step: int):
-        super().__init__(
-            f'{signal.Signals(signum).name} stopped the run at step {step}, after '
-            'it saved a checkpoint there; run the same command again to resume.'
-        )
-        self.signum = signum
 
 
 class StopSignals:
@@ -182,7 +168,7 @@ class Loop:
 
     @property
     def examples_per_step(self) -> int:  # Of all members together.
-        return self.config.train.batch_size * self.config.num_seeds
+        return self.config.train.batch_size * self.config.population_size
 
     def train_record(
         self, sums: train_state.Sums, step: int, since: tuple[int, float], now: float
@@ -223,7 +209,7 @@ def check_finite(state: TrainState, loop: Loop, test_loss: float = 0.0) -> None:
         else f'the test loss became {test_loss}'
     )
     step = int(state.step)
-    raise NonFiniteLossError(
+    raise errors.NonFiniteLossError(
         f'{what} in epoch {(step - 1) // loop.steps_per_epoch + 1} (by step {step}); '
         + (
             f'the last good checkpoint (step {kept}) is kept in {loop.checkpointer.directory}'
@@ -343,7 +329,7 @@ def restore(
     state, history = checkpointer.restore_latest(like)
     step = int(state.step)
     if step > num_epochs * steps_per_epoch:
-        raise run_dir.RunDirError(
+        raise errors.RunDirError(
             f'{workdir} has trained {step // steps_per_epoch} epochs already, more than '
             f'config.train.num_epochs={num_epochs}; ask for at least that many to train on, '
             'or pass another --workdir (python -m vgg_flax.evaluate --step=N evaluates any '
@@ -380,7 +366,7 @@ def set_up(
             workdir,
             keep=config.train.keep_checkpoints,
             run_files={
-                run_dir.CONFIG_FILE: config_utils.to_plain(config),
+                run_dir.CONFIG_FILE: config_schema.to_plain(config),
                 run_dir.DATA_FILE: fingerprints,
             },
         )
@@ -459,7 +445,7 @@ def save_and_stop(
     step = int(state.step)
     check_finite(state, loop)
     loop.checkpointer.save(step, state, history + ([trained] if trained else []))
-    raise TrainingInterrupted(loop.signals.signum or signal.SIGTERM, step)
+    raise errors.TrainingInterrupted(loop.signals.signum or signal.SIGTERM, step)
 
 
 def finish(loop: Loop, state: TrainState, history: list[Record], workdir: str) -> Record:
@@ -468,7 +454,7 @@ def finish(loop: Loop, state: TrainState, history: list[Record], workdir: str) -
     loop.checkpointer.wait()
     results = records.summarize_run(
         history,
-        num_params=train_state.count_params(state.params) // loop.config.num_seeds,
+        num_params=train_state.count_params(state.params) // loop.config.population_size,
         train_flops_per_step=loop.compiled.train_flops_per_step,
         compile_seconds=loop.compiled.seconds,
         examples_per_step=loop.examples_per_step,

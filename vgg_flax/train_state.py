@@ -155,7 +155,7 @@ def create_train_state(
     compiled and run once; replicated over the devices of `mesh`, or with
     `config.members_over_devices` each member on one of them."""
     init = functools.partial(
-        init_population if config.num_seeds > 1 else init_train_state,
+        init_population if config.population_size > 1 else init_train_state,
         config,
         steps_per_epoch=steps_per_epoch,
         num_channels=num_channels,

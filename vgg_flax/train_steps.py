@@ -30,10 +30,10 @@ class StepOptions:
     """What the config fixes in the compiled steps: static values, not data."""
 
     image_size: int
-    augment: augment.Augment = dataclasses.field(default_factory=augment.Augment)
-    label_smoothing: float = 0.0
-    ema_decay: float = 0.0
-    tta: bool = False  # Evaluate on the mean logits of each image and its mirror image.
+    augment: augment.Augment
+    label_smoothing: float
+    ema_decay: float
+    tta: bool  # Evaluate on the mean logits of each image and its mirror image.
 
 
 def step_options(config: ml_collections.ConfigDict) -> StepOptions:

@@ -1,9 +1,9 @@
 """A config checked whole before any data is read or code compiled: a bad value is one line
-naming the field and what it must be."""
+naming the field and what it must be (`config_schema.validate`), and a batch too large for the
+devices' memory is one line naming the fix (`check_fits_memory`)."""
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 
@@ -11,58 +11,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vgg_flax import augment, config_utils, input_pipeline, models
-
-LR_SCHEDULES = ('constant', 'cosine', 'step')
-
-
-def validate_train_config(train_config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the field and the allowed values for a bad `config.train`."""
-    for field in (
-        'batch_size',
-        'eval_batch_size',
-        'num_epochs',
-        'checkpoint_every_epochs',
-        'keep_checkpoints',
-        'log_every_steps',
-        'steps_per_call',
-    ):
-        config_utils.check_positive_int(f'train.{field}', train_config[field])
-    for field in ('learning_rate', 'momentum', 'weight_decay', 'lr_decay_factor'):
-        value = train_config[field]
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f'config.train.{field}={value!r} must be a finite number >= 0.')
-    for field in ('label_smoothing', 'ema_decay'):
-        value = train_config[field]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f'config.train.{field}={value!r} must be in [0, 1).')
-    if train_config.learning_rate <= 0:
-        raise ValueError(f'config.train.learning_rate={train_config.learning_rate!r} must be > 0.')
-    config_utils.check_choice('train.lr_schedule', train_config.lr_schedule, LR_SCHEDULES)
-    if not isinstance(train_config.warmup_epochs, int) or train_config.warmup_epochs < 0:
-        raise ValueError(
-            f'config.train.warmup_epochs={train_config.warmup_epochs!r} must be an integer >= 0.'
-        )
-    for epoch in train_config.lr_decay_epochs:
-        config_utils.check_positive_int('train.lr_decay_epochs[*]', epoch)
+from vgg_flax import config_schema, models
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every section, so a bad value fails before data is read or code compiled."""
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
-        raise ValueError(f'config.seed={config.seed!r} must be an integer.')
-    config_utils.check_positive_int('num_seeds', config.num_seeds)
-    if config.members_over_devices not in (False, True) or (
-        config.members_over_devices and config.num_seeds == 1
-    ):
-        raise ValueError(
-            f'config.members_over_devices={config.members_over_devices!r} must be '
-            'False, or True for a population (config.num_seeds > 1).'
-        )
-    models.validate_model_config(config.model)
-    input_pipeline.validate_data_config(config.data, config.model)
-    validate_train_config(config.train)
-    augment.from_config(config.augment)
+    """Checks every field against the schema, then that the first convolution fits the memory
+    the devices may use, so a bad value fails before data is read or code compiled."""
+    config_schema.validate(config)
     check_fits_memory(config)
 
 
@@ -122,7 +77,7 @@ def check_fits_memory(config: ml_collections.ConfigDict) -> None:
     member) alone exceeds the memory the devices may use: a lower bound on what the step needs,
     so a run that cannot fit fails here in one line instead of in minutes of compiling or
     swapping, or in an abort or a kill without a message."""
-    size, batch = config.data.image_size, config.train.batch_size * config.num_seeds
+    size, batch = config.data.image_size, config.train.batch_size * config.population_size
     channels = models.conv_arch_for(
         models.full_width_blocks(config.model), config.model.width_ratio
     )[0][1]
