@@ -27,8 +27,10 @@
 #                   the recipe in bfloat16 and for quick.py (32 px, where a GPU step is tiny);
 #   deterministic   two 1-epoch launches with XLA's --xla_gpu_deterministic_ops: whether they
 #                   agree, and what the flag costs;
-#   sweep           the width-ratio sweep of the recipe, 5 epochs, bfloat16, while time is left
-#                   ($SWEEP_CONFIG in its place, e.g. a smaller sweep for a smoke run).
+#   sweep           the width-ratio sweep of the lesson's setting (experiments/ratio_sweep.py:
+#                   224 px, 5 epochs, ratios 1-16, 3 seeds each) in bfloat16, each ratio's seeds
+#                   as one population (--population), while time is left ($SWEEP_CONFIG in its
+#                   place, e.g. a smaller sweep for a smoke run).
 #   DATA_DIR=path/to/idx-files bash benchmarks/gpu_session.sh
 # Environment: DATA_DIR (the four Fashion-MNIST IDX files; required), OUT (summary and
 # JSON files, default /tmp/gpu), STAGES (the stages to run, space-separated; default all),
@@ -284,7 +286,7 @@ fi
 
 if due sweep; then
   sweep=(python3 -m vgg_flax.sweep "--config=${SWEEP_CONFIG:-experiments/ratio_sweep.py}" "${data_flags[@]}"
-         --config.model.dtype=bfloat16 "--workdir=$runs/ratio" "${extra[@]}")
+         --config.model.dtype=bfloat16 --population "--workdir=$runs/ratio" "${extra[@]}")
   points=$("${sweep[@]}" --list | grep -c '^ *[0-9]')
   for ((index = 0; index < points; index++)); do
     if ((SECONDS > budget)); then

@@ -92,8 +92,8 @@ from vgg_flax import config_schema, hyper
 def get_config():
     return config_schema.default_config()
 
-def get_sweep():
-    return hyper.axis('model.width_ratio', [8, 16])
+def get_sweep():  # Seeds as the GPU sweep has them, which it trains as populations.
+    return hyper.product(hyper.axis('model.width_ratio', [8, 16]), hyper.axis('seed', range(2)))
 """
 
 
@@ -153,6 +153,10 @@ def test_every_gpu_session_stage_runs_on_a_cpu(idx_dir, tmp_path):
         '| model.width_ratio | runs | done |',
     ):
         assert line in summary, line
+    # The sweep trained each ratio's seeds as one population, and reported all four runs.
+    for ratio in (8, 16):
+        assert f'model.width_ratio={ratio},seeds=0-1' in done.stdout, ratio
+    assert summary.count(' | done | ') >= 4
     for config in ('quick', 'native_28px'):
         assert re.search(
             rf'population {config}: 8 members [\d,]+ img/s, one seed [\d,]+: ', summary

@@ -189,6 +189,7 @@ def test_a_resume_may_change_exactly_the_fields_the_schema_marks():
     assert config_schema.RESUMABLE_CHANGES == (
         'members_over_devices',
         'model.first_conv',
+        'model.conv_impl',
         'data.tfds_data_dir',
         'data.idx_dir',
         'train.eval_batch_size',

@@ -212,12 +212,16 @@ def test_max_pool_2x2_equals_flax_max_pool(size):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('channels', [1, 3])
-def test_shifted_sum_conv_equals_flax_conv(channels):
-    """The same parameters, values and gradients as nn.Conv, up to float32 rounding."""
+@pytest.mark.parametrize('channels', [1, 3, 16])
+@pytest.mark.parametrize('module_class', [models.ShiftedSumConv, models.PatchesConv])
+def test_shifted_sum_and_patches_convs_equal_flax_conv(channels, module_class):
+    """The same parameters, values and gradients as nn.Conv, up to float32 rounding, on maps of
+    odd and even sizes, 2x2 among them (where `conv_impl='auto'` uses patches on a CPU)."""
     conv = nn.Conv(8, (3, 3), padding='SAME')
-    shifted = models.ShiftedSumConv(8, bias_init=nn.initializers.normal(1.0))
-    x = jax.random.uniform(jax.random.key(1), (2, 9, 7, channels))
+    shifted = module_class(8, bias_init=nn.initializers.normal(1.0))
+    x = jax.random.uniform(
+        jax.random.key(1), (2, 9, 7, channels) if channels < 8 else (3, 2, 2, channels)
+    )
     variables = jax.jit(shifted.init)(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
         jnp.shape, jax.eval_shape(conv.init, jax.random.key(0), x)
@@ -256,6 +260,36 @@ def test_the_first_conv_choice_keeps_the_parameter_tree(arch):
     assert list(trees[0]['params']['block1']) == (
         ['Conv_0'] if arch == 'vgg11' else ['Conv_0', 'Conv_1']
     )
+
+
+@pytest.mark.parametrize('arch', ['vgg11', 'vgg13'])
+def test_the_conv_impl_choice_keeps_the_parameter_tree_and_the_function(arch):
+    """Checkpoints move between `model.conv_impl` settings (and the runs from before it), and
+    every setting computes the same network, to float32 rounding."""
+    x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 1))
+    nets = [
+        models.create_model(model_config(arch=arch, width_ratio=16, use_bn=True, conv_impl=c))
+        for c in ('lax', 'patches', 'auto')
+    ]
+    variables = jax.jit(nets[0].init)(jax.random.key(0), x)
+    for net in nets[1:]:
+        assert jax.tree.map(jnp.shape, jax.eval_shape(net.init, jax.random.key(0), x)) == (
+            jax.tree.map(jnp.shape, variables)
+        )
+    outputs = [jax.jit(net.apply)(variables, x) for net in nets]
+    for output in outputs[1:]:
+        np.testing.assert_allclose(output, outputs[0], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_conv_impl_uses_patches_on_a_cpu_for_2x2_maps_only():
+    assert models.patches_up_to('auto', 'cpu') == models.CPU_PATCHES_UP_TO == 4
+    assert models.patches_up_to('auto', 'gpu') == models.patches_up_to('lax', 'cpu') == 0
+    assert models.patches_up_to('patches', 'gpu') > 224 * 224
+    net = models.create_model(model_config(conv_impl='auto'))
+    jaxpr = str(jax.make_jaxpr(lambda x: net.init(jax.random.key(0), x))(jnp.zeros((1, 32, 32, 1))))
+    # VGG-11 at 32 px: six convs at 32, 16, 8, 8, 4 and 4 px through XLA, two at 2x2 as patches.
+    expected = 6 if jax.default_backend() == 'cpu' else 8
+    assert jaxpr.count('conv_general_dilated') == expected
 
 
 def test_auto_first_conv_is_the_shifted_sum_on_a_gpu_only():

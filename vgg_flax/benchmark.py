@@ -284,6 +284,7 @@ def run(
             'dropout_rate': config.model.dropout_rate,
             'data': data,
             'first_conv': models.resolve_first_conv(config.model.first_conv, jax.default_backend()),
+            'conv_impl': config.model.conv_impl,
             'steps_per_call': config.train.steps_per_call,
             'population_size': config.population_size,
             # What a peer's step must also do to be the same step.
@@ -364,7 +365,7 @@ def format_result(result: dict[str, Any]) -> str:
         f'{c["arch"]} ratio {c["width_ratio"]}, {c["image_size"]} px, batch {c["batch_size"]}, '
         f'{members}'
         f'{c["dtype"]}{", BN" if c["use_bn"] else ""}, first conv {c["first_conv"]}, '
-        f'{c["data"]} data, on '
+        f'other convs {c["conv_impl"]}, {c["data"]} data, on '
         f'{step["num_devices"]} x {result["environment"]["device_kind"]}',
         f'train step alone   {rate["median"]:>10,.1f} images/sec '
         f'(min {rate["min"]:,.1f}, max {rate["max"]:,.1f})',

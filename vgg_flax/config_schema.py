@@ -192,6 +192,10 @@ FIELDS: dict[str, Field] = {
     # The first conv: 'lax' (cuDNN on a GPU), 'shifted_sum' (models.ShiftedSumConv: the same
     # parameters and values, faster on a GPU) or 'auto' (the faster one for the backend).
     'model.first_conv': Field('auto', choices=('auto', 'lax', 'shifted_sum'), resumable=True),
+    # The other convs: 'lax' (XLA's convolution), 'patches' (models.PatchesConv: one matmul of
+    # the nine shifted copies; the same parameters and values) or 'auto' ('patches' on a CPU for
+    # the maps of at most models.CPU_PATCHES_UP_TO pixels, where it is faster, 'lax' elsewhere).
+    'model.conv_impl': Field('auto', choices=('auto', 'lax', 'patches'), resumable=True),
     # 'tfds' (downloads) or 'idx' (the four original IDX files).
     'data.source': Field('tfds', _names_its_directory, choices=('tfds', 'idx')),
     # TFDS cache; '' for TFDS's default (~/tensorflow_datasets).

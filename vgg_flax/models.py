@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -84,6 +85,33 @@ class ShiftedSumConv(nn.Module):
         return y.astype(self.dtype)
 
 
+class PatchesConv(nn.Module):
+    """A 3x3 SAME convolution as one matmul: the nine shifted copies of the input stacked, then
+    contracted with the kernel over taps and channels.
+
+    The parameters and the values are `nn.Conv`'s (summed in another order). Meant for small
+    feature maps on a CPU: XLA's CPU convolution of a 2x2 map is several times slower than this
+    matmul of the same FLOPs (docs/performance.md), and VGG-11 at 32 px ends in two of them.
+    """
+
+    features: int
+    dtype: Any = jnp.float32
+    kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
+    bias_init: Callable[..., Any] = BIAS_INITS['zeros']
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        channels = x.shape[-1]
+        kernel = self.param('kernel', self.kernel_init, (3, 3, channels, self.features))
+        bias = self.param('bias', self.bias_init, (self.features,))
+        height, width = x.shape[1:3]
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        taps = [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
+        y = jnp.einsum('nhwtc,tcf->nhwf', jnp.stack(taps, axis=3), kernel.reshape(9, channels, -1))
+        return y + bias.astype(self.dtype)
+
+
 class VGGBlock(nn.Module):
     """`num_convs` x (3x3 conv -> [BatchNorm] -> ReLU), then 2x2 max-pool, stride 2."""
 
@@ -94,15 +122,17 @@ class VGGBlock(nn.Module):
     kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
     bias_init: Callable[..., Any] = BIAS_INITS['zeros']
     first_conv: str = 'lax'  # 'shifted_sum': the first conv as a `ShiftedSumConv`.
+    patches_up_to: int = 0  # Convs of maps of at most this many pixels are `PatchesConv`s.
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         for k in range(self.num_convs):
-            conv = (
-                ShiftedSumConv
-                if k == 0 and self.first_conv == 'shifted_sum'
-                else (functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME'))
-            )
+            if k == 0 and self.first_conv == 'shifted_sum':
+                conv: Callable[..., nn.Module] = ShiftedSumConv
+            elif x.shape[1] * x.shape[2] <= self.patches_up_to:
+                conv = PatchesConv
+            else:
+                conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding='SAME')
             x = conv(
                 self.features,
                 dtype=self.dtype,
@@ -130,6 +160,7 @@ class VGG(nn.Module):
     kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
     bias_init: Callable[..., Any] = BIAS_INITS['zeros']
     first_conv: str = 'lax'  # How the network's first conv is computed: 'lax' or 'shifted_sum'.
+    patches_up_to: int = 0  # The other convs: `PatchesConv` on maps of at most this many pixels.
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -153,6 +184,7 @@ class VGG(nn.Module):
                 kernel_init=self.kernel_init,
                 bias_init=self.bias_init,
                 first_conv=self.first_conv if i == 0 else 'lax',
+                patches_up_to=self.patches_up_to,
                 name=f'block{i + 1}',
             )(x, train=train)
         x = x.reshape((x.shape[0], -1))
@@ -217,6 +249,20 @@ def resolve_first_conv(first_conv: str, backend: str) -> str:
     return 'shifted_sum' if backend == 'gpu' else 'lax'
 
 
+# On a CPU, the largest feature map (in pixels) whose convs `conv_impl='auto'` computes as
+# `PatchesConv`s: a 2x2 map's was 3-5x faster so, a 4x4 map's not (docs/performance.md).
+CPU_PATCHES_UP_TO = 4
+
+
+def patches_up_to(conv_impl: str, backend: str) -> int:
+    """How `VGG.patches_up_to` follows from `config.model.conv_impl` on `backend`."""
+    if conv_impl == 'patches':
+        return sys.maxsize
+    if conv_impl == 'auto' and backend == 'cpu':
+        return CPU_PATCHES_UP_TO
+    return 0
+
+
 def create_model(model_config: ml_collections.ConfigDict) -> VGG:
     """Builds the `VGG` that `config.model` describes (checked by `config_schema.validate`)."""
     return VGG(
@@ -229,4 +275,5 @@ def create_model(model_config: ml_collections.ConfigDict) -> VGG:
         kernel_init=KERNEL_INITS[model_config.kernel_init],
         bias_init=BIAS_INITS[model_config.bias_init],
         first_conv=resolve_first_conv(model_config.first_conv, jax.default_backend()),
+        patches_up_to=patches_up_to(model_config.conv_impl, jax.default_backend()),
     )
