@@ -287,15 +287,11 @@ fi
 if due sweep; then
   sweep=(python3 -m vgg_flax.sweep "--config=${SWEEP_CONFIG:-experiments/ratio_sweep.py}" "${data_flags[@]}"
          --config.model.dtype=bfloat16 --population "--workdir=$runs/ratio" "${extra[@]}")
-  points=$("${sweep[@]}" --list | grep -c '^ *[0-9]')
-  for ((index = 0; index < points; index++)); do
-    if ((SECONDS > budget)); then
-      echo "sweep: stopped before point $index of $points at ${SECONDS} s" | tee -a "$summary"
-      break
-    fi
-    echo "== ratio sweep, point $index"
-    "${sweep[@]}" "--index=$index"
-  done
+  # One command trains every ratio's seeds as a population; past the budget, SIGTERM makes the
+  # population in training save and the sweep stop, and the report counts what is unfinished.
+  echo "== ratio sweep"
+  timeout --signal=TERM "$((budget > SECONDS ? budget - SECONDS : 1))" "${sweep[@]}" \
+    || echo "sweep: stopped (status $?) at ${SECONDS} s" | tee -a "$summary"
   "${sweep[@]}" --report >/dev/null  # Exits non-zero while points are missing.
   cat "$runs/ratio/results.md" >> "$summary"
 fi
