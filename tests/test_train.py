@@ -396,9 +396,9 @@ def test_resume_with_another_model_or_data_is_refused(idx_dir, tmp_path):
     assert 'Use a new --workdir' in message
 
 
-@pytest.mark.slow
-def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, tmp_path):
-    """model.first_conv came later; a run without it resumes, its first conv computed alike."""
+def one_epoch_run_with_its_config_json_edited(idx_dir, tmp_path, edit):
+    """A tiny 1-epoch run whose config.json `edit` then changes in place, as an older version of
+    the package would have written it; returns its config and workdir."""
     config = tiny_config(str(idx_dir))
     config.train.num_epochs = 1
     workdir = str(tmp_path / 'run')
@@ -406,10 +406,23 @@ def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, 
     path = os.path.join(workdir, run_dir.CONFIG_FILE)
     with open(path) as f:
         saved = json.load(f)
-    del saved['model']['first_conv']
+    edit(saved)
     with open(path, 'w') as f:
         json.dump(saved, f)
+    return config, workdir
+
+
+@pytest.mark.slow
+def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, tmp_path):
+    """model.first_conv and model.conv_impl came later; a run without them resumes, its convs
+    computed alike."""
+
+    def drop_new_fields(saved):
+        del saved['model']['first_conv'], saved['model']['conv_impl']
+
+    config, workdir = one_epoch_run_with_its_config_json_edited(idx_dir, tmp_path, drop_new_fields)
     assert run_dir.read_config(workdir).model.first_conv == 'auto'
+    assert run_dir.read_config(workdir).model.conv_impl == 'auto'
     config.train.num_epochs = 2
     config.model.first_conv = 'shifted_sum'
     assert train.train_and_evaluate(config, workdir)['epochs'] == 2
@@ -419,16 +432,12 @@ def test_a_run_from_before_a_new_config_field_resumes_with_its_default(idx_dir, 
 def test_a_run_from_before_a_renamed_config_field_evaluates_and_resumes(idx_dir, tmp_path):
     """`population_size` was `num_seeds`: a run whose config.json says so is the run it was, to
     evaluate, to a sweep and to resume, which writes config.json under the current name."""
-    config = tiny_config(str(idx_dir))
-    config.train.num_epochs = 1
-    workdir = str(tmp_path / 'run')
-    train.train_and_evaluate(config, workdir)
+
+    def old_name(saved):
+        saved['num_seeds'] = saved.pop('population_size')
+
+    config, workdir = one_epoch_run_with_its_config_json_edited(idx_dir, tmp_path, old_name)
     path = os.path.join(workdir, run_dir.CONFIG_FILE)
-    with open(path) as f:
-        saved = json.load(f)
-    saved['num_seeds'] = saved.pop('population_size')
-    with open(path, 'w') as f:
-        json.dump(saved, f)
     assert evaluate.evaluate_run(workdir)['step'] == 10
     point = sweep.PointRun(0, {}, config, workdir)
     assert point.problem() is None and point.status() == 'done'

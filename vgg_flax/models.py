@@ -55,7 +55,21 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(batch, height // 2, 2, width // 2, 2, channels).max(axis=(2, 4))
 
 
-class ShiftedSumConv(nn.Module):
+class Conv3x3(nn.Module):
+    """A 3x3 SAME convolution with `nn.Conv`'s parameters ('kernel' in HWIO, 'bias'), computed
+    as a subclass says, so that checkpoints move between the ways of computing it."""
+
+    features: int
+    dtype: Any = jnp.float32
+    kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
+    bias_init: Callable[..., Any] = BIAS_INITS['zeros']
+
+    def kernel_and_bias(self, channels: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+        kernel = self.param('kernel', self.kernel_init, (3, 3, channels, self.features))
+        return kernel, self.param('bias', self.bias_init, (self.features,))
+
+
+class ShiftedSumConv(Conv3x3):
     """A 3x3 SAME convolution as the sum of nine shifted copies of its input, each scaled.
 
     The parameters and the values are `nn.Conv`'s (products summed in float32, then cast to
@@ -65,16 +79,10 @@ class ShiftedSumConv(nn.Module):
     step at 224 px).
     """
 
-    features: int
-    dtype: Any = jnp.float32
-    kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
-    bias_init: Callable[..., Any] = BIAS_INITS['zeros']
-
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         channels = x.shape[-1]
-        kernel = self.param('kernel', self.kernel_init, (3, 3, channels, self.features))
-        bias = self.param('bias', self.bias_init, (self.features,))
+        kernel, bias = self.kernel_and_bias(channels)
         height, width = x.shape[1:3]
         padded = jnp.pad(x.astype(jnp.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
         y = bias
@@ -85,7 +93,7 @@ class ShiftedSumConv(nn.Module):
         return y.astype(self.dtype)
 
 
-class PatchesConv(nn.Module):
+class PatchesConv(Conv3x3):
     """A 3x3 SAME convolution as one matmul: the nine shifted copies of the input stacked, then
     contracted with the kernel over taps and channels.
 
@@ -94,16 +102,10 @@ class PatchesConv(nn.Module):
     matmul of the same FLOPs (docs/performance.md), and VGG-11 at 32 px ends in two of them.
     """
 
-    features: int
-    dtype: Any = jnp.float32
-    kernel_init: Callable[..., Any] = KERNEL_INITS['xavier_uniform']
-    bias_init: Callable[..., Any] = BIAS_INITS['zeros']
-
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         channels = x.shape[-1]
-        kernel = self.param('kernel', self.kernel_init, (3, 3, channels, self.features))
-        bias = self.param('bias', self.bias_init, (self.features,))
+        kernel, bias = self.kernel_and_bias(channels)
         height, width = x.shape[1:3]
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
