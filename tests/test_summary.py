@@ -105,3 +105,14 @@ def test_every_named_arch_summarises_at_full_width():
     result = summary.summarize(config)
     assert result.layers[5].output_shape == (7, 7, 512)
     assert result.forward_flops_per_example > 19e9
+
+
+def test_forward_flops_are_the_networks_however_its_convolutions_are_computed():
+    """VGG-11 at 32 px ends in 2x2 maps, which `conv_impl='auto'` computes as patches on a CPU;
+    the FLOPs reported are the network's (XLA's convolution count) under every setting."""
+    flops = set()
+    for first_conv, conv_impl in (('lax', 'lax'), ('auto', 'auto'), ('shifted_sum', 'patches')):
+        config = load_experiment(f'{ROOT}/experiments/quick.py')
+        config.model.first_conv, config.model.conv_impl = first_conv, conv_impl
+        flops.add(summary.summarize(config).forward_flops_per_example)
+    assert len(flops) == 1 and flops.pop() > 0

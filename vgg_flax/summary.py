@@ -84,7 +84,11 @@ def layer_table(config: ml_collections.ConfigDict) -> list[Layer]:
 def summarize(config: ml_collections.ConfigDict) -> Summary:
     """Layer table, forward FLOPs per example and the memory of one training step."""
     validation.validate_config(config)
-    model = models.create_model(config.model)
+    # The network's FLOPs however its convolutions are computed: counted as XLA counts its own
+    # convolution, without the taps on the padding that the other forms multiply by zero.
+    counted = config.model.copy_and_resolve_references()
+    counted.first_conv = counted.conv_impl = 'lax'
+    model = models.create_model(counted)
     size = config.data.image_size
     state = jax.eval_shape(
         lambda: train_state.init_train_state(config, jax.random.key(0), num_channels=CHANNELS)
