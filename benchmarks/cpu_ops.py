@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
+from torch_reference import torch  # Where PyTorch is missing, it says so in one line.
 
 from vgg_flax import config_utils, environment, models
 

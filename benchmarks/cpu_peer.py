@@ -25,6 +25,8 @@ import sys
 import tempfile
 from typing import Any
 
+import torch_reference  # noqa: F401  Where PyTorch is missing, this says so before any timing.
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BATCH_SIZES = {'d2l_vgg11': 32}  # The others at their config's batch size.

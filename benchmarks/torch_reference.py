@@ -28,11 +28,15 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
-import torch
-from torch import nn
+try:
+    import torch
+    from torch import nn
+except ImportError:  # One line, not a traceback; cpu_peer.py and cpu_ops.py import this first.
+    sys.exit('PyTorch is not installed in this Python: pip install -r benchmarks/requirements.txt')
 
 VARIANTS = ('eager', 'eager_channels_last', 'compile', 'compile_channels_last')
 VGG11 = '1x64,1x128,2x256,2x512,2x512'

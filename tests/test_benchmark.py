@@ -232,3 +232,23 @@ def test_cpu_ops_times_every_convolution_of_a_config():
     rows = [line for line in done.stdout.splitlines() if re.match(r'\s*\d+px', line)]
     assert len(rows) == 8  # VGG-11's eight convolutions.
     assert 'all convolutions, forward and backward: XLA' in done.stdout
+
+
+@pytest.mark.parametrize(
+    'script', ['cpu_peer.py --configs=quick', 'cpu_ops.py --config=experiments/quick.py']
+)
+def test_the_pytorch_benchmarks_say_in_one_line_where_pytorch_is_missing(script, tmp_path):
+    """Before any timing, whether or not this Python has torch: a `torch` that fails to import
+    stands first on the path."""
+    (tmp_path / 'torch').mkdir()
+    (tmp_path / 'torch' / '__init__.py').write_text("raise ImportError('no torch here')\n")
+    name, *flags = script.split()
+    env = dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+    done = subprocess.run(
+        [sys.executable, f'benchmarks/{name}', *flags],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and 'Traceback' not in done.stderr
+    assert done.stderr.strip() == (
+        'PyTorch is not installed in this Python: pip install -r benchmarks/requirements.txt'
+    )
