@@ -88,3 +88,31 @@ def test_native_28px_is_the_best_recipe_on_three_blocks_at_28_px():
         'train.num_epochs',
     }
     assert native['data.image_size'] == 28 and len(native['model.conv_arch']) == 3
+
+
+def test_the_same_time_search_changes_only_the_batch_and_what_follows_from_it():
+    """Its points are best.py on the validation split but for the batch size, the epochs that
+    fill best.py's time, and the learning rate and weight average scaled to the batch."""
+    path = next(p for p in EXPERIMENTS if p.stem == 'same_time_search')
+    best = config_schema.flatten(config_schema.to_plain(experiment('best')))
+    changed = []
+    for point in sweep.load_sweep(str(path)):
+        config = sweep.point_config(experiment('same_time_search'), point)
+        flat = config_schema.flatten(config_schema.to_plain(config))
+        changed.append({key: flat[key] for key in flat if flat[key] != best[key]})
+    assert changed == [
+        {
+            'data.validation_examples': 5000,
+            'train.batch_size': 64,
+            'train.ema_decay': 0.9995,
+            'train.learning_rate': 0.05,
+            'train.num_epochs': 70,
+        },
+        {
+            'data.validation_examples': 5000,
+            'train.batch_size': 64,
+            'train.ema_decay': 0.9995,
+            'train.num_epochs': 70,
+        },
+        {'data.validation_examples': 5000},
+    ]
