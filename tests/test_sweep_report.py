@@ -120,14 +120,22 @@ def test_the_plot_shows_accuracy_against_the_ratio_the_parameters_and_the_flops(
         }
         for ratio in (1, 2, 4, 8, 16)
     ]
-    figure = sweep_report.plot_sweep(groups, ['model.width_ratio'], io.BytesIO())
+    groups[0]['test_accuracy_ci95'] = 0.6  # Two seeds far apart: an interval wider than 1.
+    finished = [[0.50, 0.99]] + [[g['test_accuracy_mean']] * 3 for g in groups[1:]]
+    finished[1] = [0.919, 0.920, 0.921]
+    figure = sweep_report.plot_sweep(groups, finished, ['model.width_ratio'], io.BytesIO())
     assert [ax.get_xlabel() for ax in figure.axes] == [
         'model.width_ratio',
         'parameters (millions)',
         'forward GFLOPs per image',
         'model.width_ratio',
     ]
-    for ax in figure.axes[:3]:  # Every ratio's mean with its error bar.
-        assert ax.get_ylabel() == 'test accuracy (mean, 95% CI)'
+    for ax in figure.axes[:3]:  # Every ratio's mean with its error bar, and every run's dot.
+        assert ax.get_ylabel() == 'test accuracy (mean, 95% CI; dots: runs)'
         assert len(ax.lines[0].get_xdata()) == 5
+        dots = ax.lines[-1].get_ydata()
+        assert len(dots) == 14 and {0.50, 0.99, 0.919, 0.921} <= set(dots)
+        # The axis spans the runs, not the interval, and never goes beyond an accuracy of 1.
+        bottom, top = ax.get_ylim()
+        assert 0.45 < bottom < 0.50 and 0.99 < top <= 1.0
     assert 'runs not finished: 1 (1 of 3)' in [text.get_text() for text in figure.texts]

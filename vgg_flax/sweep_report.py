@@ -108,16 +108,24 @@ def seed_statistics(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+def seed_groups(
+    rows: Sequence[dict[str, Any]], fields: Sequence[str]
+) -> list[list[dict[str, Any]]]:
+    """The runs' rows in groups that differ only in their seed, in the order they first come."""
+    group_fields = [field for field in fields if field != 'seed']
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(hyper.point_name(_set_fields(row, group_fields)), []).append(row)
+    return list(groups.values())
+
+
 def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
     """One row per group of runs that differ only in their seed: its fields, its count of runs
     and of finished ones, the spread of `SPREAD_KEYS` over the finished runs, their mean
     examples/sec, and the model's cost."""
     group_fields = [field for field in fields if field != 'seed']
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(hyper.point_name(_set_fields(row, group_fields)), []).append(row)
     summaries = []
-    for members in groups.values():
+    for members in seed_groups(rows, fields):
         done = [row for row in members if row['status'] == 'done']
         summary_row = {field: members[0][field] for field in group_fields}
         summary_row.update(
@@ -247,14 +255,22 @@ def write_report(runs: Sequence[ReportedRun], workdir: str) -> list[dict[str, An
     lines += _markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])
     with run_dir.atomic_write(md_path) as f:
         f.write('\n'.join(lines) + '\n')
+    finished = [_present(members, 'test_accuracy') for members in seed_groups(rows, fields)]
     with run_dir.atomic_write(png_path, 'wb') as f:
-        plot_sweep(groups, group_fields, f)
+        plot_sweep(groups, finished, group_fields, f)
     return rows
 
 
-def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO[bytes]) -> Figure:
-    """Mean test accuracy (error bars: 95% CI over seeds) against the swept value, against
-    parameters and against forward FLOPs (what the accuracy costs); mean throughput beside."""
+def plot_sweep(
+    groups: Sequence[dict[str, Any]],
+    finished: Sequence[Sequence[float]],
+    fields: Sequence[str],
+    file: IO[bytes],
+) -> Figure:
+    """Mean test accuracy (error bars: 95% CI over seeds) and each finished run's (`finished`,
+    per group) against the swept value, against parameters and against forward FLOPs (what the
+    accuracy costs); mean throughput beside. The accuracy axes span the runs and end at 1: a
+    wide interval of few seeds is cut there, not allowed to flatten every other group."""
     import matplotlib.ticker  # Imported when used: slow to import.
     from matplotlib.figure import Figure  # Imported when used: slow to import.
 
@@ -265,7 +281,13 @@ def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO
     axes = fig.subplots(1, 4)
     done = [i for i, g in enumerate(groups) if g['done']]
 
+    shown = [value for i in done for value in finished[i]]
+    margin = 0.05 * (max(shown) - min(shown)) + 0.002 if shown else 0.0
+
     def accuracy(ax: Any, indices: Sequence[int], xs: Sequence[float]) -> None:
+        ax.set_ylabel('test accuracy (mean, 95% CI; dots: runs)')
+        if not indices:  # No finished group, or none with a measured cost.
+            return
         ax.errorbar(
             xs,
             [groups[i]['test_accuracy_mean'] for i in indices],
@@ -273,7 +295,10 @@ def plot_sweep(groups: Sequence[dict[str, Any]], fields: Sequence[str], file: IO
             fmt='o-',
             capsize=3,
         )
-        ax.set_ylabel('test accuracy (mean, 95% CI)')
+        runs = [(x, value) for i, x in zip(indices, xs, strict=True) for value in finished[i]]
+        ax.plot([x for x, _ in runs], [value for _, value in runs], '.', color='0.4', alpha=0.7)
+        if shown:
+            ax.set_ylim(min(shown) - margin, min(1.0, max(shown) + margin))
 
     accuracy(axes[0], done, [positions[i] for i in done])
     axes[3].plot([positions[i] for i in done], [groups[i]['examples_per_sec'] for i in done], 'o-')
