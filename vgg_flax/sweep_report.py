@@ -277,7 +277,7 @@ def plot_sweep(
     numeric = len(fields) == 1 and all(isinstance(g[fields[0]], (int, float)) for g in groups)
     labels = [g[fields[0]] if numeric else hyper.point_name(_set_fields(g, fields)) for g in groups]
     positions: list[Any] = labels if numeric else list(range(len(groups)))
-    fig = Figure(figsize=(17, 3.8), dpi=110)
+    fig = Figure(figsize=(17, 4.4), dpi=110)
     axes = fig.subplots(1, 4)
     done = [i for i, g in enumerate(groups) if g['done']]
 
