@@ -1,6 +1,6 @@
 """On-device augmentation: deterministic per key, in range, each transform what it says; off by
 default, where the recipe trains exactly as it did before augmentation existed. Test-time
-augmentation averages the logits of an image and its mirror."""
+augmentation averages the logits of an image with its mirror and its shifts."""
 
 from __future__ import annotations
 
@@ -127,3 +127,42 @@ def test_test_time_augmentation_averages_the_logits_of_the_image_and_its_mirror(
     both = train_steps.predict_step(state, images, indices, image_size=32, tta=True)
     np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(plain, mirrored)
+
+
+def shifted_by(images: np.ndarray, down: int, right: int) -> np.ndarray:
+    """`images` moved `down` rows and `right` columns (negative: up, left), the border black."""
+    moved = np.roll(images, (down, right), axis=(1, 2))
+    if down > 0:
+        moved[:, :down] = 0
+    if down < 0:
+        moved[:, down:] = 0
+    if right > 0:
+        moved[:, :, :right] = 0
+    if right < 0:
+        moved[:, :, right:] = 0
+    return moved
+
+
+def test_shift_moves_the_images_and_blackens_the_uncovered_border():
+    images = batch()[:4]
+    for offset in [(0, 0), (2, 2), (4, 1), (1, 3)]:
+        moved = augment.shift(jax.numpy.asarray(images), jax.numpy.asarray(offset), 2)
+        np.testing.assert_array_equal(moved, shifted_by(images, 2 - offset[0], 2 - offset[1]))
+
+
+@pytest.mark.parametrize('tta', [False, True])
+def test_test_time_translation_averages_the_logits_of_every_shift(tta):
+    config = tiny_config()
+    state = train_state.create_train_state(config, jax.random.key(0))
+    images, indices = batch()[:8], jax.numpy.arange(8)
+
+    def predict(views, translate=0):
+        views = jax.numpy.asarray(views)
+        return train_steps.predict_step(
+            state, views, indices, image_size=32, tta=tta, tta_translate=translate
+        )
+
+    shifts = [(down, right) for down in (-1, 0, 1) for right in (-1, 0, 1)]
+    expected = np.mean([predict(shifted_by(images, *shift)) for shift in shifts], axis=0)
+    np.testing.assert_allclose(predict(images, translate=1), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(predict(images, translate=1), predict(images))

@@ -198,6 +198,7 @@ def test_a_resume_may_change_exactly_the_fields_the_schema_marks():
         'train.keep_checkpoints',
         'train.log_every_steps',
         'train.steps_per_call',
+        'eval.every_epochs',
     )
     saved = config_schema.to_plain(config_schema.default_config())
     for name, field in config_schema.FIELDS.items():

@@ -93,6 +93,13 @@ def test_main_writes_every_file_of_a_run(idx_dir, tmp_path, run_cli):
     assert sum(map(sum, evaluation['confusion_matrix'])) == 100
     assert len(evaluation['per_class_accuracy']) == 10
     assert (workdir / evaluate.PREDICTIONS_FILE).read_bytes()[:8] == PNG_MAGIC
+    done = run_cli(evaluate, f'--workdir={workdir}', '--tta_translate=1', '--tta=false')
+    assert done.returncode == 0, done.stderr
+    evaluation = json.loads((workdir / evaluate.EVALUATION_FILE).read_text())
+    assert (evaluation['tta'], evaluation['tta_translate']) == (False, 1)
+    done = run_cli(evaluate, f'--workdir={workdir}', '--split=validation')
+    assert done.returncode == 1
+    assert 'held out no validation set (config.data.validation_examples=0)' in done.stderr
 
     done = run_cli(main, *train_args(idx_dir, workdir, '--config.model.width_ratio=8'))
     assert done.returncode == 1

@@ -102,6 +102,24 @@ def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_
     predictions = evaluate.predict(state, validation, 32, 40)
     assert np.mean(predictions == validation.labels) == pytest.approx(held_out['val_accuracy'])
 
+    # The evaluation CLI's validation split is the same set, written beside the test split's.
+    evaluation = evaluate.evaluate_run(str(tmp_path / 'held_out'), split='validation')
+    assert evaluation['validation_accuracy'] == pytest.approx(held_out['val_accuracy'])
+    assert evaluation['num_examples'] == 64 and not evaluation['tta_translate']
+    assert (tmp_path / 'held_out' / 'evaluation_validation.json').exists()
+    assert (tmp_path / 'held_out' / 'predictions_validation.png').exists()
+    assert not (tmp_path / 'held_out' / evaluate.EVALUATION_FILE).exists()
+    shifted = evaluate.evaluate_run(
+        str(tmp_path / 'held_out'), split='validation', eval_overrides={'tta_translate': 1}
+    )
+    assert shifted['tta_translate'] == 1 and shifted['num_examples'] == 64
+    with pytest.raises(ValueError, match='held out no validation set'):
+        evaluate.evaluate_run(str(tmp_path / 'cut'), split='validation')
+    with pytest.raises(ValueError, match='tta_translate'):
+        evaluate.evaluate_run(
+            str(tmp_path / 'held_out'), split='validation', eval_overrides={'tta_translate': 20}
+        )
+
 
 def test_a_validation_set_as_large_as_the_files_training_split_is_refused(idx_dir, tmp_path):
     config = tiny_config(str(idx_dir))
@@ -352,6 +370,44 @@ def test_a_multi_host_run_polls_the_preemption_service_at_every_step(
     config.train.steps_per_call = 5
     train.train_and_evaluate(config, str(tmp_path / 'run'))
     assert polled == sorted(polled) and sorted(set(polled)) == list(range(1, 21))
+
+
+@pytest.mark.slow
+def test_evaluating_every_few_epochs_trains_alike_and_resumes_after_an_unevaluated_epoch(
+    idx_dir, tmp_path, monkeypatch
+):
+    def metrics_present(history):
+        return [{k: r[k] for k in ('epoch', 'step', *METRIC_KEYS) if k in r} for r in history]
+
+    config = tiny_config(str(idx_dir))
+    config.train.num_epochs = 3
+    train.train_and_evaluate(config, str(tmp_path / 'every'))
+    every_epoch = metrics_present(metric_writers.read_history(str(tmp_path / 'every')))
+    config.eval.every_epochs = 2
+    results = train.train_and_evaluate(config, str(tmp_path / 'sparse'))
+    sparse = metric_writers.read_history(str(tmp_path / 'sparse'))
+    # Epoch 1 has train metrics only; 2 is due and 3 is the last. The training is the same.
+    assert ['test_accuracy' in record for record in sparse] == [False, True, True]
+    assert sparse[0]['epoch_seconds'] == sparse[0]['train_seconds']
+    assert metrics_present(sparse)[1:] == every_epoch[1:]
+    assert metrics_present(sparse)[0] == {
+        k: v for k, v in every_epoch[0].items() if not k.startswith('test_')
+    }
+    best = max(every_epoch[1:], key=lambda record: record['test_accuracy'])
+    assert results['best_test_accuracy'] == best['test_accuracy']
+    assert 'test acc' not in metric_writers.format_epoch(sparse[0], 3)
+
+    # Stopped in epoch 2, after the unevaluated epoch 1, and resumed evaluating every epoch:
+    # it goes on in epoch 2, and epoch 1, trained past, stays unevaluated.
+    workdir = str(tmp_path / 'stopped')
+    with monkeypatch.context() as patch:
+        signal_during_call(patch, 14)
+        with pytest.raises(errors.TrainingInterrupted):
+            train.train_and_evaluate(config, workdir)
+    assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 14
+    config.eval.every_epochs = 1
+    train.train_and_evaluate(config, workdir)
+    assert metrics_present(metric_writers.read_history(workdir)) == metrics_present(sparse)
 
 
 @pytest.mark.slow

@@ -65,16 +65,15 @@ def augment(images: jax.Array, key: jax.Array, spec: Augment) -> jax.Array:
 
 def _translate(images: jax.Array, key: jax.Array, pixels: int) -> jax.Array:
     """Each image shifted by up to `pixels` in each direction, the uncovered border black."""
-    batch, height, width, _ = images.shape
+    offsets = jax.random.randint(key, (images.shape[0], 2), 0, 2 * pixels + 1)
+    return jax.vmap(lambda image, offset: shift(image[None], offset, pixels)[0])(images, offsets)
+
+
+def shift(images: jax.Array, offset: jax.Array, pixels: int) -> jax.Array:
+    """`images` ((B, H, W, C)) padded by `pixels` and cropped back at (row, column) `offset`,
+    each from 0 to 2 * `pixels`: shifted by `pixels` - `offset`, the uncovered border black."""
     padded = jnp.pad(images, ((0, 0), (pixels, pixels), (pixels, pixels), (0, 0)))
-    offsets = jax.random.randint(key, (batch, 2), 0, 2 * pixels + 1)
-
-    def crop(image: jax.Array, offset: jax.Array) -> jax.Array:
-        return jax.lax.dynamic_slice(
-            image, (offset[0], offset[1], 0), (height, width, image.shape[-1])
-        )
-
-    return jax.vmap(crop)(padded, offsets)
+    return jax.lax.dynamic_slice(padded, (0, offset[0], offset[1], 0), images.shape)
 
 
 def _erase(images: jax.Array, key: jax.Array, spec: Augment) -> jax.Array:

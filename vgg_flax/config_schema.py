@@ -240,6 +240,14 @@ FIELDS: dict[str, Field] = {
     'train.ema_decay': Field(0.0, below_one),
     # Test-time augmentation: the mean of the logits of each test image and its mirror image.
     'eval.tta': Field(False),
+    # Test-time translation: the mean of the logits over every shift of the 28x28 source by up
+    # to this many pixels in each direction ((2n+1)^2 views, each with its mirror under
+    # eval.tta; the border black, as augment.translate pads). Each view costs a forward pass.
+    'eval.tta_translate': Field(0, _translation),
+    # Evaluate the validation and test sets every this many epochs, and after the last: an
+    # epoch between has train metrics only. Spares the evaluation's time (test-time views
+    # multiply it) for training.
+    'eval.every_epochs': Field(1, positive_int, resumable=True),
     # On-device augmentation of the training images (vgg_flax.augment), all off by default. Pad
     # by this many pixels (of the 28x28 source) and crop at random.
     'augment.translate': Field(0, _translation),

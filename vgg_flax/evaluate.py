@@ -1,11 +1,15 @@
 """Evaluates a run's checkpoint: accuracy, per-class accuracy, confusion matrix, predictions.
 
   python -m vgg_flax.evaluate --workdir=runs/d2l [--step=N] [--idx_dir=DIR]
+      [--split=validation] [--tta=false] [--tta_translate=N]
 
 Prints the numbers, and writes `evaluation.json` and `predictions.png` (test images with their
-true and predicted class names, as the lesson's `predict` shows them) into the workdir. For a
-population (`config.population_size` > 1) the numbers are those of its ensemble (the mean of the
-members' logits), and each member's accuracy is listed beside.
+true and predicted class names, as the lesson's `predict` shows them) into the workdir;
+`--split=validation` evaluates the run's held-out validation set instead, into
+`evaluation_validation.json` and `predictions_validation.png`: where a recipe's test-time views
+are chosen without the test set. For a population (`config.population_size` > 1) the numbers are
+those of its ensemble (the mean of the members' logits), and each member's accuracy is listed
+beside.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
 
@@ -24,6 +29,7 @@ from vgg_flax import (
     checkpointing,
     cli,
     config_schema,
+    device_data,
     environment,
     errors,
     input_pipeline,
@@ -39,7 +45,8 @@ if TYPE_CHECKING:
 
 EVALUATION_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.png'
-MAX_IMAGES = 1000  # Test images predictions.png can show: a minute of matplotlib's time.
+SPLITS = ('test', 'validation')  # Validation: what `config.data.validation_examples` holds out.
+MAX_IMAGES = 1000  # Images predictions.png can show: a minute of matplotlib's time.
 
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
 _DATA_SOURCE = flags.DEFINE_enum(
@@ -51,6 +58,11 @@ _DATA_SOURCE = flags.DEFINE_enum(
 _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of the run.')
 _TFDS_DATA_DIR = flags.DEFINE_string(
     'tfds_data_dir', None, 'Override config.data.tfds_data_dir of the run.'
+)
+_SPLIT = flags.DEFINE_enum('split', 'test', SPLITS, 'The set to evaluate.')
+_TTA = flags.DEFINE_bool('tta', None, 'Override config.eval.tta of the run.')
+_TTA_TRANSLATE = flags.DEFINE_integer(
+    'tta_translate', None, 'Override config.eval.tta_translate of the run.'
 )
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images',
@@ -66,14 +78,18 @@ def predict(
     image_size: int,
     batch_size: int,
     tta: bool = False,
+    tta_translate: int = 0,
 ) -> np.ndarray:
-    """Predicted class of every example of `split` (with `tta`, from it and its mirror).
+    """Predicted class of every example of `split` (with `tta` and `tta_translate`, from the
+    views of it that `train_steps.predict_step` averages).
 
     For a population, shape (members + 1, examples): each member's predictions, then those of
     the ensemble, the mean of the members' logits.
     """
     images = jax.device_put(split.images)
-    predict_one = functools.partial(train_steps.predict_step, image_size=image_size, tta=tta)
+    predict_one = functools.partial(
+        train_steps.predict_step, image_size=image_size, tta=tta, tta_translate=tta_translate
+    )
 
     @jax.jit
     def predict_fn(
@@ -108,9 +124,9 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
     return matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
 
 
-def format_report(matrix: np.ndarray, names: list[str], step: int) -> str:
+def format_report(matrix: np.ndarray, names: list[str], step: int, split: str = 'test') -> str:
     lines = [
-        f'checkpoint step {step}: test accuracy {matrix.trace() / matrix.sum():.4f} '
+        f'checkpoint step {step}: {split} accuracy {matrix.trace() / matrix.sum():.4f} '
         f'on {matrix.sum()} images',
         '',
         f'{"class":<12} {"accuracy":>8} {"images":>7}',
@@ -176,22 +192,55 @@ def plot_predictions(
     return fig
 
 
-def warn_if_other_data(workdir: str, test_split: input_pipeline.Split) -> None:
-    """Says so where the test split is not the one the run recorded (`run_dir.DATA_FILE`):
-    other files through --idx_dir, or the run's own files changed since, so that the accuracy
-    below is not taken for the run's own evaluation."""
+def warn_if_other_data(workdir: str, name: str, split: input_pipeline.Split) -> None:
+    """Says so where `split` (the whole 'train' or 'test' split as loaded) is not the one the run
+    recorded (`run_dir.DATA_FILE`): other files through --idx_dir, or the run's own files changed
+    since, so that the accuracy below is not taken for the run's own evaluation."""
     path = os.path.join(workdir, run_dir.DATA_FILE)
     if not os.path.isfile(path):
         return
     recorded = run_dir.read_json(path, 'delete it; evaluating does not need it.')
-    recorded = recorded.get('test') if isinstance(recorded, dict) else None
-    now = input_pipeline.fingerprint(jnp.asarray(test_split.images), jnp.asarray(test_split.labels))
+    recorded = recorded.get(name) if isinstance(recorded, dict) else None
+    now = input_pipeline.fingerprint(jnp.asarray(split.images), jnp.asarray(split.labels))
     if recorded != now:
         print(
-            f'warning: this test split ({now}) is not the one {workdir} was evaluated on '
-            f'({recorded}, in {run_dir.DATA_FILE}): the numbers below are on other data.',
+            f'warning: this {name} split ({now}) is not the one {workdir} was trained and '
+            f'evaluated on ({recorded}, in {run_dir.DATA_FILE}): the numbers below are on other '
+            'data.',
             file=sys.stderr,
         )
+
+
+def load_evaluated(
+    config: ml_collections.ConfigDict, workdir: str, split: str
+) -> input_pipeline.Split:
+    """The examples of `split` ('test', or 'validation': the train split's last
+    `config.data.validation_examples`, which the run never trained on), warning where the data
+    is not the run's."""
+    source = 'test' if split == 'test' else 'train'
+    loaded = input_pipeline.load_split(config.data, source, config.model.num_classes)
+    warn_if_other_data(workdir, source, loaded)
+    if split == 'test':
+        return loaded
+    start = device_data.num_train_examples(config, len(loaded))
+    if start <= 0:
+        raise ValueError(
+            f'config.data.validation_examples={config.data.validation_examples} is more than the '
+            f'{len(loaded)} training examples loaded from {config.data.source!r}: not the data '
+            f'{workdir} held its validation set out of.'
+        )
+    return input_pipeline.Split(images=loaded.images[start:], labels=loaded.labels[start:])
+
+
+def output_paths(workdir: str, split: str) -> tuple[str, str]:
+    """Where the evaluation of `split` and its predictions' figure go: the test split's in
+    `EVALUATION_FILE` and `PREDICTIONS_FILE`, another's beside them, named after it."""
+    if split == 'test':
+        return os.path.join(workdir, EVALUATION_FILE), os.path.join(workdir, PREDICTIONS_FILE)
+    return (
+        os.path.join(workdir, f'evaluation_{split}.json'),
+        os.path.join(workdir, f'predictions_{split}.png'),
+    )
 
 
 def evaluate_run(
@@ -199,64 +248,84 @@ def evaluate_run(
     step: int | None = None,
     data_overrides: dict[str, Any] | None = None,
     num_images: int = 18,
+    split: str = 'test',
+    eval_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Restores the run's checkpoint, evaluates it on the test split and writes the reports.
+    """Restores the run's checkpoint, evaluates it on `split` (with `config.eval`'s test-time
+    views, or those `eval_overrides` set) and writes the reports.
 
     Every check that can refuse the request comes before the data and the model are loaded.
     """
     if not 1 <= num_images <= MAX_IMAGES:
         raise ValueError(
-            f'--num_images={num_images!r} must be an integer from 1 to {MAX_IMAGES}: the test '
+            f'--num_images={num_images!r} must be an integer from 1 to {MAX_IMAGES}: the '
             'images predictions.png shows.'
         )
+    if split not in SPLITS:
+        raise ValueError(f'--split={split!r} must be one of {", ".join(SPLITS)}.')
     config = run_dir.read_config(workdir)
     config.data.update({k: v for k, v in (data_overrides or {}).items() if v is not None})
+    config.eval.update({k: v for k, v in (eval_overrides or {}).items() if v is not None})
     validation.validate_config(config)
+    if split == 'validation' and not config.data.validation_examples:
+        raise ValueError(
+            f'{workdir} held out no validation set (config.data.validation_examples=0): it '
+            'trained on the whole train split. Evaluate --split=test, or train with '
+            '--config.data.validation_examples=N to hold one out.'
+        )
     checkpointing.check_step(workdir, step, checkpointing.saved_steps(workdir))
-    test_split = input_pipeline.load_split(config.data, 'test', config.model.num_classes)
-    warn_if_other_data(workdir, test_split)
-    state, step = checkpointing.restore_state(config, workdir, step, test_split.images.shape[-1])
+    examples = load_evaluated(config, workdir, split)
+    state, step = checkpointing.restore_state(config, workdir, step, examples.images.shape[-1])
     if holder := run_dir.held_by(workdir):
         print(
             f'{workdir} is still training ({holder}): evaluating its latest checkpoint so far, '
             f'step {step}.\n'
         )
     predictions = predict(
-        state, test_split, config.data.image_size, config.train.eval_batch_size, config.eval.tta
+        state,
+        examples,
+        config.data.image_size,
+        config.train.eval_batch_size,
+        config.eval.tta,
+        config.eval.tta_translate,
     )
     members = []
     if state.is_population:  # Each member's predictions, then the ensemble's.
-        members = [float(np.mean(p == test_split.labels)) for p in predictions[:-1]]
+        members = [float(np.mean(p == examples.labels)) for p in predictions[:-1]]
         predictions = predictions[-1]
     num_classes = config.model.num_classes
-    matrix = confusion_matrix(test_split.labels, predictions, num_classes)
+    matrix = confusion_matrix(examples.labels, predictions, num_classes)
     names = class_names(num_classes)
     if members:
         print(
-            f'a population of {len(members)}: test accuracy of each member '
+            f'a population of {len(members)}: {split} accuracy of each member '
             + ', '.join(f'{a:.4f}' for a in members)
             + f' (mean {np.mean(members):.4f}); '
             'below, their ensemble (the mean of their logits)\n'
         )
-    print(format_report(matrix, names, step))
+    print(format_report(matrix, names, step, split))
     evaluation = {
         'step': step,
-        'test_accuracy': float(matrix.trace() / matrix.sum()),
+        'split': split,
+        f'{split}_accuracy': float(matrix.trace() / matrix.sum()),
         'num_examples': int(matrix.sum()),
+        'tta': config.eval.tta,
+        'tta_translate': config.eval.tta_translate,
         'per_class_accuracy': dict(zip(names, map(float, per_class_accuracy(matrix)), strict=True)),
         'confusion_matrix': matrix.tolist(),
-        **({'members_test_accuracy': members} if members else {}),
+        **({f'members_{split}_accuracy': members} if members else {}),
     }
+    evaluation_path, predictions_path = output_paths(workdir, split)
     try:
-        run_dir.write_json_atomic(os.path.join(workdir, EVALUATION_FILE), evaluation)
-        shown = shown_examples(test_split.labels, predictions, num_images)
+        run_dir.write_json_atomic(evaluation_path, evaluation)
+        shown = shown_examples(examples.labels, predictions, num_images)
         plot_predictions(
-            test_split.images[shown],
-            test_split.labels[shown],
+            examples.images[shown],
+            examples.labels[shown],
             predictions[shown],
             names,
-            os.path.join(workdir, PREDICTIONS_FILE),
-            f'{os.path.basename(os.path.abspath(workdir))}, step {step}',
+            predictions_path,
+            f'{os.path.basename(os.path.abspath(workdir))}, step {step}, {split} images',
         )
     except OSError as e:  # A read-only or full disk, say.
         raise errors.RunDirError(
@@ -274,7 +343,14 @@ def main(argv: list[str]) -> int:
         'tfds_data_dir': _TFDS_DATA_DIR.value,
     }
     try:
-        evaluate_run(cli.WORKDIR.value, _STEP.value, overrides, _NUM_IMAGES.value)
+        evaluate_run(
+            cli.WORKDIR.value,
+            _STEP.value,
+            overrides,
+            _NUM_IMAGES.value,
+            _SPLIT.value,
+            {'tta': _TTA.value, 'tta_translate': _TTA_TRANSLATE.value},
+        )
     except (ValueError, errors.DataError, errors.RunDirError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

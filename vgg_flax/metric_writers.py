@@ -15,7 +15,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 from tqdm import tqdm
 
-from vgg_flax import errors, run_dir
+from vgg_flax import errors, records, run_dir
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -89,30 +89,31 @@ def train_curve(
 def plot_curves(
     history: Sequence[dict[str, Any]], steps: Sequence[dict[str, Any]], path: str, title: str
 ) -> Figure:
-    """Train loss and accuracy through each epoch and test accuracy per epoch, as in the lesson
-    (and validation accuracy, where the run holds out a validation set); for a population, the
-    members' mean with their range as a band. `title` names the run.
+    """Train loss and accuracy through each epoch and test accuracy per epoch evaluated, as in
+    the lesson (and validation accuracy, where the run holds out a validation set); for a
+    population, the members' mean with their range as a band. `title` names the run.
 
     Uses matplotlib's object API, not pyplot, so it can run on a background thread.
     """
     from matplotlib.figure import Figure  # Imported when used: slow to import.
 
     train = train_curve(history, steps)
+    evaluated = records.evaluated(list(history))
     epochs = [record['epoch'] for record in history]
     fig = Figure(figsize=(5, 3.5), dpi=120)
     ax = fig.subplots()
-    for records, key, style, label in (
+    for points, key, style, label in (
         (train, 'train_loss', '.-', 'train loss'),
         (train, 'train_accuracy', '.--', 'train acc'),
-        (history, 'val_accuracy', 'v:', 'val acc'),
-        (history, 'test_accuracy', '^-.', 'test acc'),
+        (evaluated, 'val_accuracy', 'v:', 'val acc'),
+        (evaluated, 'test_accuracy', '^-.', 'test acc'),
     ):
-        if key not in records[0]:  # No validation set.
+        if not points or key not in points[0]:  # No evaluation yet, or no validation set.
             continue
-        xs = [r['epoch'] for r in records]
-        (line,) = ax.plot(xs, [r[key] for r in records], style, label=label)
-        if all('members' in r for r in records):  # A population: its mean, its range shaded.
-            values = [[m[key] for m in r['members']] for r in records]
+        xs = [r['epoch'] for r in points]
+        (line,) = ax.plot(xs, [r[key] for r in points], style, label=label)
+        if all('members' in r for r in points):  # A population: its mean, its range shaded.
+            values = [[m[key] for m in r['members']] for r in points]
             ax.fill_between(
                 xs,
                 [min(v) for v in values],
@@ -318,13 +319,13 @@ def scalars(record: dict[str, Any], keys: Sequence[str], prefix: str = '') -> di
 
 def format_epoch(record: dict[str, Any], num_epochs: int) -> str:
     """One line per epoch, like the lesson's printout (a population's means, and the range of
-    its members' test accuracy)."""
-    members = [member['test_accuracy'] for member in record.get('members', ())]
+    its members' test accuracy); an epoch between evaluations has train metrics only."""
+    members = [m['test_accuracy'] for m in record.get('members', ()) if 'test_accuracy' in m]
     return (
         f'epoch {record["epoch"]}/{num_epochs}  loss {record["train_loss"]:.4f}  '
         f'train acc {record["train_accuracy"]:.4f}  '
         + (f'val acc {record["val_accuracy"]:.4f}  ' if 'val_accuracy' in record else '')
-        + f'test acc {record["test_accuracy"]:.4f}  '
+        + (f'test acc {record["test_accuracy"]:.4f}  ' if 'test_accuracy' in record else '')
         + (f'({len(members)} members: {min(members):.4f}-{max(members):.4f})  ' if members else '')
         + f'{record["examples_per_sec"]:.1f} examples/sec  {record["epoch_seconds"]:.1f} s'
     )

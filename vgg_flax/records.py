@@ -65,9 +65,10 @@ def merge_records(first: dict[str, Any], second: dict[str, Any]) -> dict[str, An
 
 
 def model_results(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The final and the best test metrics of one model's history."""
+    """The final and the best test metrics of one model's history (of the epochs evaluated;
+    the last always is)."""
     final = history[-1]
-    best = max(history, key=lambda record: record['test_accuracy'])
+    best = max(evaluated(history), key=lambda record: record['test_accuracy'])
     return {
         key: final[key]
         for key in (
@@ -80,6 +81,12 @@ def model_results(history: list[dict[str, Any]]) -> dict[str, Any]:
         )
         if key in final
     } | {'best_test_accuracy': best['test_accuracy'], 'best_epoch': best['epoch']}
+
+
+def evaluated(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the epochs after which the evaluation sets were evaluated
+    (`config.eval.every_epochs`)."""
+    return [record for record in history if 'test_accuracy' in record]
 
 
 TARGET_ACCURACY = 0.95  # Time to this test accuracy is the speed benchmark of a whole run.
@@ -95,7 +102,7 @@ def time_to_accuracy(
     for record in history:
         train_seconds += record['train_seconds']
         wall_seconds += record['epoch_seconds']
-        if record['test_accuracy'] >= target:
+        if record.get('test_accuracy', -1.0) >= target:
             return {
                 'target': target,
                 'epoch': record['epoch'],

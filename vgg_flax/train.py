@@ -145,6 +145,11 @@ def due_every(period: int, *, at: int, advanced_by: int = 1, last: int | None = 
     return at // period > (at - advanced_by) // period or at == last
 
 
+def evaluation_due(config: ml_collections.ConfigDict, epoch: int) -> bool:
+    """Whether the evaluation sets are evaluated after `epoch`."""
+    return due_every(config.eval.every_epochs, at=epoch, last=config.train.num_epochs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Loop:
     """What every epoch of a run reads, fixed once the run is set up."""
@@ -337,9 +342,13 @@ def restore(
         )
     if distributed.is_chief() and (step or resuming):
         announce_resume(workdir, step, steps_per_epoch)
-    # An epoch whose evaluation a stop interrupted was saved as a record without test metrics.
-    trained = history.pop() if history and 'test_accuracy' not in history[-1] else None
-    return state, history, trained
+    # An epoch whose evaluation a stop interrupted was saved as a record without test metrics,
+    # at the state's step: the loop evaluates it if due (an epoch between evaluations is
+    # recorded again as it was). A stop later on leaves it in the history.
+    last = history[-1] if history else {}
+    if 'test_accuracy' not in last and last.get('step') == step:
+        return state, history[:-1], last
+    return state, history, None
 
 
 def set_up(
@@ -425,13 +434,13 @@ def out_of_memory_stops_the_run() -> Iterator[None]:
 def record_epoch(
     loop: Loop, state: TrainState, history: list[Record], trained: Record, evaluation: Record
 ) -> None:
-    """Appends the epoch's record, its training's and its evaluation's, to `history` and writes
-    it, once the test loss is known to be finite."""
-    check_finite(state, loop, evaluation['test_loss'])
+    """Appends the epoch's record, its training's and its evaluation's (none where it was not
+    due), to `history` and writes it, once the test loss is known to be finite."""
+    check_finite(state, loop, evaluation.get('test_loss', 0.0))
     history.append(
         {
             **records.merge_records(trained, evaluation),
-            'epoch_seconds': trained['train_seconds'] + evaluation['eval_seconds'],
+            'epoch_seconds': trained['train_seconds'] + evaluation.get('eval_seconds', 0.0),
         }
     )
     loop.log.write_epoch(history)
@@ -493,7 +502,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Recor
                 state, trained = train_epoch(loop, state, epoch)
                 if trained is None:  # A stop came within the epoch.
                     break
-            evaluation = evaluate_sets(loop, state)
+            evaluation = evaluate_sets(loop, state) if evaluation_due(config, epoch) else {}
             if evaluation is None:  # A stop came as the epoch was evaluated.
                 break
             record_epoch(loop, state, history, trained, evaluation)

@@ -34,6 +34,7 @@ class StepOptions:
     label_smoothing: float
     ema_decay: float
     tta: bool  # Evaluate on the mean logits of each image and its mirror image.
+    tta_translate: int  # And of each shift by up to this many pixels.
 
 
 def step_options(config: ml_collections.ConfigDict) -> StepOptions:
@@ -43,6 +44,7 @@ def step_options(config: ml_collections.ConfigDict) -> StepOptions:
         config.train.label_smoothing,
         config.train.ema_decay,
         config.eval.tta,
+        config.eval.tta_translate,
     )
 
 
@@ -117,17 +119,39 @@ def update_ema(ema: Any, variables: Any, decay: float, updates: jax.Array | int)
 
 
 def predict_step(
-    state: TrainState, images: jax.Array, indices: jax.Array, *, image_size: int, tta: bool = False
+    state: TrainState,
+    images: jax.Array,
+    indices: jax.Array,
+    *,
+    image_size: int,
+    tta: bool = False,
+    tta_translate: int = 0,
 ) -> jax.Array:
     """Logits of the examples at `indices` of the on-device `images`, in inference mode (with
     the moving average of the weights where the state has one); with `tta`, the mean of the
-    logits of each image and its mirror image."""
-    x = input_pipeline.preprocess(images[indices], image_size)
+    logits of each image and its mirror image; with `tta_translate`, the mean over every shift
+    of them by up to that many pixels, one forward pass per shift under a compiled loop."""
     variables = state.eval_variables()
-    logits = state.apply_fn(variables, x, train=False)
-    if tta:
-        logits = (logits + state.apply_fn(variables, x[:, :, ::-1], train=False)) / 2
-    return logits
+
+    def logits_of(batch: jax.Array) -> jax.Array:
+        x = input_pipeline.preprocess(batch, image_size)
+        logits = state.apply_fn(variables, x, train=False)
+        if tta:
+            logits = (logits + state.apply_fn(variables, x[:, :, ::-1], train=False)) / 2
+        return logits
+
+    batch = images[indices]
+    if not tta_translate:
+        return logits_of(batch)
+    span = jnp.arange(2 * tta_translate + 1)
+    offsets = jnp.stack(jnp.meshgrid(span, span, indexing='ij'), axis=-1).reshape(-1, 2)
+
+    def add_view(total: jax.Array, offset: jax.Array) -> tuple[jax.Array, None]:
+        return total + logits_of(augment.shift(batch, offset, tta_translate)), None
+
+    zeros = jax.eval_shape(logits_of, batch)
+    total, _ = jax.lax.scan(add_view, jnp.zeros(zeros.shape, zeros.dtype), offsets)
+    return total / offsets.shape[0]
 
 
 def eval_step(
@@ -136,7 +160,12 @@ def eval_step(
     """Adds evaluation batch `batch` to `sums`; masked-out padding counts for nothing."""
     indices = data.batches[batch]
     logits = predict_step(
-        state, data.images, indices, image_size=options.image_size, tta=options.tta
+        state,
+        data.images,
+        indices,
+        image_size=options.image_size,
+        tta=options.tta,
+        tta_translate=options.tta_translate,
     )
     y = data.labels[indices]
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
