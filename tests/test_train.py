@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from vgg_flax import (
     checkpointing,
@@ -104,7 +105,7 @@ def test_a_validation_set_is_held_out_of_training_and_evaluated_beside_the_test_
 
     # The evaluation CLI's validation split is the same set, written beside the test split's.
     evaluation = evaluate.evaluate_run(str(tmp_path / 'held_out'), split='validation')
-    assert evaluation['validation_accuracy'] == pytest.approx(held_out['val_accuracy'])
+    assert evaluation['val_accuracy'] == pytest.approx(held_out['val_accuracy'])
     assert evaluation['num_examples'] == 64 and not evaluation['tta_translate']
     assert (tmp_path / 'held_out' / 'evaluation_validation.json').exists()
     assert (tmp_path / 'held_out' / 'predictions_validation.png').exists()
@@ -397,17 +398,21 @@ def test_evaluating_every_few_epochs_trains_alike_and_resumes_after_an_unevaluat
     assert results['best_test_accuracy'] == best['test_accuracy']
     assert 'test acc' not in metric_writers.format_epoch(sparse[0], 3)
 
-    # Stopped in epoch 2, after the unevaluated epoch 1, and resumed evaluating every epoch:
-    # it goes on in epoch 2, and epoch 1, trained past, stays unevaluated.
-    workdir = str(tmp_path / 'stopped')
+    # Stopped at the end of the unevaluated epoch 1 and resumed evaluating every epoch: epoch 1,
+    # recorded and logged already, stays as it was, and is logged once.
+    workdir = tmp_path / 'stopped'
     with monkeypatch.context() as patch:
-        signal_during_call(patch, 14)
+        signal_during_call(patch, 10)
         with pytest.raises(errors.TrainingInterrupted):
-            train.train_and_evaluate(config, workdir)
-    assert checkpointing.Checkpointer(workdir, keep=3).latest_step() == 14
+            train.train_and_evaluate(config, str(workdir))
+    assert checkpointing.Checkpointer(str(workdir), keep=3).latest_step() == 10
     config.eval.every_epochs = 1
-    train.train_and_evaluate(config, workdir)
-    assert metrics_present(metric_writers.read_history(workdir)) == metrics_present(sparse)
+    train.train_and_evaluate(config, str(workdir))
+    assert metrics_present(metric_writers.read_history(str(workdir))) == metrics_present(sparse)
+    events = event_accumulator.EventAccumulator(str(workdir / 'tensorboard'))
+    events.Reload()
+    assert [e.step for e in events.Scalars('train_loss')] == [10, 20, 30]
+    assert [e.step for e in events.Scalars('test_accuracy')] == [20, 30]
 
 
 @pytest.mark.slow

@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 
 EVALUATION_FILE = 'evaluation.json'
 PREDICTIONS_FILE = 'predictions.png'
-SPLITS = ('test', 'validation')  # Validation: what `config.data.validation_examples` holds out.
+# The sets evaluated, by the prefix of their metrics in a run's records ('val_accuracy'...).
+# Validation: what `config.data.validation_examples` holds out of the train split.
+SPLITS = {'test': 'test', 'validation': 'val'}
 MAX_IMAGES = 1000  # Images predictions.png can show: a minute of matplotlib's time.
 
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate; default: the latest.')
@@ -59,7 +61,7 @@ _IDX_DIR = flags.DEFINE_string('idx_dir', None, 'Override config.data.idx_dir of
 _TFDS_DATA_DIR = flags.DEFINE_string(
     'tfds_data_dir', None, 'Override config.data.tfds_data_dir of the run.'
 )
-_SPLIT = flags.DEFINE_enum('split', 'test', SPLITS, 'The set to evaluate.')
+_SPLIT = flags.DEFINE_enum('split', 'test', list(SPLITS), 'The set to evaluate.')
 _TTA = flags.DEFINE_bool('tta', None, 'Override config.eval.tta of the run.')
 _TTA_TRANSLATE = flags.DEFINE_integer(
     'tta_translate', None, 'Override config.eval.tta_translate of the run.'
@@ -67,7 +69,7 @@ _TTA_TRANSLATE = flags.DEFINE_integer(
 _NUM_IMAGES = flags.DEFINE_integer(
     'num_images',
     18,
-    f'Test images shown in predictions.png, 1 to {MAX_IMAGES}: the first ones the model gets '
+    f'Images shown in predictions.png, 1 to {MAX_IMAGES}: the first ones the model gets '
     'wrong (up to two thirds of them), then the first it gets right.',
 )
 
@@ -225,9 +227,9 @@ def load_evaluated(
     start = device_data.num_train_examples(config, len(loaded))
     if start <= 0:
         raise ValueError(
-            f'config.data.validation_examples={config.data.validation_examples} is more than the '
-            f'{len(loaded)} training examples loaded from {config.data.source!r}: not the data '
-            f'{workdir} held its validation set out of.'
+            f'config.data.validation_examples={config.data.validation_examples} would hold out '
+            f'all {len(loaded)} training examples loaded from {config.data.source!r}: not the '
+            f'data {workdir} held its validation set out of.'
         )
     return input_pipeline.Split(images=loaded.images[start:], labels=loaded.labels[start:])
 
@@ -307,13 +309,13 @@ def evaluate_run(
     evaluation = {
         'step': step,
         'split': split,
-        f'{split}_accuracy': float(matrix.trace() / matrix.sum()),
+        f'{SPLITS[split]}_accuracy': float(matrix.trace() / matrix.sum()),
         'num_examples': int(matrix.sum()),
         'tta': config.eval.tta,
         'tta_translate': config.eval.tta_translate,
         'per_class_accuracy': dict(zip(names, map(float, per_class_accuracy(matrix)), strict=True)),
         'confusion_matrix': matrix.tolist(),
-        **({f'members_{split}_accuracy': members} if members else {}),
+        **({f'members_{SPLITS[split]}_accuracy': members} if members else {}),
     }
     evaluation_path, predictions_path = output_paths(workdir, split)
     try:

@@ -342,11 +342,11 @@ def restore(
         )
     if distributed.is_chief() and (step or resuming):
         announce_resume(workdir, step, steps_per_epoch)
-    # An epoch whose evaluation a stop interrupted was saved as a record without test metrics,
-    # at the state's step: the loop evaluates it if due (an epoch between evaluations is
-    # recorded again as it was). A stop later on leaves it in the history.
+    # An epoch that a stop cut off as it was evaluated was saved as its train record alone, not
+    # yet recorded (`record_epoch` adds the test metrics and 'epoch_seconds'): the loop evaluates
+    # it. An epoch recorded without an evaluation (`eval.every_epochs`) stays as it is.
     last = history[-1] if history else {}
-    if 'test_accuracy' not in last and last.get('step') == step:
+    if history and 'test_accuracy' not in last and 'epoch_seconds' not in last:
         return state, history[:-1], last
     return state, history, None
 
