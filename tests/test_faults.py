@@ -320,7 +320,7 @@ def test_evaluate_refuses_a_number_of_images_out_of_range_in_one_line_first(
     done = run_cli(evaluate, f'--workdir={tmp_path / "nowhere"}', f'--num_images={num_images}')
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f'error: --num_images={num_images} must be an integer from 1 to 1000: the test images '
+        f'error: --num_images={num_images} must be an integer from 1 to 1000: the images '
         'predictions.png shows.'
     ]
 
@@ -351,7 +351,8 @@ def test_evaluate_on_other_test_data_than_the_runs_says_so(finished_run, tmp_pat
     other = write_fashion_idx_dir(tmp_path / 'other', num_test=60)
     done = run_cli(evaluate, f'--workdir={workdir}', f'--idx_dir={other}')
     assert done.returncode == 0
-    assert f'is not the one {workdir} was evaluated on' in done.stderr
+    assert 'this test split' in done.stderr
+    assert f'is not the one {workdir} was trained and evaluated on' in done.stderr
     assert 'on 60 images' in done.stdout
 
 
