@@ -12,6 +12,13 @@ half the learning rate (the linear scaling rule, so weight decay acts per epoch 
 weight average over as many epochs (0.9995 a step at twice the steps). One point keeps lr 0.1
 instead, to see whether the smaller batch wants the larger steps. The last point is best.py itself
 on the same machine, the one to beat.
+
+Test-time views need no training: each point's checkpoint is evaluated on the same validation set
+with its images shifted by up to N pixels (config.eval.tta_translate) as well as mirrored,
+
+  python -m vgg_flax.evaluate --workdir=runs/same_time/POINT --split=validation --tta_translate=N
+
+and the point and views of the highest validation accuracy are the recipe.
 """
 
 import ml_collections
