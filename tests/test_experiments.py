@@ -116,3 +116,19 @@ def test_the_same_time_search_changes_only_the_batch_and_what_follows_from_it():
         },
         {'data.validation_examples': 5000},
     ]
+
+
+def test_best_batch64_is_the_same_time_searchs_choice_with_its_test_time_views():
+    """best_batch64.py is the search's lr-0.1 point on the whole training split, with the views
+    chosen on the validation set and evaluated less often."""
+    path = next(p for p in EXPERIMENTS if p.stem == 'same_time_search')
+    point = next(p for p in sweep.load_sweep(str(path)) if p['name'] == 'batch-64-70-epochs-lr-0.1')
+    chosen = config_schema.flatten(
+        config_schema.to_plain(sweep.point_config(experiment('same_time_search'), point))
+    )
+    recipe = config_schema.flatten(config_schema.to_plain(experiment('best_batch64')))
+    assert {key: recipe[key] for key in recipe if recipe[key] != chosen[key]} == {
+        'data.validation_examples': 0,
+        'eval.tta_translate': 2,
+        'eval.every_epochs': 35,
+    }
