@@ -26,3 +26,12 @@ def test_time_to_accuracy_sums_training_up_to_the_first_epoch_at_the_target():
         'wall_seconds': 5.0,
     }
     assert records.time_to_accuracy(history, target=0.97) is None
+    # Epochs between evaluations (`eval.every_epochs`) count their time, never the target.
+    del history[1]['test_accuracy']
+    assert records.time_to_accuracy(history) == {
+        'target': 0.95,
+        'epoch': 4,
+        'train_seconds': 8.0,
+        'wall_seconds': 10.0,
+    }
+    assert records.model_results(history)['best_epoch'] == 4

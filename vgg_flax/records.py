@@ -102,7 +102,7 @@ def time_to_accuracy(
     for record in history:
         train_seconds += record['train_seconds']
         wall_seconds += record['epoch_seconds']
-        if record.get('test_accuracy', -1.0) >= target:
+        if 'test_accuracy' in record and record['test_accuracy'] >= target:
             return {
                 'target': target,
                 'epoch': record['epoch'],

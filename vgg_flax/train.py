@@ -342,12 +342,11 @@ def restore(
         )
     if distributed.is_chief() and (step or resuming):
         announce_resume(workdir, step, steps_per_epoch)
-    # An epoch that a stop cut off as it was evaluated was saved as its train record alone, not
-    # yet recorded (`record_epoch` adds the test metrics and 'epoch_seconds'): the loop evaluates
-    # it. An epoch recorded without an evaluation (`eval.every_epochs`) stays as it is.
-    last = history[-1] if history else {}
-    if history and 'test_accuracy' not in last and 'epoch_seconds' not in last:
-        return state, history[:-1], last
+    # A stop that came as an epoch was evaluated saved the epoch's train record alone, without
+    # the 'epoch_seconds' that `record_epoch` adds to every record (an epoch recorded without an
+    # evaluation, `eval.every_epochs`, has it): the loop evaluates that epoch first.
+    if history and 'epoch_seconds' not in history[-1]:
+        return state, history[:-1], history[-1]
     return state, history, None
 
 

@@ -149,8 +149,8 @@ def predict_step(
     def add_view(total: jax.Array, offset: jax.Array) -> tuple[jax.Array, None]:
         return total + logits_of(augment.shift(batch, offset, tta_translate)), None
 
-    zeros = jax.eval_shape(logits_of, batch)
-    total, _ = jax.lax.scan(add_view, jnp.zeros(zeros.shape, zeros.dtype), offsets)
+    like = jax.eval_shape(logits_of, batch)
+    total, _ = jax.lax.scan(add_view, jnp.zeros(like.shape, like.dtype), offsets)
     return total / offsets.shape[0]
 
 
