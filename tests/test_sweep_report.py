@@ -95,7 +95,8 @@ def test_groups_average_finished_seeds_only_and_count_the_rest():
         row(4, 16, 1, 'failed', None),
         row(5, 16, 2, 'missing', None),
     ]
-    eight, sixteen = sweep_report.group_rows(rows, ['model.width_ratio', 'seed'])
+    fields = ['model.width_ratio']
+    eight, sixteen = sweep_report.group_rows(sweep_report.seed_groups(rows, fields), fields)
     assert (eight['runs'], eight['done'], eight['not_done']) == (3, 2, 'partial 2')
     assert eight['test_accuracy_mean'] == pytest.approx(0.75)
     assert eight['test_accuracy_std'] == pytest.approx(0.0707107, rel=1e-5)

@@ -109,23 +109,24 @@ def seed_statistics(values: Sequence[float]) -> dict[str, float | None]:
 
 
 def seed_groups(
-    rows: Sequence[dict[str, Any]], fields: Sequence[str]
+    rows: Sequence[dict[str, Any]], group_fields: Sequence[str]
 ) -> list[list[dict[str, Any]]]:
-    """The runs' rows in groups that differ only in their seed, in the order they first come."""
-    group_fields = [field for field in fields if field != 'seed']
+    """The runs' rows in groups that differ only in their seed (`group_fields`: the other swept
+    fields), in the order they first come."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(hyper.point_name(_set_fields(row, group_fields)), []).append(row)
     return list(groups.values())
 
 
-def group_rows(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per group of runs that differ only in their seed: its fields, its count of runs
-    and of finished ones, the spread of `SPREAD_KEYS` over the finished runs, their mean
-    examples/sec, and the model's cost."""
-    group_fields = [field for field in fields if field != 'seed']
+def group_rows(
+    groups: Sequence[Sequence[dict[str, Any]]], group_fields: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per group of `seed_groups`: its fields, its count of runs and of finished ones,
+    the spread of `SPREAD_KEYS` over the finished runs, their mean examples/sec, and the
+    model's cost."""
     summaries = []
-    for members in seed_groups(rows, fields):
+    for members in groups:
         done = [row for row in members if row['status'] == 'done']
         summary_row = {field: members[0][field] for field in group_fields}
         summary_row.update(
@@ -235,15 +236,16 @@ def groups_table(groups: Sequence[dict[str, Any]], group_fields: Sequence[str]) 
 def write_report(runs: Sequence[ReportedRun], workdir: str) -> list[dict[str, Any]]:
     """Writes results.csv (a row per run), summary.csv (a row per group of seeds), results.md
     (both tables) and sweep.png into the sweep's workdir, each atomically."""
-    rows, fields = report_rows(runs), report_fields(runs)
-    groups = group_rows(rows, fields)
+    rows = report_rows(runs)
+    group_fields = [field for field in report_fields(runs) if field != 'seed']
+    members = seed_groups(rows, group_fields)
+    groups = group_rows(members, group_fields)
     os.makedirs(workdir, exist_ok=True)
     csv_path, summary_path, md_path, png_path = (
         os.path.join(workdir, name) for name in sweep_dir.REPORT_FILES
     )
     _write_csv(csv_path, rows)
     _write_csv(summary_path, groups)
-    group_fields = [field for field in fields if field != 'seed']
     lines = [
         "Per group of seeds: mean ± 95% confidence interval (Student's t) over the "
         'finished runs, and standard deviation.',
@@ -255,7 +257,7 @@ def write_report(runs: Sequence[ReportedRun], workdir: str) -> list[dict[str, An
     lines += _markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])
     with run_dir.atomic_write(md_path) as f:
         f.write('\n'.join(lines) + '\n')
-    finished = [_present(members, 'test_accuracy') for members in seed_groups(rows, fields)]
+    finished = [_present(group, 'test_accuracy') for group in members]
     with run_dir.atomic_write(png_path, 'wb') as f:
         plot_sweep(groups, finished, group_fields, f)
     return rows
