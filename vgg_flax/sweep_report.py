@@ -238,8 +238,8 @@ def write_report(runs: Sequence[ReportedRun], workdir: str) -> list[dict[str, An
     (both tables) and sweep.png into the sweep's workdir, each atomically."""
     rows = report_rows(runs)
     group_fields = [field for field in report_fields(runs) if field != 'seed']
-    members = seed_groups(rows, group_fields)
-    groups = group_rows(members, group_fields)
+    run_groups = seed_groups(rows, group_fields)
+    groups = group_rows(run_groups, group_fields)
     os.makedirs(workdir, exist_ok=True)
     csv_path, summary_path, md_path, png_path = (
         os.path.join(workdir, name) for name in sweep_dir.REPORT_FILES
@@ -257,7 +257,7 @@ def write_report(runs: Sequence[ReportedRun], workdir: str) -> list[dict[str, An
     lines += _markdown_table(columns, [[_cell(row[c]) for c in columns] for row in rows])
     with run_dir.atomic_write(md_path) as f:
         f.write('\n'.join(lines) + '\n')
-    finished = [_present(group, 'test_accuracy') for group in members]
+    finished = [_present(runs_of_group, 'test_accuracy') for runs_of_group in run_groups]
     with run_dir.atomic_write(png_path, 'wb') as f:
         plot_sweep(groups, finished, group_fields, f)
     return rows
